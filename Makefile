@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Both install what is missing.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint typecheck unit integration bench clean
+
+setup:
+	@./scripts/bootstrap
+
+demo: setup
+	@$(PY) bench/demo.py
+
+lint: setup
+	$(VENV)/bin/ruff check portguard tests bench
+	$(VENV)/bin/mypy portguard
+
+unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: setup
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test: lint
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/who_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

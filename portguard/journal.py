@@ -1,0 +1,202 @@
+"""Structured journal records: one per decision, with DESIGN's fields.
+
+Records are written with the journal's native datagram protocol (the one
+`sd_journal_sendv()` and `pystemd.journal.sendv` speak) rather than through pystemd:
+importing `pystemd.journal` pulls in pystemd's D-Bus layer and lxml (~30 ms measured),
+which is the whole budget of a preflight on a free port. The protocol is small and stable:
+https://systemd.io/JOURNAL_NATIVE_PROTOCOL/.
+
+When the journal cannot take a record (no socket, journald stopped), the record goes to
+stderr with its fields, so nothing is lost. When stderr is a terminal or a pipe (not the
+journal), the readable message is echoed there as well, for the person running it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import struct
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TextIO
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+IDENTIFIER = "portguard"
+_MAX_DATAGRAM = 200_000  # well below the default SO_SNDBUF; our records are small
+
+
+class Priority(enum.IntEnum):
+    """syslog priorities, as the journal's PRIORITY= field wants them (not logging levels)."""
+
+    EMERG = 0
+    ALERT = 1
+    CRIT = 2
+    ERR = 3
+    WARNING = 4
+    NOTICE = 5
+    INFO = 6
+    DEBUG = 7
+
+
+class Event(enum.Enum):
+    """Each event type with its fixed MESSAGE_ID and default priority.
+
+    The ids are part of the contract (README lists them): never change one.
+    """
+
+    PORTS_CLEAR = ("718392d18d1d40e2a9e43cb92f8fe39d", Priority.INFO)
+    UNIT_NOT_CONFIGURED = ("55b39072bbbf4ee39245c02d398d6a82", Priority.NOTICE)
+    CONFLICT = ("d74d81e4b74f43ecb06f332d7e10fca9", Priority.WARNING)
+    STOP_UNIT = ("32df9301fc754f1285c3344dda6a731d", Priority.NOTICE)
+    SIGNAL = ("b7876e4d57b34eef99981e9da9de1233", Priority.NOTICE)
+    KILL = ("744a196b2567446ba506391298360d15", Priority.WARNING)
+    WAIT = ("da25c984d0a14814a1be47f9d2384f7a", Priority.INFO)
+    REFUSED = ("1dd1d9a38bb34678aad2e121395fc7f2", Priority.ERR)
+    WARNED = ("7d4a70ad50f6452aa1ac4ef6c64c0ad0", Priority.WARNING)
+    TIMED_OUT = ("ca5a8ba6bfa04e42a616be49bb49746b", Priority.ERR)
+    IDENTITY_CHANGED = ("8ad43760f38648719a0731aee8185aca", Priority.WARNING)
+    CONFIG_ERROR = ("9619d2ce1faf4c26b65cf1b21f2153f4", Priority.ERR)
+
+    @property
+    def message_id(self) -> str:
+        return self.value[0]
+
+    @property
+    def priority(self) -> Priority:
+        return self.value[1]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One journal record, before encoding."""
+
+    event: Event
+    message: str
+    priority: Priority
+    fields: Mapping[str, str]
+
+    def all_fields(self) -> dict[str, str]:
+        out = {
+            "MESSAGE": self.message,
+            "MESSAGE_ID": self.event.message_id,
+            "PRIORITY": str(int(self.priority)),
+            "SYSLOG_IDENTIFIER": IDENTIFIER,
+        }
+        out.update(self.fields)
+        return out
+
+
+def encode(fields: Mapping[str, str]) -> bytes:
+    """Encode fields in the native protocol: KEY=VALUE lines, length-prefixed when binary."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def stderr_is_journal(stream: TextIO | None = None) -> bool:
+    """True when stderr is the journal stream systemd connected us to ($JOURNAL_STREAM)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+class Journal:
+    """Sends records; the one collaborator every stage reports through.
+
+    `echo` decides whether the readable message is also printed on `stream`; the CLI sets
+    it from -q/-v and from whether stderr already is the journal.
+    """
+
+    def __init__(
+        self,
+        *,
+        socket_path: str = JOURNAL_SOCKET,
+        stream: TextIO | None = None,
+        echo: bool | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.socket_path = socket_path
+        self.stream = stream if stream is not None else sys.stderr
+        self.echo = (not stderr_is_journal(self.stream)) if echo is None else echo
+        self.verbose = verbose
+        self._sock: socket.socket | None = None
+
+    def emit(
+        self,
+        event: Event,
+        message: str,
+        *,
+        priority: Priority | None = None,
+        unit: str | None = None,
+        port: int | None = None,
+        proto: str | None = None,
+        holder_pid: int | None = None,
+        holder_unit: str | None = None,
+        holder_kind: str | None = None,
+        action: str | None = None,
+        result: str | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Record:
+        fields: dict[str, str] = {}
+        for key, value in (
+            ("PORTGUARD_UNIT", unit),
+            ("PORTGUARD_PORT", port),
+            ("PORTGUARD_PROTO", proto),
+            ("PORTGUARD_HOLDER_PID", holder_pid),
+            ("PORTGUARD_HOLDER_UNIT", holder_unit),
+            ("PORTGUARD_HOLDER_KIND", holder_kind),
+            ("PORTGUARD_ACTION", action),
+            ("PORTGUARD_RESULT", result),
+        ):
+            if value is not None:
+                fields[key] = str(value)
+        for key, value in (extra or {}).items():
+            fields[f"PORTGUARD_{key.upper()}"] = value
+        record = Record(event, message, priority if priority is not None else event.priority,
+                        fields)
+        delivered = self._send(record)
+        if not delivered:
+            self._write_stream(record, with_fields=True)
+        elif self.echo:
+            self._write_stream(record, with_fields=self.verbose)
+        return record
+
+    def _send(self, record: Record) -> bool:
+        data = encode(record.all_fields())
+        if len(data) > _MAX_DATAGRAM:
+            return False
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(data, self.socket_path)
+        except OSError:
+            return False
+        return True
+
+    def _write_stream(self, record: Record, *, with_fields: bool) -> None:
+        line = f"portguard: {record.message}"
+        if with_fields:
+            pairs = " ".join(f"{k}={v}" for k, v in record.all_fields().items() if k != "MESSAGE")
+            line += f" [{pairs}]"
+        try:
+            print(line, file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass  # stderr closed: nowhere left to report
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

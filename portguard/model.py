@@ -1,0 +1,115 @@
+"""The vocabulary every stage shares: declared ports and observed facts.
+
+Data flows one way (config -> observe -> classify -> act -> report); each stage takes
+these frozen values in and hands new ones on, so decisions stay pure functions of facts.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Proto(str, enum.Enum):
+    TCP = "tcp"
+    UDP = "udp"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One declared port or range, e.g. `127.0.0.1:9090/tcp` or `7000-7010/tcp`.
+
+    `address` is None when the declaration names no address: the service may bind the
+    wildcard of either family, so any socket on the port can block it.
+    """
+
+    first: int
+    last: int
+    proto: Proto = Proto.TCP
+    address: str | None = None
+    text: str = ""  # as written in the config, for messages
+    line: int = 0  # where it was written (0: not from a file)
+
+    @property
+    def ports(self) -> range:
+        return range(self.first, self.last + 1)
+
+    def __str__(self) -> str:
+        if self.text:
+            return self.text
+        span = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+        host = ""
+        if self.address is not None:
+            host = f"[{self.address}]:" if ":" in self.address else f"{self.address}:"
+        return f"{host}{span}/{self.proto}"
+
+
+@dataclass(frozen=True)
+class Socket:
+    """One kernel socket on a port, as sock_diag (or /proc/net) reports it.
+
+    `state` uses the kernel's TCP state names (LISTEN, ESTABLISHED, TIME_WAIT, ...);
+    an unconnected UDP socket is `UNCONN`, as `ss` shows it.
+    """
+
+    proto: Proto
+    family: int  # socket.AF_INET or socket.AF_INET6
+    state: str
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    uid: int
+    inode: int  # 0 for sockets no process owns (TIME_WAIT)
+    v6only: bool | None = None  # IPV6_V6ONLY where the kernel reports it
+    cgroup_id: int | None = None  # cgroup v2 id the socket was created in, if known
+
+
+@dataclass(frozen=True)
+class Process:
+    """A process, pinned by (pid, start_time) so a reused pid is never mistaken for it."""
+
+    pid: int
+    start_time: int  # clock ticks since boot (/proc/PID/stat field 22)
+    ppid: int = 0
+    uid: int = -1
+    user: str = ""
+    exe: str = ""
+    cmdline: tuple[str, ...] = ()
+    cgroup: str = ""  # unified-hierarchy path, e.g. /system.slice/web@blue.service
+    fds: tuple[int, ...] = ()  # the fds through which it holds the socket in question
+    pid_namespace: int = 0  # inode of /proc/PID/ns/pid, 0 when unknown
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What systemd says about a unit (or, without D-Bus, what its cgroup implies)."""
+
+    id: str
+    active_state: str = ""
+    sub_state: str = ""
+    main_pid: int = 0
+    control_group: str = ""
+    invocation_id: str = ""
+    exec_start: tuple[tuple[str, ...], ...] = ()  # argv of each ExecStart= line
+    user: str = ""
+    from_dbus: bool = True  # False: inferred from /proc/PID/cgroup only
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A socket on a port together with what holds it.
+
+    `processes` is empty for sockets nobody owns (TIME_WAIT) and when the owner could not
+    be read (`unknown_reason` then says why, e.g. "needs root").
+    """
+
+    socket: Socket
+    processes: tuple[Process, ...] = ()
+    unit: Unit | None = None
+    container: str | None = None  # e.g. "docker:3f2a9c..." or "nspawn:mybox"
+    unknown_reason: str = ""
+    notes: tuple[str, ...] = field(default=())
