@@ -13,6 +13,7 @@ journal), the readable message is echoed there as well, for the person running i
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import socket
@@ -24,6 +25,7 @@ from typing import TextIO
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "portguard"
+SEND_TIMEOUT = 0.5  # seconds
 _MAX_DATAGRAM = 200_000  # well below the default SO_SNDBUF; our records are small
 
 
@@ -86,6 +88,13 @@ class Record:
         }
         out.update(self.fields)
         return out
+
+
+def field_name(key: str) -> str:
+    """`PORTGUARD_<KEY>` in the journal's alphabet: journald drops any other field name."""
+    name = "PORTGUARD_" + "".join(
+        c if (c.isascii() and c.isalnum()) or c == "_" else "_" for c in key.upper())
+    return name[:64]
 
 
 def encode(fields: Mapping[str, str]) -> bytes:
@@ -164,7 +173,7 @@ class Journal:
             if value is not None:
                 fields[key] = str(value)
         for key, value in (extra or {}).items():
-            fields[f"PORTGUARD_{key.upper()}"] = value
+            fields[field_name(key)] = value
         record = Record(event, message, priority if priority is not None else event.priority,
                         fields)
         delivered = self._send(record)
@@ -181,6 +190,9 @@ class Journal:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Every wait has a bound: a wedged journald costs us at most this, then
+                # the record goes to stderr instead.
+                self._sock.settimeout(SEND_TIMEOUT)
             self._sock.sendto(data, self.socket_path)
         except OSError:
             return False
@@ -191,10 +203,8 @@ class Journal:
         if with_fields:
             pairs = " ".join(f"{k}={v}" for k, v in record.all_fields().items() if k != "MESSAGE")
             line += f" [{pairs}]"
-        try:
+        with contextlib.suppress(OSError, ValueError):  # stderr closed: nowhere to report
             print(line, file=self.stream, flush=True)
-        except (OSError, ValueError):
-            pass  # stderr closed: nowhere left to report
 
     def close(self) -> None:
         if self._sock is not None:

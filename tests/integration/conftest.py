@@ -1,0 +1,80 @@
+"""Fixtures for tests against a real systemd booted in private namespaces.
+
+    sandbox        module-scoped Sandbox (boots once per test module); share it, and give
+                   each test's units unique names with `uid`
+    fresh_sandbox  a Sandbox of the test's own (function-scoped)
+    make_sandbox   factory: make_sandbox(**Sandbox kwargs) -> a started Sandbox, e.g.
+                   cgroup_layout="hybrid"; all stopped after the test
+    uid            a short unique string, e.g. "k3f9a2"
+
+See sandbox.py for the Sandbox API. Every test in this directory is marked `sandbox`.
+Where a sandbox cannot run, its tests skip with the reason; with CI=true they fail
+instead, so CI never goes green without them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sandbox import Sandbox
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.sandbox)
+
+
+def require_sandbox() -> None:
+    """Skip (or, under CI=true, fail) when no sandbox can run here."""
+    reason = Sandbox.unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and the systemd sandbox cannot run: {reason}", pytrace=False)
+    pytest.skip(f"systemd sandbox unavailable: {reason}")
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    require_sandbox()
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def fresh_sandbox() -> Iterator[Sandbox]:
+    require_sandbox()
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
+    require_sandbox()
+    made: list[Sandbox] = []
+
+    def make(**kwargs: Any) -> Sandbox:
+        sb = Sandbox(**kwargs)
+        made.append(sb)
+        return sb.start()
+
+    yield make
+    for sb in made:
+        sb.stop()
+
+
+@pytest.fixture
+def uid() -> str:
+    return secrets.token_hex(3)
