@@ -9,7 +9,7 @@ setup:
 	@./scripts/bootstrap
 
 demo: setup
-	@$(PY) bench/demo.py
+	@$(PY) scripts/demo.py
 
 lint: setup
 	$(VENV)/bin/ruff check portguard tests bench

@@ -6,30 +6,37 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from portguard import __version__, config
+from portguard import __version__
+from portguard.app import App
 from portguard.errors import ConfigError, ExitStatus, PortguardError, UsageError
 
+if TYPE_CHECKING:
+    from portguard.model import Proto
 
-@dataclass
+# Command modules are imported inside the handlers: `who` on a free port must not pay
+# for YAML, D-Bus or dataclasses (see portguard/model.py).
+
+
 class Output:
     """Where a command writes: stdout for results, stderr for diagnostics."""
 
-    out: TextIO
-    err: TextIO
-    json: bool = False
-    verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
+    def __init__(self, out: TextIO, err: TextIO, *, json: bool = False,
+                 verbosity: int = 0) -> None:
+        self.out = out
+        self.err = err
+        self.json = json
+        self.verbosity = verbosity  # -1 quiet, 0 normal, 1+ verbose
 
     def result(self, text: str) -> None:
         print(text, file=self.out)
 
     def document(self, doc: dict[str, Any]) -> None:
+        import json
         json.dump(doc, self.out, indent=2, sort_keys=False)
         self.out.write("\n")
 
@@ -37,7 +44,7 @@ class Output:
         print(text, file=self.err)
 
 
-Handler = Callable[[argparse.Namespace, Output], ExitStatus]
+Handler = Callable[[argparse.Namespace, App, Output], ExitStatus]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,14 +65,10 @@ class _HelpExit(Exception):
         self.status = status
 
 
-def config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config) if args.config else config.default_path()
-
-
-def cmd_check_config(args: argparse.Namespace, out: Output) -> ExitStatus:
-    path = config_path(args)
+def cmd_check_config(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    path = app.config_path
     try:
-        cfg = config.load(path)
+        cfg = app.config
     except ConfigError as exc:
         if out.json:
             out.document({"ok": False, "path": str(path), "errors": exc.problems})
@@ -103,7 +106,57 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate the config; print OK: PATH or every error as FILE:LINE: message.",
     )
     check.set_defaults(handler=cmd_check_config)
+
+    who = commands.add_parser(
+        "who", help="who holds these ports",
+        description="Show who holds each port: address, state, pid, user, command line, "
+        "unit. Exit 0 when every port is free, 1 when any is held.",
+    )
+    who.add_argument("ports", nargs="+", metavar="PORT[/PROTO]",
+                     help="e.g. 8080, 5353/udp, 7000-7010/tcp (tcp when no protocol)")
+    who.set_defaults(handler=cmd_who)
+
+    status = commands.add_parser(
+        "status", help="every configured service: ports, holders, unit state",
+        description="Show every configured service: its ports, their holders, and the "
+        "state of its unit(s). Exit 0 when no declared port is held by another process.",
+    )
+    status.set_defaults(handler=cmd_status)
     return parser
+
+
+def parse_port_args(texts: Sequence[str]) -> list[tuple[int, Proto]]:
+    """`8080`, `5353/udp`, `7000-7010/tcp` -> (port, proto) pairs, in order, no repeats."""
+    from portguard.configtypes import port_spec
+    wanted: dict[tuple[int, Proto], None] = {}
+    for text in texts:
+        try:
+            spec = port_spec(text)
+        except ValueError as exc:
+            raise UsageError(f"bad port '{text}': {exc}") from None
+        for port in spec.ports:
+            wanted[(port, spec.proto)] = None
+    return list(wanted)
+
+
+def cmd_who(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    from portguard import report
+    reports = app.observer.ports(parse_port_args(args.ports))
+    if out.json:
+        out.document({"ports": [report.port_doc(r) for r in reports]})
+    else:
+        out.result(report.table(reports))
+    return ExitStatus.BLOCKED if any(r.live for r in reports) else ExitStatus.OK
+
+
+def cmd_status(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    from portguard import status
+    result = status.collect(app.config, app.observer, app.connect_systemd)
+    if out.json:
+        out.document(status.document(result))
+    else:
+        out.result(status.text(result))
+    return ExitStatus.BLOCKED if status.any_held(result) else ExitStatus.OK
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
@@ -122,8 +175,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     out = Output(out_stream, err_stream, json=args.json,
                  verbosity=-1 if args.quiet else args.verbose)
     handler: Handler = args.handler
+    app = App(Path(args.config) if args.config else None)
     try:
-        return int(handler(args, out))
+        return int(handler(args, app, out))
     except PortguardError as exc:
         if out.json:
             out.document({"error": exc.message, "exit_status": int(exc.exit_status)})
@@ -133,6 +187,21 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     except KeyboardInterrupt:
         print("portguard: interrupted", file=err_stream)
         return 130
+    except BrokenPipeError:
+        # stdout closed early (`portguard who 80 | head -1`): not an error worth a trace.
+        _silence_stdout()
+        return int(ExitStatus.OK)
+    finally:
+        app.close()
+
+
+def _silence_stdout() -> None:
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def run() -> None:

@@ -25,7 +25,6 @@ from portguard import configtypes as ct
 from portguard.errors import ConfigError, NotPermittedError
 from portguard.model import PortSpec
 
-
 MAX_BYTES = 1024 * 1024  # a config is a few KiB: anything near this is a slip or an attack
 MAX_PORT_ENTRIES = 256  # per service; ranges cover more
 ALWAYS_PROTECTED = ("init.scope", "portguard.service")  # PID 1's unit and portguard's own

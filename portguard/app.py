@@ -1,0 +1,65 @@
+"""The one place that builds portguard's collaborators and hands them to each other.
+
+Commands receive an `App`; nothing else constructs a bus connection, a journal or an
+observer. Tests build an `App` with their own parts.
+
+Collaborators are built on first use and their modules imported then: `who` on a free
+port must not pay for YAML or D-Bus (tens of milliseconds of imports each).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from portguard.journal import Journal
+
+if TYPE_CHECKING:
+    from portguard.config import Config
+    from portguard.observe import Observer
+    from portguard.units import Systemd
+
+DEFAULT_CONFIG = Path("/etc/portguard/config.yaml")
+
+
+def default_config_path() -> Path:
+    """$PORTGUARD_CONFIG when set and non-empty, else /etc/portguard/config.yaml."""
+    env = os.environ.get("PORTGUARD_CONFIG", "")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def _connect_systemd() -> Systemd:
+    from portguard.units import Systemd
+    return Systemd.connect()
+
+
+class App:
+    def __init__(self, config_path: Path | None = None, journal: Journal | None = None,
+                 connect_systemd: Callable[[], Systemd] = _connect_systemd) -> None:
+        self.config_path = config_path if config_path is not None else default_config_path()
+        self.journal = journal if journal is not None else Journal()
+        self.connect_systemd = connect_systemd
+        self._observer: Observer | None = None
+        self._config: Config | None = None
+
+    @property
+    def observer(self) -> Observer:
+        if self._observer is None:
+            from portguard.observe import Observer, UnitLookup
+            self._observer = Observer(UnitLookup(self.connect_systemd))
+        return self._observer
+
+    @property
+    def config(self) -> Config:
+        """The validated config, loaded on first use (commands like `who` need none)."""
+        if self._config is None:
+            from portguard.config import load
+            self._config = load(self.config_path)
+        return self._config
+
+    def close(self) -> None:
+        if self._observer is not None:
+            self._observer.unit_lookup.close()
+        self.journal.close()

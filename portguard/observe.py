@@ -1,0 +1,137 @@
+"""Observe: who holds a port. Sockets -> processes -> units, in that order, read-only.
+
+`Observer` is the one object that knows how to combine the three sources; the command
+line and (later) preflight and the daemon are handed one, never build their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+from portguard import processes, sockets, units
+from portguard.model import Holder, Process, Proto, Socket, Unit
+from portguard.units import Systemd, SystemdError, SystemdUnavailable
+
+# States of a socket that is on its way out: no process holds it any more, or the
+# process is only draining it. They block a bind() only without SO_REUSEADDR.
+LINGERING_STATES = frozenset(
+    {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING", "CLOSE"})
+# Sockets accepted from (or being accepted by) a listener on the same address: the
+# listener is the holder that matters; its connections are only counted.
+CHILD_STATES = frozenset({"ESTABLISHED", "SYN_RECV", "NEW_SYN_RECV"})
+
+
+class PortReport(NamedTuple):
+    """Everything observed on one port: the holders worth naming, and the rest counted."""
+
+    port: int
+    proto: Proto
+    holders: tuple[Holder, ...]
+    connections: int  # established children of a listener on this port, not listed
+    unit_source: str  # "dbus", "cgroup" (D-Bus unreachable) or "" (no holders)
+
+    @property
+    def live(self) -> tuple[Holder, ...]:
+        """Holders that are not merely lingering sockets."""
+        return tuple(h for h in self.holders if h.socket.state not in LINGERING_STATES)
+
+
+class UnitLookup:
+    """pid -> unit, over D-Bus when possible, else from the process's cgroup path.
+
+    D-Bus is connected on first use only, and never for a free port.
+    """
+
+    def __init__(self, connect: Callable[[], Systemd] | None) -> None:
+        self._connect = connect
+        self._systemd: Systemd | None = None
+        self.failure = ""  # why D-Bus was not used, for the output
+        self._cache: dict[int, Unit | None] = {}
+
+    def _bus(self) -> Systemd | None:
+        if self._systemd is None and self._connect is not None and not self.failure:
+            try:
+                self._systemd = self._connect()
+            except SystemdUnavailable as exc:
+                self.failure = exc.message
+        return self._systemd
+
+    @property
+    def source(self) -> str:
+        return "dbus" if self._systemd is not None and not self.failure else "cgroup"
+
+    def unit_of(self, proc: Process) -> Unit | None:
+        if proc.pid in self._cache:
+            return self._cache[proc.pid]
+        unit: Unit | None = None
+        systemd = self._bus()
+        if systemd is not None and not self.failure:
+            try:
+                unit = systemd.unit_for_pid(proc.pid)
+            except SystemdUnavailable as exc:
+                self.failure = exc.message
+                unit = units.unit_from_path_only(proc.cgroup)
+            except SystemdError:
+                unit = units.unit_from_path_only(proc.cgroup)  # e.g. exited meanwhile
+        else:
+            unit = units.unit_from_path_only(proc.cgroup)
+        self._cache[proc.pid] = unit
+        return unit
+
+    def close(self) -> None:
+        if self._systemd is not None:
+            self._systemd.close()
+            self._systemd = None
+
+
+class Observer:
+    """Answers "who holds these ports?" from the kernel, /proc and systemd."""
+
+    def __init__(self, unit_lookup: UnitLookup, *,
+                 query: Callable[[Sequence[int], Iterable[Proto]], list[Socket]] | None = None,
+                 ) -> None:
+        self.unit_lookup = unit_lookup
+        self._query = query or sockets.query
+
+    def ports(self, wanted: Sequence[tuple[int, Proto]],
+              suspects: Iterable[int] = ()) -> list[PortReport]:
+        """One report per (port, proto), in the order asked."""
+        by_proto: dict[Proto, list[int]] = {}
+        for port, proto in wanted:
+            by_proto.setdefault(proto, []).append(port)
+        found: list[Socket] = []
+        for proto, ports in by_proto.items():
+            found.extend(self._query(sorted(set(ports)), (proto,)))
+        named = [s for s in found if _worth_naming(s, found)]
+        owners = processes.find_owners(named, suspects=suspects)
+        reports = []
+        for port, proto in wanted:
+            mine = [s for s in found if s.local_port == port and s.proto == proto]
+            holders = tuple(self._holder(s, owners) for s in mine if _worth_naming(s, mine))
+            children = sum(1 for s in mine if not _worth_naming(s, mine))
+            reports.append(PortReport(port, proto, holders, children,
+                                      self.unit_lookup.source if holders else ""))
+        return reports
+
+    def _holder(self, sock: Socket, owners: processes.Owners) -> Holder:
+        procs = owners.by_inode.get(sock.inode, ())
+        if procs:
+            unit = self.unit_lookup.unit_of(procs[0])
+            container = units.container_from_cgroup(procs[0].cgroup)
+            proxy = units.docker_proxy_target(procs[0].cmdline)
+            notes = (f"docker-proxy for container {proxy}",) if proxy else ()
+            return Holder(sock, procs, unit, container, "", notes)
+        if not sock.inode:
+            return Holder(sock)  # TIME_WAIT and friends: owned by the kernel alone
+        reason = "holder unknown (needs root)" if owners.unreadable else "holder not found"
+        return Holder(sock, unknown_reason=reason)
+
+
+def _worth_naming(sock: Socket, sockets_on_port: Sequence[Socket]) -> bool:
+    """False for a listener's accepted connections: the listener is what blocks."""
+    if sock.state not in CHILD_STATES:
+        return True
+    return not any(
+        s.state == "LISTEN" and s.proto == sock.proto and s.local_port == sock.local_port
+        for s in sockets_on_port)

@@ -1,0 +1,312 @@
+"""Process facts from /proc: the only module that reads /proc/PID or uses psutil.
+
+Finding which process holds a socket means reading `/proc/PID/fd/*` links, ~4 us per fd
+in Python: on a loaded host that is hundreds of milliseconds if done for every process.
+So owners are searched in rings, cheapest first, and the full scan runs only for the
+sockets still unresolved:
+
+1. pids the caller already suspects (the service's own unit, its twins);
+2. the members of the cgroup the kernel says the socket was created in (sock_diag names
+   its cgroup id, which is the inode of the cgroup v2 directory);
+3. the processes running as the socket's owner uid;
+4. everything else.
+
+Ring 2 finds prefork workers too: they share their master's unit cgroup.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from portguard.model import Process, Socket
+
+PROC = "/proc"
+
+
+class ProcessGone(Exception):
+    """The process exited (or its pid was reused) while we were reading it."""
+
+
+class Owners(NamedTuple):
+    """Result of an owner search: who holds each socket inode, and what stayed unknown."""
+
+    by_inode: Mapping[int, tuple[Process, ...]]
+    unreadable: int  # processes whose fds we could not read (not root, hidepid, ...)
+    full_scan: bool  # whether ring 4 had to run
+
+
+def start_time(pid: int, proc: str = PROC) -> int:
+    """The process's start time in clock ticks after boot (stat field 22).
+
+    Together with the pid it names one process for its whole life: a reused pid gets a
+    new start time. Raises ProcessGone if there is no such process.
+    """
+    return _stat_fields(pid, proc)[_STARTTIME]
+
+
+_PPID = 2  # stat field 4, counted from 0 after dropping pid and comm (see _stat_fields)
+_STARTTIME = 20  # stat field 22
+
+
+def _stat_fields(pid: int, proc: str) -> list[int]:
+    """Numeric fields of /proc/PID/stat, index = field number - 2 (state reads as 0).
+
+    `comm` may itself contain ') ', hence the split at the last parenthesis.
+    """
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid) from exc
+    rest = raw[raw.rindex(b")") + 2 :].split()
+    return [0, 0, *(int(x) for x in rest[1:])]
+
+
+def read_process(pid: int, fds: Sequence[int] = (), proc: str = PROC) -> Process:
+    """Everything `who` shows about a process. Raises ProcessGone if it exited meanwhile."""
+    fields = _stat_fields(pid, proc)
+    ppid, started = fields[_PPID], fields[_STARTTIME]
+    uid = -1
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    uid = int(line.split()[2])  # effective uid, as ps shows
+                    break
+    except FileNotFoundError as exc:
+        raise ProcessGone(pid) from exc
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            cmdline = tuple(
+                a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a
+            )
+    except FileNotFoundError as exc:
+        raise ProcessGone(pid) from exc
+    exe = _readlink(f"{proc}/{pid}/exe")
+    try:
+        ns = os.stat(f"{proc}/{pid}/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    proc_obj = Process(
+        pid=pid,
+        start_time=started,
+        ppid=ppid,
+        uid=uid,
+        user=user_name(uid),
+        exe=exe,
+        cmdline=cmdline,
+        cgroup=cgroup_of(pid, proc),
+        fds=tuple(fds),
+        pid_namespace=ns,
+    )
+    # The pid may have been reused between the first and the last read: pin the identity.
+    if start_time(pid, proc) != started:
+        raise ProcessGone(pid)
+    return proc_obj
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""  # kernel threads, or not permitted without CAP_SYS_PTRACE
+
+
+_users: dict[int, str] = {}
+
+
+def user_name(uid: int) -> str:
+    if uid < 0:
+        return ""
+    if uid not in _users:
+        try:
+            _users[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _users[uid] = str(uid)
+    return _users[uid]
+
+
+def cgroup_of(pid: int, proc: str = PROC) -> str:
+    """The process's cgroup path in the hierarchy systemd manages.
+
+    The unified (`0::`) line on cgroup v2 and hybrid hosts; on a v1-only host the
+    `name=systemd` line. "" when unreadable.
+    """
+    try:
+        with open(f"{proc}/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    unified = named = ""
+    for line in lines:
+        hier, _, path = line.partition(":")
+        controllers, _, path = path.partition(":")
+        if hier == "0" and controllers == "":
+            unified = path
+        elif controllers == "name=systemd":
+            named = path
+    # In hybrid mode a process outside systemd's reach may sit at "/" in the unified tree
+    # while the named hierarchy still places it: prefer the more specific one.
+    if unified and unified != "/":
+        return unified
+    return named or unified
+
+
+def all_pids(proc: str = PROC) -> list[int]:
+    return [int(name) for name in os.listdir(proc) if name.isdigit()]
+
+
+def pids_of_uid(uid: int, proc: str = PROC) -> list[int]:
+    """Processes whose /proc/PID entry belongs to `uid` (their effective uid)."""
+    out = []
+    for pid in all_pids(proc):
+        try:
+            if os.stat(f"{proc}/{pid}").st_uid == uid:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def socket_fds(pid: int, wanted: Collection[int], proc: str = PROC) -> dict[int, list[int]]:
+    """The fds of `pid` that are sockets with an inode in `wanted`: inode -> fds.
+
+    Raises PermissionError when the fd table cannot be read.
+    """
+    found: dict[int, list[int]] = {}
+    base = f"{proc}/{pid}/fd"
+    try:
+        names = os.listdir(base)
+    except (FileNotFoundError, ProcessLookupError):
+        return found
+    for name in names:
+        try:
+            link = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        # "socket:[12345]"
+        if link.startswith("socket:["):
+            inode = int(link[8:-1])
+            if inode in wanted:
+                found.setdefault(inode, []).append(int(name))
+    return found
+
+
+class CgroupTree:
+    """Maps a cgroup id (sock_diag's INET_DIAG_CGROUP_ID) to the cgroup's member pids."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root if root is not None else cgroup2_mount()
+
+    def path_of(self, cgroup_id: int) -> str | None:
+        """Directory of the cgroup whose inode is `cgroup_id`, or None."""
+        if not self.root:
+            return None
+        try:
+            if os.stat(self.root).st_ino == cgroup_id:
+                return self.root
+        except OSError:
+            return None
+        stack = [self.root]
+        while stack:
+            top = stack.pop()
+            try:
+                entries = os.scandir(top)
+            except OSError:
+                continue
+            with entries:
+                for entry in entries:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    if entry.inode() == cgroup_id:  # d_ino from readdir: no stat needed
+                        return entry.path
+                    stack.append(entry.path)
+        return None
+
+    def pids(self, cgroup_id: int) -> list[int]:
+        """Members of the cgroup and of its children (a unit's sub-cgroups)."""
+        path = self.path_of(cgroup_id)
+        if path is None:
+            return []
+        out: list[int] = []
+        for dirpath, _dirs, files in os.walk(path):
+            if "cgroup.procs" in files:
+                try:
+                    with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                        out.extend(int(x) for x in f.read().split())
+                except OSError:
+                    continue
+        return out
+
+
+def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str:
+    """Where the unified (v2) cgroup hierarchy is mounted: /sys/fs/cgroup or .../unified."""
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.startswith("cgroup2 "):
+                    return left.split()[4]
+    except OSError:
+        pass
+    return ""
+
+
+def find_owners(
+    sockets: Iterable[Socket],
+    *,
+    suspects: Iterable[int] = (),
+    cgroups: CgroupTree | None = None,
+    proc: str = PROC,
+    reader: Callable[[int, Sequence[int]], Process] | None = None,
+) -> Owners:
+    """Which processes hold each socket, scanning as few fd tables as possible."""
+    socks = [s for s in sockets if s.inode]
+    wanted = {s.inode for s in socks}
+    holders: dict[int, dict[int, list[int]]] = {}  # inode -> pid -> fds
+    scanned: set[int] = set()
+    unreadable = 0
+
+    def scan(pids: Iterable[int]) -> None:
+        nonlocal unreadable
+        for pid in pids:
+            if pid in scanned:
+                continue
+            scanned.add(pid)
+            try:
+                fds = socket_fds(pid, wanted, proc)
+            except PermissionError:
+                unreadable += 1
+                continue
+            for inode, fd_list in fds.items():
+                holders.setdefault(inode, {})[pid] = fd_list
+
+    def unresolved() -> list[Socket]:
+        return [s for s in socks if s.inode not in holders]
+
+    scan(suspects)
+    ids = {s.cgroup_id for s in unresolved() if s.cgroup_id}
+    if ids:
+        tree = cgroups or CgroupTree()
+        scan(pid for cid in ids for pid in tree.pids(cid))
+    for uid in sorted({s.uid for s in unresolved()}):
+        scan(pids_of_uid(uid, proc))
+    full = bool(unresolved())
+    if full:
+        scan(all_pids(proc))
+
+    read = reader or (lambda pid, fds: read_process(pid, fds, proc))
+    by_inode: dict[int, tuple[Process, ...]] = {}
+    for inode, pids in holders.items():
+        procs = []
+        for pid, fds in sorted(pids.items()):
+            try:
+                procs.append(read(pid, fds))
+            except (ProcessGone, PermissionError):
+                continue
+        by_inode[inode] = tuple(procs)
+    return Owners(by_inode, unreadable, full)
+

@@ -1,0 +1,131 @@
+"""Report: observed facts as a table for people or a JSON document for scripts.
+
+Pure functions of the reports `observe` produced; the CLI only prints what they return.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket as _socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from portguard.model import Holder, Process
+from portguard.observe import LINGERING_STATES, PortReport
+
+
+def endpoint(address: str, port: int, family: int) -> str:
+    return f"[{address}]:{port}" if family == _socket.AF_INET6 else f"{address}:{port}"
+
+
+def holder_rows(holder: Holder, kind: str | None = None) -> list[dict[str, Any]]:
+    """One JSON row per process holding the socket (prefork workers each get one)."""
+    sock = holder.socket
+    base: dict[str, Any] = {
+        "address": sock.local_address,
+        "port": sock.local_port,
+        "family": "ipv6" if sock.family == _socket.AF_INET6 else "ipv4",
+        "state": sock.state,
+        "uid": sock.uid,
+        "inode": sock.inode,
+    }
+    if sock.v6only is not None:
+        base["v6only"] = sock.v6only
+    if sock.state not in ("LISTEN", "UNCONN"):
+        base["remote"] = endpoint(sock.remote_address, sock.remote_port, sock.family)
+    unit = holder.unit
+    common: dict[str, Any] = {
+        "unit": unit.id if unit else None,
+        "unit_state": f"{unit.active_state}/{unit.sub_state}" if unit and unit.active_state
+        else None,
+        "container": holder.container,
+    }
+    if kind is not None:
+        common["kind"] = kind
+    if holder.notes:
+        common["notes"] = list(holder.notes)
+    if not holder.processes:
+        row = {**base, "pid": None, "user": None, "cmdline": [], **common}
+        if holder.unknown_reason:
+            row["unknown"] = holder.unknown_reason
+        return [row]
+    return [{**base, **_process_fields(p), **common} for p in holder.processes]
+
+
+def _process_fields(proc: Process) -> dict[str, Any]:
+    return {
+        "pid": proc.pid,
+        "user": proc.user or None,
+        "cmdline": list(proc.cmdline),
+        "exe": proc.exe or None,
+        "start_time": proc.start_time,
+        "fds": list(proc.fds),
+    }
+
+
+def port_doc(report: PortReport, kinds: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """`{"port", "proto", "free", "holders": [...]}` as DESIGN.md's `--json` promises."""
+    holders: list[dict[str, Any]] = []
+    for holder in report.holders:
+        kind = kinds.get(holder.socket.inode) if kinds is not None else None
+        holders.extend(holder_rows(holder, kind))
+    doc: dict[str, Any] = {
+        "port": report.port,
+        "proto": str(report.proto),
+        "free": not report.live,
+        "holders": holders,
+    }
+    if report.connections:
+        doc["connections"] = report.connections
+    if report.unit_source == "cgroup":
+        doc["units_from"] = "cgroup (systemd D-Bus unreachable)"
+    return doc
+
+
+def _command(proc: Process) -> str:
+    text = shlex.join(proc.cmdline) if proc.cmdline else f"[{proc.exe or '?'}]"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def table(reports: Sequence[PortReport]) -> str:
+    """The human view of `who`: one line per holder process, free ports said plainly."""
+    header = ("PORT", "STATE", "ADDRESS", "PID", "USER", "UNIT", "COMMAND")
+    rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    for rep in reports:
+        name = f"{rep.port}/{rep.proto}"
+        if not rep.holders:
+            rows.append((name, "free", "", "", "", "", ""))
+            continue
+        for holder in rep.holders:
+            rows.extend(_holder_lines(name, holder))
+            notes.extend(f"{name}: {n}" for n in holder.notes)
+        if rep.connections:
+            notes.append(f"{name}: {rep.connections} accepted connection(s) not listed")
+        if not rep.live:
+            notes.append(f"{name}: only lingering sockets ({_states(rep)}): free for a "
+                         "service that sets SO_REUSEADDR")
+        if rep.unit_source == "cgroup":
+            notes.append(f"{name}: units named from cgroups: systemd's D-Bus API unreachable")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines + [f"note: {n}" for n in dict.fromkeys(notes)])
+
+
+def _states(rep: PortReport) -> str:
+    states = sorted({h.socket.state for h in rep.holders if h.socket.state in LINGERING_STATES})
+    return ", ".join(states)
+
+
+def _holder_lines(name: str, holder: Holder) -> list[tuple[str, ...]]:
+    sock = holder.socket
+    addr = endpoint(sock.local_address, sock.local_port, sock.family)
+    unit = holder.unit.id if holder.unit else (holder.container or "-")
+    if holder.unit and holder.container:
+        unit = f"{holder.unit.id} ({holder.container})"
+    if not holder.processes:
+        what = holder.unknown_reason or "(no process: kernel-held)"
+        return [(name, sock.state, addr, "-", str(sock.uid), unit, what)]
+    return [(name, sock.state, addr, str(p.pid), p.user or str(p.uid), unit, _command(p))
+            for p in holder.processes]

@@ -1,0 +1,117 @@
+"""`portguard status`: every configured service, its ports, their holders, its units."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from portguard import report
+from portguard.config import Config, Service
+from portguard.model import Holder, PortSpec, Unit
+from portguard.observe import Observer, PortReport
+from portguard.units import Systemd, SystemdError, SystemdUnavailable
+
+
+class PortState(NamedTuple):
+    spec: PortSpec
+    reports: tuple[PortReport, ...]  # one per port of the spec (ranges have several)
+    foreign: tuple[Holder, ...]  # live holders outside this service's own units
+
+
+class ServiceState(NamedTuple):
+    service: Service
+    units: tuple[Unit, ...]  # the unit, or every loaded instance of a template
+    ports: tuple[PortState, ...]
+    units_error: str  # why unit states are unknown ("" when known)
+
+
+def _own(service: Service, holder: Holder) -> bool:
+    """Whether the holder runs in this service's unit (or one of its instances)."""
+    if holder.unit is None:
+        return False
+    return service.matches(holder.unit.id)
+
+
+def service_units(service: Service, systemd: Systemd) -> tuple[Unit, ...]:
+    if service.is_template:
+        ids = systemd.list_units([service.instance_glob])
+        return tuple(systemd.describe(uid) for uid in sorted(ids))
+    return (systemd.describe(service.name),)
+
+
+def collect(config: Config, observer: Observer,
+            connect: Callable[[], Systemd]) -> list[ServiceState]:
+    systemd: Systemd | None = None
+    error = ""
+    try:
+        systemd = connect()
+    except SystemdUnavailable as exc:
+        error = exc.message
+    states = []
+    try:
+        for service in config.services:
+            units: tuple[Unit, ...] = ()
+            units_error = error
+            if systemd is not None:
+                try:
+                    units = service_units(service, systemd)
+                except (SystemdUnavailable, SystemdError) as exc:
+                    units_error = exc.message
+            ports = []
+            for spec in service.ports:
+                reps = tuple(observer.ports([(p, spec.proto) for p in spec.ports]))
+                foreign = tuple(h for r in reps for h in r.live if not _own(service, h))
+                ports.append(PortState(spec, reps, foreign))
+            states.append(ServiceState(service, units, tuple(ports), units_error))
+    finally:
+        if systemd is not None:
+            systemd.close()
+    return states
+
+
+def any_held(states: Sequence[ServiceState]) -> bool:
+    return any(p.foreign for s in states for p in s.ports)
+
+
+def document(states: Sequence[ServiceState]) -> dict[str, Any]:
+    services = []
+    for st in states:
+        ports = []
+        for ps in st.ports:
+            docs = [report.port_doc(r) for r in ps.reports]
+            ports.append({"spec": str(ps.spec), "held_by_others": bool(ps.foreign),
+                          "ports": docs})
+        services.append({
+            "service": st.service.name,
+            "policy": str(st.service.policy.value),
+            "units": [{"unit": u.id, "active_state": u.active_state,
+                       "sub_state": u.sub_state, "main_pid": u.main_pid or None}
+                      for u in st.units],
+            "units_error": st.units_error or None,
+            "ports": ports,
+        })
+    return {"services": services}
+
+
+def text(states: Sequence[ServiceState]) -> str:
+    if not states:
+        return "no services configured"
+    out: list[str] = []
+    for st in states:
+        svc = st.service
+        out.append(f"{svc.name}  (policy {svc.policy.value}, on_foreign {svc.on_foreign.value})")
+        if st.units_error:
+            out.append(f"  unit state unknown: {st.units_error}")
+        elif not st.units:
+            out.append("  no instance loaded")
+        for unit in st.units:
+            pid = f", main pid {unit.main_pid}" if unit.main_pid else ""
+            out.append(f"  unit {unit.id}: {unit.active_state}/{unit.sub_state}{pid}")
+        for ps in st.ports:
+            held = [r for r in ps.reports if r.holders]
+            mark = "HELD BY ANOTHER" if ps.foreign else ("in use by the service" if held
+                                                          else "free")
+            out.append(f"  port {ps.spec}: {mark}")
+            if held:
+                out.extend("    " + line for line in report.table(held).splitlines())
+    return "\n".join(out)

@@ -1,0 +1,440 @@
+"""bind() conflict rules, case by case (pure: no sockets are opened here)."""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple
+
+import pytest
+
+from portguard.conflicts import (
+    BindIntent,
+    PeerOptions,
+    Verdict,
+    assess,
+    blockers,
+    blocks,
+    group_holders,
+    intents,
+    lingering,
+    normalize_state,
+    uncertain,
+    verdict,
+)
+from portguard.model import PortSpec, Proto, Socket
+
+P = 8080
+TCP, UDP = Proto.TCP, Proto.UDP
+
+
+def sk(
+    address: str,
+    state: str = "LISTEN",
+    *,
+    port: int = P,
+    proto: Proto = TCP,
+    v6only: bool | None = None,
+    uid: int = 1000,
+    inode: int = 1,
+    family: int | None = None,
+) -> Socket:
+    if family is None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return Socket(
+        proto=proto,
+        family=family,
+        state=state,
+        local_address=address,
+        local_port=port,
+        remote_address="",
+        remote_port=0,
+        uid=uid,
+        inode=inode,
+        v6only=v6only,
+    )
+
+
+def want(
+    address: str | None,
+    *,
+    reuse: bool = True,
+    reuseport: bool = False,
+    v6only: bool | None = None,
+    uid: int | None = None,
+    proto: Proto = TCP,
+    port: int = P,
+) -> BindIntent:
+    return BindIntent(address, port, proto, reuse, reuseport, v6only, uid)
+
+
+class Case(NamedTuple):
+    intent: BindIntent
+    sock: Socket
+    expected: Verdict
+    peer: PeerOptions | None = None
+
+
+B, L, N = Verdict.BLOCKS, Verdict.LINGERING, Verdict.NO_CONFLICT
+REUSE = PeerOptions(reuse_address=True)
+NO_REUSE = PeerOptions(reuse_address=False)
+REUSEPORT = PeerOptions(reuse_address=False, reuse_port=True)
+
+CASES: dict[str, Case] = {
+    # --- address overlap (inet_rcv_saddr_equal), against a listener --------------------
+    "v4-same-address": Case(want("127.0.0.1"), sk("127.0.0.1"), B),
+    "v4-any-listener-blocks-loopback": Case(want("127.0.0.1"), sk("0.0.0.0"), B),
+    "v4-loopback-listener-blocks-any": Case(want("0.0.0.0"), sk("127.0.0.1"), B),
+    "v4-127.0.0.1-not-127.0.0.2": Case(want("127.0.0.2"), sk("127.0.0.1"), N),
+    "v4-other-port": Case(want("127.0.0.1"), sk("127.0.0.1", port=P + 1), N),
+    "v4-other-proto": Case(want("127.0.0.1"), sk("127.0.0.1", "UNCONN", proto=UDP), N),
+    "dual-any-listener-blocks-v4-any": Case(want("0.0.0.0"), sk("::", v6only=False), B),
+    "dual-any-listener-blocks-v4-loopback": Case(want("127.0.0.1"), sk("::", v6only=False), B),
+    "dual-any-listener-blocks-v6-loopback": Case(want("::1"), sk("::", v6only=False), B),
+    "v6only-any-listener-spares-v4-any": Case(want("0.0.0.0"), sk("::", v6only=True), N),
+    "v6only-any-listener-spares-v4-loopback": Case(want("127.0.0.1"), sk("::", v6only=True), N),
+    "v6only-any-listener-blocks-v6-loopback": Case(want("::1"), sk("::", v6only=True), B),
+    "v6only-any-listener-blocks-dual-any": Case(want("::", v6only=False), sk("::", v6only=True), B),
+    "dual-any-listener-blocks-v6only-any": Case(want("::", v6only=True), sk("::", v6only=False), B),
+    "unknown-v6only-listener-assumed-dual": Case(want("0.0.0.0"), sk("::", v6only=None), B),
+    "v4-any-listener-blocks-dual-intent": Case(want("::", v6only=False), sk("0.0.0.0"), B),
+    "v4-any-listener-spares-v6only-intent": Case(want("::", v6only=True), sk("0.0.0.0"), N),
+    "v4-loopback-listener-blocks-dual-intent": Case(want("::"), sk("127.0.0.1"), B),
+    "v4-loopback-listener-spares-v6only-intent": Case(want("::", v6only=True), sk("127.0.0.1"), N),
+    "v6-loopback-listener-spares-v4-loopback": Case(want("127.0.0.1"), sk("::1"), N),
+    "v6-loopback-listener-spares-v4-any": Case(want("0.0.0.0"), sk("::1"), N),
+    "v6-loopback-listener-blocks-v6only-any": Case(want("::", v6only=True), sk("::1"), B),
+    "v6-distinct-addresses": Case(want("fd00::2"), sk("fd00::1"), N),
+    "v6-same-address-other-spelling": Case(want("fd00:0::1"), sk("[fd00::1]"), B),
+    "v6-scope-id-ignored": Case(want("fe80::1%lo"), sk("fe80::1%eth0"), B),
+    "v4-mapped-listener-is-ipv4": Case(want("127.0.0.1"), sk("::ffff:127.0.0.1"), B),
+    "v4-mapped-listener-vs-v4-any": Case(want("0.0.0.0"), sk("::ffff:127.0.0.1"), B),
+    "v4-mapped-listener-spares-other-v4": Case(want("127.0.0.2"), sk("::ffff:127.0.0.1"), N),
+    "v4-mapped-listener-spares-v6only-any": Case(
+        want("::", v6only=True), sk("::ffff:127.0.0.1"), N
+    ),
+    "v4-mapped-intent-vs-v4-listener": Case(want("::ffff:127.0.0.1"), sk("127.0.0.1"), B),
+    "v4-mapped-intent-vs-dual-listener": Case(want("::ffff:127.0.0.1"), sk("::", v6only=False), B),
+    "v4-mapped-intent-spares-v6only-listener": Case(
+        want("::ffff:127.0.0.1"), sk("::", v6only=True), N
+    ),
+    "v4-mapped-intent-spares-v6-loopback": Case(want("::ffff:127.0.0.1"), sk("::1"), N),
+    "ss-star-is-v4-wildcard": Case(want("127.0.0.1"), sk("*", family=socket.AF_INET), B),
+    "ss-star-is-v6-wildcard": Case(want("::1"), sk("*", family=socket.AF_INET6, v6only=True), B),
+    "no-address-vs-v6-loopback": Case(want(None), sk("::1"), B),
+    "no-address-vs-127.0.0.2": Case(want(None), sk("127.0.0.2"), B),
+    "no-address-vs-v6only-any": Case(want(None), sk("::", v6only=True), B),
+    "no-address-other-port": Case(want(None), sk("0.0.0.0", port=P + 1), N),
+    # --- TCP states (inet_bind_conflict) ----------------------------------------------
+    "listener-blocks-even-with-reuseaddr": Case(want("127.0.0.1"), sk("127.0.0.1"), B, REUSE),
+    "listener-blocks-bind-without-reuseaddr": Case(
+        want("127.0.0.1", reuse=False), sk("127.0.0.1"), B
+    ),
+    "time-wait-passes-reuseaddr": Case(want("127.0.0.1"), sk("127.0.0.1", "TIME_WAIT"), N),
+    "time-wait-blocks-without-reuseaddr": Case(
+        want("127.0.0.1", reuse=False), sk("127.0.0.1", "TIME_WAIT"), L
+    ),
+    "time-wait-of-non-reuseaddr-socket-blocks-reuseaddr": Case(
+        want("127.0.0.1"), sk("127.0.0.1", "TIME_WAIT"), L, NO_REUSE
+    ),
+    "time-wait-on-v4-any-intent": Case(
+        want("0.0.0.0", reuse=False), sk("127.0.0.1", "TIME_WAIT", inode=0), L
+    ),
+    "time-wait-other-address": Case(
+        want("127.0.0.2", reuse=False), sk("127.0.0.1", "TIME_WAIT", inode=0), N
+    ),
+    "established-passes-reuseaddr": Case(want("127.0.0.1"), sk("127.0.0.1", "ESTABLISHED"), N),
+    "established-blocks-without-reuseaddr": Case(
+        want("127.0.0.1", reuse=False), sk("127.0.0.1", "ESTABLISHED"), L
+    ),
+    "close-wait-blocks-without-reuseaddr": Case(
+        want("0.0.0.0", reuse=False), sk("127.0.0.1", "CLOSE_WAIT"), L
+    ),
+    "fin-wait1-blocks-without-reuseaddr": Case(
+        want(None, reuse=False), sk("127.0.0.1", "FIN_WAIT1"), L
+    ),
+    "fin-wait2-ss-spelling": Case(want("127.0.0.1", reuse=False), sk("127.0.0.1", "FIN-WAIT-2"), L),
+    "last-ack-blocks-without-reuseaddr": Case(
+        want("127.0.0.1", reuse=False), sk("127.0.0.1", "LAST_ACK"), L
+    ),
+    "closing-blocks-without-reuseaddr": Case(
+        want("127.0.0.1", reuse=False), sk("127.0.0.1", "CLOSING"), L
+    ),
+    "syn-sent-client-blocks-without-reuseaddr": Case(
+        want("127.0.0.1", reuse=False), sk("127.0.0.1", "SYN_SENT"), L
+    ),
+    "bound-not-listening-passes-reuseaddr": Case(want("127.0.0.1"), sk("127.0.0.1", "CLOSE"), N),
+    "bound-not-listening-blocks-without": Case(
+        want("127.0.0.1", reuse=False), sk("127.0.0.1", "CLOSE"), L
+    ),
+    "request-socket-holds-no-port": Case(
+        want("127.0.0.1", reuse=False), sk("127.0.0.1", "NEW_SYN_RECV"), N
+    ),
+    # --- SO_REUSEPORT (inet_bind_conflict, sk_reuseport_match) ---------------------------
+    "reuseport-same-uid-joins-listener": Case(
+        want("127.0.0.1", reuseport=True, uid=1000), sk("127.0.0.1", uid=1000), N, REUSEPORT
+    ),
+    "reuseport-joins-overlapping-listener": Case(
+        want("127.0.0.1", reuseport=True, uid=1000), sk("0.0.0.0", uid=1000), N, REUSEPORT
+    ),
+    "reuseport-other-uid-blocked": Case(
+        want("127.0.0.1", reuseport=True, uid=1000), sk("127.0.0.1", uid=0), B, REUSEPORT
+    ),
+    "reuseport-unknown-uid-blocked": Case(
+        want("127.0.0.1", reuseport=True), sk("127.0.0.1", uid=1000), B, REUSEPORT
+    ),
+    "reuseport-only-on-one-side": Case(
+        want("127.0.0.1", reuseport=True, uid=1000), sk("127.0.0.1", uid=1000), B
+    ),
+    "reuseport-time-wait-any-uid": Case(
+        want("127.0.0.1", reuse=False, reuseport=True, uid=1000),
+        sk("127.0.0.1", "TIME_WAIT", uid=0, inode=0),
+        N,
+        REUSEPORT,
+    ),
+    "reuseport-timewait-fin-wait2-any-uid": Case(
+        want("127.0.0.1", reuse=False, reuseport=True, uid=1000),
+        sk("127.0.0.1", "FIN_WAIT2", uid=0, inode=0),
+        N,
+        REUSEPORT,
+    ),
+    "reuseport-owned-fin-wait2-needs-uid": Case(
+        want("127.0.0.1", reuse=False, reuseport=True, uid=1000),
+        sk("127.0.0.1", "FIN_WAIT2", uid=0, inode=42),
+        L,
+        REUSEPORT,
+    ),
+    "reuseport-established-other-uid": Case(
+        want("127.0.0.1", reuse=False, reuseport=True, uid=1000),
+        sk("127.0.0.1", "ESTABLISHED", uid=0),
+        L,
+        REUSEPORT,
+    ),
+    # --- UDP (udp_lib_lport_inuse) -------------------------------------------------------
+    "udp-bound-blocks": Case(
+        want("127.0.0.1", proto=UDP, reuse=False), sk("127.0.0.1", "UNCONN", proto=UDP), B
+    ),
+    "udp-assumed-not-sharing": Case(
+        want("127.0.0.1", proto=UDP), sk("127.0.0.1", "UNCONN", proto=UDP), B
+    ),
+    "udp-reuseaddr-both-share": Case(
+        want("127.0.0.1", proto=UDP), sk("127.0.0.1", "UNCONN", proto=UDP), N, REUSE
+    ),
+    "udp-reuseaddr-one-side-blocks": Case(
+        want("127.0.0.1", proto=UDP, reuse=False), sk("127.0.0.1", "UNCONN", proto=UDP), B, REUSE
+    ),
+    "udp-reuseport-same-uid-shares": Case(
+        want("127.0.0.1", proto=UDP, reuse=False, reuseport=True, uid=1000),
+        sk("127.0.0.1", "UNCONN", proto=UDP, uid=1000),
+        N,
+        REUSEPORT,
+    ),
+    "udp-reuseport-other-uid-blocks": Case(
+        want("127.0.0.1", proto=UDP, reuse=False, reuseport=True, uid=1000),
+        sk("127.0.0.1", "UNCONN", proto=UDP, uid=0),
+        B,
+        REUSEPORT,
+    ),
+    "udp-connected-blocks": Case(
+        want("127.0.0.1", proto=UDP), sk("127.0.0.1", "ESTABLISHED", proto=UDP), B
+    ),
+    "udp-v4-any-blocks-loopback": Case(
+        want("127.0.0.1", proto=UDP), sk("0.0.0.0", "UNCONN", proto=UDP), B
+    ),
+    "udp-other-address": Case(
+        want("127.0.0.2", proto=UDP), sk("127.0.0.1", "UNCONN", proto=UDP), N
+    ),
+    "udp-v6only-spares-v4": Case(
+        want("0.0.0.0", proto=UDP), sk("::", "UNCONN", proto=UDP, v6only=True), N
+    ),
+    "udp-dual-blocks-v4": Case(
+        want("0.0.0.0", proto=UDP), sk("::", "UNCONN", proto=UDP, v6only=False), B
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_verdict(case: Case) -> None:
+    assert verdict(case.intent, case.sock, case.peer) is case.expected
+    assert blocks(case.intent, case.sock, case.peer) is (case.expected is not N)
+    assert blockers(case.intent, [case.sock], case.peer) == (
+        [] if case.expected is N else [case.sock]
+    )
+
+
+# --- several sockets -------------------------------------------------------------------
+
+LISTENER = sk("0.0.0.0")
+CHILD = sk("127.0.0.1", "ESTABLISHED")
+OLD_CHILD = sk("127.0.0.1", "TIME_WAIT", uid=0, inode=0)
+
+
+def test_children_of_a_listener_are_not_named() -> None:
+    socks = [CHILD, LISTENER, OLD_CHILD]
+    assert blockers(want("127.0.0.1", reuse=False), socks) == [LISTENER]
+    assert blockers(want("127.0.0.1"), socks) == [LISTENER]
+
+
+def test_children_without_their_listener_are_named() -> None:
+    socks = [CHILD, OLD_CHILD]
+    assert blockers(want("127.0.0.1", reuse=False), socks) == [CHILD, OLD_CHILD]
+    assert blockers(want("127.0.0.1"), socks) == []
+
+
+def test_a_listener_elsewhere_does_not_shadow() -> None:
+    other = sk("127.0.0.2")
+    socks = [other, CHILD]
+    assert blockers(want(None, reuse=False), socks) == [other, CHILD]
+    assert blockers(want("127.0.0.1", reuse=False), socks) == [CHILD]
+
+
+def test_udp_sockets_are_never_children() -> None:
+    udp = sk("127.0.0.1", "ESTABLISHED", proto=UDP)
+    assert blockers(want("127.0.0.1", proto=UDP), [sk("0.0.0.0", "UNCONN", proto=UDP), udp]) == [
+        sk("0.0.0.0", "UNCONN", proto=UDP),
+        udp,
+    ]
+
+
+def test_lingering_without_listener() -> None:
+    socks = [OLD_CHILD, sk("127.0.0.1", "CLOSE_WAIT"), CHILD]
+    # Listed whatever reuse_address says; ESTABLISHED is not a leftover state.
+    for reuse in (True, False):
+        assert lingering(want("127.0.0.1", reuse=reuse), socks) == socks[:2]
+    assert lingering(want("127.0.0.2"), socks) == []
+
+
+def test_lingering_under_a_live_listener_is_not_case_5() -> None:
+    assert lingering(want("127.0.0.1", reuse=False), [OLD_CHILD, LISTENER]) == []
+    # A listener on a disjoint address is no cover.
+    assert lingering(want(None), [OLD_CHILD, sk("127.0.0.2")]) == [OLD_CHILD]
+
+
+def test_lingering_only_tcp() -> None:
+    assert lingering(want("127.0.0.1", proto=UDP), [sk("127.0.0.1", "UNCONN", proto=UDP)]) == []
+
+
+def test_blockers_with_only_lingering_sockets() -> None:
+    # DESIGN case 5: no live listener, a service without SO_REUSEADDR waits them out.
+    intent = want("127.0.0.1", reuse=False)
+    assert [verdict(intent, s) for s in blockers(intent, [OLD_CHILD])] == [L]
+
+
+# --- assess / uncertainty --------------------------------------------------------------
+
+
+def test_assess_listener_is_certain() -> None:
+    a = assess(want("127.0.0.1"), [LISTENER])
+    assert not a.free and a.blockers == (LISTENER,) and not a.uncertain and not a.needs_probe
+
+
+def test_assess_time_wait_needs_probe() -> None:
+    # Free by the assumption, but the TIME_WAIT socket's own SO_REUSEADDR decides.
+    a = assess(want("127.0.0.1"), [OLD_CHILD])
+    assert a.free and a.lingering == (OLD_CHILD,) and a.uncertain == (OLD_CHILD,)
+    assert a.needs_probe
+
+
+def test_assess_time_wait_without_reuseaddr_is_certain() -> None:
+    a = assess(want("127.0.0.1", reuse=False), [OLD_CHILD])
+    assert a.blockers == (OLD_CHILD,) and not a.uncertain and not a.needs_probe
+
+
+def test_assess_udp_reuseaddr_may_share() -> None:
+    udp = sk("127.0.0.1", "UNCONN", proto=UDP)
+    a = assess(want("127.0.0.1", proto=UDP), [udp])
+    assert a.blockers == (udp,) and a.uncertain == (udp,) and a.needs_probe
+    b = assess(want("127.0.0.1", proto=UDP, reuse=False), [udp])
+    assert b.blockers == (udp,) and not b.uncertain and not b.needs_probe
+
+
+def test_assess_reuseport_listener_is_uncertain_only_for_same_uid() -> None:
+    mine = sk("127.0.0.1", uid=1000)
+    assert uncertain(want("127.0.0.1", reuseport=True, uid=1000), mine)
+    assert not uncertain(want("127.0.0.1", reuseport=True, uid=0), mine)
+    assert not uncertain(want("127.0.0.2", reuseport=True, uid=1000), mine)
+
+
+def test_assess_nothing_on_the_port() -> None:
+    a = assess(want(None), [sk("0.0.0.0", port=P + 1)])
+    assert a.free and a.needs_probe and a.blockers == a.lingering == a.uncertain == ()
+
+
+def test_assess_one_certain_blocker_settles_it() -> None:
+    a = assess(want("127.0.0.1"), [OLD_CHILD, sk("127.0.0.1")])
+    assert not a.needs_probe
+
+
+# --- SO_REUSEPORT groups ---------------------------------------------------------------
+
+
+def test_group_holders() -> None:
+    a1, a2 = sk("0.0.0.0", uid=1000, inode=1), sk("0.0.0.0", uid=1000, inode=2)
+    other_uid = sk("0.0.0.0", uid=1001, inode=3)
+    other_addr = sk("127.0.0.1", uid=1000, inode=4)
+    v6a, v6b = sk("::", v6only=True, inode=5), sk("::", v6only=True, inode=6)
+    v6dual = sk("::", v6only=False, inode=7)
+    mapped = sk("::ffff:127.0.0.1", uid=1000, inode=8)
+    tw1, tw2 = sk("0.0.0.0", "TIME_WAIT", inode=0), sk("0.0.0.0", "TIME_WAIT", inode=0)
+    u1, u2 = sk("0.0.0.0", "UNCONN", proto=UDP), sk("0.0.0.0", "UNCONN", proto=UDP, inode=9)
+    other_port = sk("0.0.0.0", port=P + 1, uid=1000)
+    socks = [a1, other_uid, a2, other_addr, v6a, v6dual, v6b, mapped, tw1, tw2, u1, u2]
+    socks.append(other_port)
+    assert group_holders(socks) == [
+        [a1, a2],
+        [other_uid],
+        [other_addr],
+        [v6a, v6b],
+        [v6dual],
+        [mapped],  # AF_INET6 never joins an AF_INET group
+        [tw1],
+        [tw2],
+        [u1, u2],
+        [other_port],
+    ]
+
+
+# --- intents ---------------------------------------------------------------------------
+
+
+def test_intents_expand_a_range() -> None:
+    spec = PortSpec(7000, 7002, Proto.TCP, "127.0.0.1")
+    got = intents(spec, reuse_address=False, reuse_port=True, uid=33)
+    assert [i.port for i in got] == [7000, 7001, 7002]
+    assert {(i.address, i.proto, i.reuse_address, i.reuse_port, i.uid) for i in got} == {
+        ("127.0.0.1", Proto.TCP, False, True, 33)
+    }
+
+
+def test_intents_no_address_and_brackets() -> None:
+    assert intents(PortSpec(53, 53, Proto.UDP), reuse_address=True) == [
+        BindIntent(None, 53, Proto.UDP, True, False, None, None)
+    ]
+    (v6,) = intents(PortSpec(8443, 8443, Proto.TCP, "[::]"), reuse_address=True, v6only=True)
+    assert v6.address == "::" and v6.v6only is True
+    assert str(v6) == "[::]:8443/tcp" and str(want(None, port=80)) == "*:80/tcp"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [PortSpec(80, 80, Proto.TCP, "localhost"), PortSpec(0, 1, Proto.TCP), PortSpec(65535, 65536)],
+    ids=["hostname", "port-0", "port-65536"],
+)
+def test_intents_reject(spec: PortSpec) -> None:
+    with pytest.raises(ValueError):
+        intents(spec, reuse_address=True)
+
+
+def test_observed_garbage_address_raises() -> None:
+    with pytest.raises(ValueError):
+        verdict(want("127.0.0.1"), sk("not-an-ip", family=socket.AF_INET))
+    with pytest.raises(ValueError):
+        verdict(want("127.0.0.1"), sk("::1", family=socket.AF_INET))
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [("ESTAB", "ESTABLISHED"), ("fin-wait-1", "FIN_WAIT1"), ("FIN_WAIT2", "FIN_WAIT2"),
+     ("time-wait", "TIME_WAIT"), ("UNCONN", "UNCONN"), ("LISTEN", "LISTEN")],
+)  # fmt: skip
+def test_normalize_state(raw: str, name: str) -> None:
+    assert normalize_state(raw) == name
