@@ -122,7 +122,53 @@ def build_parser() -> argparse.ArgumentParser:
         "state of its unit(s). Exit 0 when no declared port is held by another process.",
     )
     status.set_defaults(handler=cmd_status)
+
+    pre = commands.add_parser(
+        "preflight", help="clear UNIT's declared ports by policy (the ExecStartPre= entry)",
+        description="Clear UNIT's declared ports by its policy before it starts: "
+        "ExecStartPre=/usr/bin/portguard preflight %%n. Exit 0 clear, 1 blocked, "
+        "75 timed out, 77 not permitted, 78 bad config.",
+    )
+    pre.add_argument("unit", metavar="UNIT", help="the unit being started (%%n)")
+    pre.add_argument("--dry-run", action="store_true",
+                     help="print and journal what would be done; touch nothing")
+    pre.set_defaults(handler=cmd_preflight)
+
+    for name, verb in (("install", "add"), ("uninstall", "remove")):
+        sub = commands.add_parser(
+            name, help=f"{verb} the drop-in that runs preflight as UNIT's ExecStartPre=",
+            description=f"{verb.capitalize()} /etc/systemd/system/UNIT.d/portguard.conf "
+            "(one drop-in covers every instance of a template) and reload systemd.",
+        )
+        sub.add_argument("unit", metavar="UNIT", help="e.g. web.service or web@.service")
+        sub.set_defaults(handler=cmd_install if name == "install" else cmd_uninstall)
     return parser
+
+
+def cmd_preflight(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    from portguard.preflight import Preflight
+    status = ExitStatus.OK
+    try:
+        status = Preflight(app, args.unit, dry_run=args.dry_run).run()
+        return status
+    except PortguardError as exc:
+        status = exc.exit_status
+        raise
+    finally:
+        if out.json:
+            out.document({"unit": args.unit, "exit_status": int(status),
+                          "dry_run": args.dry_run,
+                          "records": [r.all_fields() for r in app.journal.history]})
+
+
+def cmd_install(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    from portguard import install
+    return install.install(args.unit, app, out)
+
+
+def cmd_uninstall(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    from portguard import install
+    return install.uninstall(args.unit, app, out)
 
 
 def parse_port_args(texts: Sequence[str]) -> list[tuple[int, Proto]]:
@@ -175,13 +221,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     out = Output(out_stream, err_stream, json=args.json,
                  verbosity=-1 if args.quiet else args.verbose)
     handler: Handler = args.handler
-    app = App(Path(args.config) if args.config else None)
+    from portguard.journal import Journal
+    journal = Journal(echo=False if args.quiet or args.json else None,
+                      verbose=args.verbose > 0, stream=err_stream)
+    app = App(Path(args.config) if args.config else None, journal=journal)
     try:
         return int(handler(args, app, out))
     except PortguardError as exc:
-        if out.json:
+        if out.json and args.command != "preflight":  # preflight wrote its document
             out.document({"error": exc.message, "exit_status": int(exc.exit_status)})
-        else:
+        elif not out.json:
             print(f"portguard: {exc.message}", file=err_stream)
         return int(exc.exit_status)
     except KeyboardInterrupt:

@@ -142,6 +142,7 @@ class Journal:
         self.echo = (not stderr_is_journal(self.stream)) if echo is None else echo
         self.verbose = verbose
         self._sock: socket.socket | None = None
+        self.history: list[Record] = []  # what this run emitted, for --json documents
 
     def emit(
         self,
@@ -158,6 +159,7 @@ class Journal:
         action: str | None = None,
         result: str | None = None,
         extra: Mapping[str, str] | None = None,
+        echo: bool = True,
     ) -> Record:
         fields: dict[str, str] = {}
         for key, value in (
@@ -176,10 +178,11 @@ class Journal:
             fields[field_name(key)] = value
         record = Record(event, message, priority if priority is not None else event.priority,
                         fields)
+        self.history.append(record)
         delivered = self._send(record)
         if not delivered:
             self._write_stream(record, with_fields=True)
-        elif self.echo:
+        elif self.echo and echo:
             self._write_stream(record, with_fields=self.verbose)
         return record
 

@@ -11,7 +11,9 @@ sockets still unresolved:
 3. the processes running as the socket's owner uid;
 4. everything else.
 
-Ring 2 finds prefork workers too: they share their master's unit cgroup.
+Ring 2 finds prefork workers too: they share their master's unit cgroup. The kernel
+records the cgroup the socket was *created* in, so a socket systemd created for socket
+activation points at PID 1's side; those always get the full scan.
 """
 
 from __future__ import annotations
@@ -285,7 +287,9 @@ def find_owners(
                 holders.setdefault(inode, {})[pid] = fd_list
 
     def unresolved() -> list[Socket]:
-        return [s for s in socks if s.inode not in holders]
+        # A socket PID 1 holds is socket-activated: the service it was passed to runs in
+        # another cgroup, maybe as another user, so only the full scan finds it.
+        return [s for s in socks if s.inode not in holders or 1 in holders[s.inode]]
 
     scan(suspects)
     ids = {s.cgroup_id for s in unresolved() if s.cgroup_id}
@@ -310,3 +314,60 @@ def find_owners(
         by_inode[inode] = tuple(procs)
     return Owners(by_inode, unreadable, full)
 
+
+
+def state(pid: int, proc: str = PROC) -> str:
+    """The one-letter state of /proc/PID/stat (R, S, D, Z, T, ...). Raises ProcessGone."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid) from exc
+    return raw[raw.rindex(b")") + 2 :].split()[0].decode()
+
+
+def ancestors(pid: int | None = None, proc: str = PROC) -> frozenset[int]:
+    """`pid` (default: this process) and every parent up to PID 1: never signalled."""
+    out: set[int] = set()
+    current = os.getpid() if pid is None else pid
+    while current > 0 and current not in out:
+        out.add(current)
+        try:
+            current = _stat_fields(current, proc)[_PPID]
+        except ProcessGone:
+            break
+    return frozenset(out)
+
+
+def pid_namespace(pid: int | str = "self", proc: str = PROC) -> int:
+    try:
+        return os.stat(f"{proc}/{pid}/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def populated_cgroups(name_glob: str, root: str | None = None) -> list[str]:
+    """Names of cgroups (units) matching `name_glob` that have live processes.
+
+    Lets preflight see that a twin instance is running or starting without asking
+    systemd over D-Bus: an active or activating unit always has a populated cgroup.
+    """
+    import fnmatch
+
+    base = root if root is not None else cgroup2_mount()
+    if not base:
+        return []
+    found = []
+    for dirpath, dirs, _files in os.walk(base):
+        for name in dirs:
+            if fnmatch.fnmatchcase(name, name_glob) and _populated(os.path.join(dirpath, name)):
+                found.append(name)
+    return sorted(set(found))
+
+
+def _populated(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            return "populated 1" in f.read()
+    except OSError:
+        return False

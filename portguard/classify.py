@@ -1,0 +1,183 @@
+"""Classify each holder of a declared port: self, twin, stray, foreign or lingering.
+
+Pure functions of observed facts (DESIGN.md, "Why a port is taken"): given the service
+being started, what systemd says about its unit and twins, and the holders observed on
+its ports, decide what each holder is and whether it may ever be touched. No I/O here:
+everything arrives in a `Context` and leaves as `Conflict`s, so every rule is tested
+without root.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import os
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from portguard.config import Service
+from portguard.model import Holder, Process, Proto, Unit
+from portguard.observe import LINGERING_STATES
+
+
+class Kind(enum.StrEnum):
+    SELF = "self"  # a remnant of this unit's previous run, in its own cgroup
+    TWIN = "twin"  # another instance of the template, or a configured duplicate unit
+    STRAY = "stray"  # a copy of the program outside any service unit
+    FOREIGN = "foreign"  # anything else: never stopped or signalled
+    LINGERING = "lingering"  # TIME_WAIT & co.: no live process holds it
+
+
+class Context(NamedTuple):
+    """Everything classification needs to know about the service being started."""
+
+    unit: str  # the unit being started, e.g. web@green.service
+    service: Service
+    unit_info: Unit | None  # what systemd says about `unit` (None: D-Bus not consulted)
+    unit_uid: int | None  # uid of the unit's User= (None: unknown; 0 when unset)
+    protected_units: Sequence[str]  # globs from the config, plus the always-protected
+    own_pids: frozenset[int]  # portguard itself and its ancestors
+    own_pid_namespace: int  # inode of our pid namespace; 0 when unknown
+    claiming_twins: tuple[Unit, ...] = ()  # twin units active/activating, maybe not bound
+
+
+class Conflict(NamedTuple):
+    """One reason a declared port is not free, with what may be done about it."""
+
+    port: int
+    proto: Proto
+    kind: Kind
+    reason: str  # for people: why this kind
+    holder: Holder | None  # None for a twin that claims the port before binding it
+    unit: str | None  # the holder's unit, if any
+    processes: tuple[Process, ...]  # the live processes holding it
+    untouchable: str  # non-empty: why it must never be stopped or signalled
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(p.pid for p in self.processes)
+
+
+def is_outside_service(unit: Unit | None) -> bool:
+    """Processes in no unit, a login session or a user manager are "outside any service":
+    where hand-started copies live (a shell, tmux, a deploy script over ssh)."""
+    if unit is None:
+        return True
+    return unit.id.endswith(".scope") or fnmatch.fnmatchcase(unit.id, "user@*.service")
+
+
+def _glob_any(name: str, globs: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def matches_command(proc: Process, exec_start: Sequence[Sequence[str]],
+                    command_globs: Sequence[str]) -> bool:
+    """Whether the process runs this service's program: its ExecStart= argv, or a glob.
+
+    ExecStart matches when the program is the same (the executable, or argv[0] as
+    written; callers add a line with argv[0] resolved through symlinks) and every argument
+    is equal: a different script under the same interpreter never matches.
+    """
+    argv = proc.cmdline
+    for line in exec_start:
+        if line and argv and line[0] in (proc.exe, argv[0]) and tuple(argv[1:]) == tuple(line[1:]):
+            return True
+    joined = " ".join(argv)
+    return any(fnmatch.fnmatchcase(proc.exe, g) or fnmatch.fnmatchcase(joined, g)
+               for g in command_globs)
+
+
+def untouchable_reason(ctx: Context, unit: Unit | None,
+                       procs: Sequence[Process]) -> str:
+    """Why these processes may never be signalled or their unit stopped ("" if they may)."""
+    for proc in procs:
+        if proc.pid == 1:
+            return "PID 1 (systemd) holds it"
+        if proc.pid in ctx.own_pids:
+            return f"pid {proc.pid} is portguard itself or its parent"
+        if ctx.own_pid_namespace and proc.pid_namespace and \
+                proc.pid_namespace != ctx.own_pid_namespace:
+            return f"pid {proc.pid} runs in another pid namespace (a container)"
+    if unit is not None and _glob_any(unit.id, ctx.protected_units):
+        return f"{unit.id} is protected by the config"
+    return ""
+
+
+def classify_holder(ctx: Context, holder: Holder) -> Conflict:
+    sock = holder.socket
+    unit = holder.unit
+    procs = holder.processes
+    unit_id = unit.id if unit else None
+
+    def conflict(kind: Kind, reason: str) -> Conflict:
+        untouchable = untouchable_reason(ctx, unit, procs) if procs else ""
+        return Conflict(sock.local_port, sock.proto, kind, reason, holder, unit_id, procs,
+                        untouchable)
+
+    if not procs:
+        if holder.unknown_reason:
+            return conflict(Kind.FOREIGN, f"{holder.unknown_reason}: it cannot be told apart "
+                            "from another service, so it is never touched")
+        if sock.state in LINGERING_STATES:
+            return conflict(Kind.LINGERING, f"{sock.state} socket with no process")
+        return conflict(Kind.FOREIGN, "held by no process portguard can see")
+
+    svc = ctx.service
+    if unit_id is not None and unit_id == ctx.unit:
+        return conflict(Kind.SELF, f"left over from a previous run of {ctx.unit} "
+                        "(in its own cgroup)")
+    if unit_id is not None and svc.is_template and svc.matches(unit_id):
+        return conflict(Kind.TWIN, f"{unit_id} is another instance of {svc.name}")
+    if unit_id is not None and _glob_any(unit_id, svc.duplicates.units):
+        return conflict(Kind.TWIN, f"{unit_id} is configured as a duplicate of {svc.name}")
+    if is_outside_service(unit):
+        exec_start = ctx.unit_info.exec_start if ctx.unit_info else ()
+        matching = [p for p in procs if matches_command(p, exec_start, svc.duplicates.commands)]
+        if matching:
+            if ctx.unit_uid is not None and any(p.uid != ctx.unit_uid for p in procs):
+                # Never a stray by name alone when it runs as someone else.
+                return conflict(Kind.FOREIGN, "runs the service's program but as user "
+                                f"{procs[0].user or procs[0].uid}, not the unit's user")
+            where = f"in {unit_id}" if unit_id else "outside any unit"
+            return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}")
+    where = f"in {unit_id}" if unit_id else "outside any unit"
+    return conflict(Kind.FOREIGN, f"a different program ({_program(procs[0])}) {where}")
+
+
+def _program(proc: Process) -> str:
+    if proc.exe:
+        return os.path.basename(proc.exe)
+    return os.path.basename(proc.cmdline[0]) if proc.cmdline else f"pid {proc.pid}"
+
+
+def claimed_by_twins(ctx: Context, ports: Iterable[tuple[int, Proto]],
+                     holders_units: Iterable[str]) -> list[Conflict]:
+    """Twins that are active or activating but hold none of the ports yet.
+
+    Two instances starting together must not both pass: the one that claims the port
+    first (its unit is activating) counts as a twin holder already.
+    """
+    seen = set(holders_units)
+    out = []
+    for twin in ctx.claiming_twins:
+        if twin.id == ctx.unit or twin.id in seen:
+            continue
+        if twin.active_state not in ("active", "activating", "reloading"):
+            continue
+        untouchable = (f"{twin.id} is protected by the config"
+                       if _glob_any(twin.id, ctx.protected_units) else "")
+        for port, proto in ports:
+            out.append(Conflict(port, proto, Kind.TWIN,
+                                f"{twin.id} ({twin.active_state}) declares the same port",
+                                None, twin.id, (), untouchable))
+            break  # one record per twin: stopping it frees all its ports
+    return out
+
+
+def classify(ctx: Context, holders: Iterable[Holder]) -> list[Conflict]:
+    """Every holder's conflict, plus twins claiming the ports before binding them."""
+    conflicts = [classify_holder(ctx, h) for h in holders]
+    ports = [(c.port, c.proto) for c in conflicts] or [
+        (spec.first, spec.proto) for spec in ctx.service.ports]
+    units = [c.unit for c in conflicts if c.unit]
+    return conflicts + claimed_by_twins(ctx, ports, units)

@@ -1,0 +1,317 @@
+"""`portguard preflight UNIT`: clear a unit's declared ports before it starts.
+
+config -> observe -> classify -> plan -> act -> verify -> report, in that order.
+
+The fast path answers when every declared port is free: one sock_diag query, a glance at
+the cgroup tree for a twin instance that is starting, and a bind() probe per port. It
+never connects to D-Bus nor imports pystemd. Everything else runs under the per-port
+locks in /run/portguard, so two guards never act on one port at once.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from portguard import conflicts, processes, sockets
+from portguard.actions import REAL_CLOCK, Clock, wait_until
+from portguard.classify import Conflict, Context, Kind, classify
+from portguard.config import Config, Service
+from portguard.configtypes import mangle_unit
+from portguard.errors import BlockedError, ExitStatus, TimedOutError
+from portguard.journal import Event
+from portguard.lock import port_locks
+from portguard.model import Holder, Proto, Socket, Unit
+from portguard.policy import Action, Plan, plan
+from portguard.preflight_act import Executor, describe_conflict
+from portguard.units import Systemd, SystemdError, SystemdUnavailable
+
+if TYPE_CHECKING:
+    from portguard.app import App
+
+ALWAYS_PROTECTED = ("init.scope", "portguard.service")
+
+
+class Preflight:
+    """One preflight run for one unit; built by the CLI from the App's collaborators."""
+
+    def __init__(self, app: App, unit: str, *, dry_run: bool = False,
+                 clock: Clock = REAL_CLOCK) -> None:
+        self.app = app
+        self.journal = app.journal
+        self.unit = mangle_unit(unit)
+        self.dry_run = dry_run
+        self.clock = clock
+
+    # -- entry ---------------------------------------------------------------------
+
+    def run(self) -> ExitStatus:
+        cfg = self.app.config
+        service = cfg.service_for(self.unit)
+        if service is None:
+            self.journal.emit(Event.UNIT_NOT_CONFIGURED,
+                              f"{self.unit} is not in {self.app.config_path}: nothing to check",
+                              unit=self.unit, action="none", result="pass")
+            return ExitStatus.OK
+        deadline = self.clock.now() + service.timeout
+        intents = [i for spec in service.ports
+                   for i in conflicts.intents(spec, reuse_address=service.reuse_address)]
+        ports = sorted({(i.port, i.proto) for i in intents})
+        if self._fast_path_clear(service, intents, ports):
+            self._report_clear(service, ports, "all declared ports are free")
+            return ExitStatus.OK
+        with port_locks(ports, timeout=max(0.0, deadline - self.clock.now()),
+                        on_wait=self._waiting_for_lock):
+            return self._slow_path(cfg, service, intents, ports, deadline)
+
+    def _waiting_for_lock(self, port: int, proto: Proto) -> None:
+        self.journal.emit(Event.WAIT, f"{self.unit}: another portguard is acting on "
+                          f"{port}/{proto}; waiting for its lock", unit=self.unit,
+                          port=port, proto=str(proto), action="wait", result="locked")
+
+    # -- fast path -----------------------------------------------------------------
+
+    def _fast_path_clear(self, service: Service, intents: Sequence[conflicts.BindIntent],
+                         ports: Sequence[tuple[int, Proto]]) -> bool:
+        if self._starting_twins(service):
+            return False
+        found = _query(ports)
+        for intent in intents:
+            if not conflicts.assess(intent, _on_port(found, intent.port, intent.proto)).free:
+                return False
+        return all(_probe_ok(intent) for intent in intents)
+
+    def _starting_twins(self, service: Service) -> list[str]:
+        """Twin units with live processes (running or starting), seen in the cgroup tree."""
+        globs = list(service.duplicates.units)
+        if service.is_template:
+            globs.append(service.instance_glob)
+        names: set[str] = set()
+        for glob in globs:
+            names.update(processes.populated_cgroups(glob))
+        names.discard(self.unit)
+        return sorted(names)
+
+    # -- slow path -----------------------------------------------------------------
+
+    def _slow_path(self, cfg: Config, service: Service,
+                   intents: Sequence[conflicts.BindIntent],
+                   ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
+        systemd = self._connect()
+        try:
+            ctx = self._context(cfg, service, systemd)
+            found_conflicts, bind_refused = self._observe(ctx, intents, ports)
+            the_plan = plan(service, found_conflicts, bind_refused=bind_refused)
+            if not the_plan.steps:
+                self._report_clear(service, ports, "all declared ports are free")
+                return ExitStatus.OK
+            for step in the_plan.steps:
+                self._record_decision(step.conflict, step.action, step.why)
+            if the_plan.refused:
+                return self._refuse(service, the_plan)
+            if self.dry_run:
+                return self._dry_run_summary(the_plan)
+            executor = Executor(self.unit, service, systemd, self.journal, clock=self.clock,
+                                deadline=deadline,
+                                still_held=lambda c: self._still_held(c, intents))
+            executor.execute(the_plan)
+            if the_plan.warned and not the_plan.acting and not the_plan.waiting:
+                return ExitStatus.OK
+            return self._verify(service, intents, ports, deadline)
+        finally:
+            if systemd is not None:
+                systemd.close()
+
+    def _connect(self) -> Systemd | None:
+        try:
+            return self.app.connect_systemd()
+        except SystemdUnavailable as exc:
+            self.journal.emit(Event.CONFLICT, f"{self.unit}: systemd's D-Bus API is "
+                              f"unreachable ({exc.message}); units are named from cgroups "
+                              "and no unit can be stopped", unit=self.unit, action="none",
+                              result="no-dbus")
+            return None
+
+    def _context(self, cfg: Config, service: Service, systemd: Systemd | None) -> Context:
+        unit_info: Unit | None = None
+        twins: list[Unit] = []
+        if systemd is not None:
+            unit_info = systemd.describe(self.unit)
+            globs = [*service.duplicates.units]
+            if service.is_template:
+                globs.append(service.instance_glob)
+            if globs:
+                for uid in systemd.list_units(globs):
+                    if uid != self.unit:
+                        try:
+                            twins.append(systemd.describe(uid))
+                        except SystemdError:
+                            continue  # unloaded meanwhile
+        if unit_info is not None and unit_info.exec_start:
+            # Compare against the program both as written and with symlinks resolved.
+            resolved = tuple((os.path.realpath(line[0]), *line[1:])
+                             for line in unit_info.exec_start)
+            unit_info = unit_info._replace(exec_start=unit_info.exec_start + resolved)
+        return Context(
+            unit=self.unit,
+            service=service,
+            unit_info=unit_info,
+            unit_uid=_uid_of(unit_info.user if unit_info else ""),
+            protected_units=(*ALWAYS_PROTECTED, *cfg.protected),
+            own_pids=processes.ancestors(),
+            own_pid_namespace=processes.pid_namespace(),
+            claiming_twins=tuple(twins),
+        )
+
+    def _observe(self, ctx: Context, intents: Sequence[conflicts.BindIntent],
+                 ports: Sequence[tuple[int, Proto]]) -> tuple[list[Conflict], bool]:
+        """Classified conflicts on the declared ports, and whether bind() is refused."""
+        reports = self.app.observer.ports(list(ports))
+        relevant: dict[int, Holder] = {}
+        bind_refused = False
+        for intent in intents:
+            rep = next(r for r in reports if (r.port, r.proto) == (intent.port, intent.proto))
+            socks = [h.socket for h in rep.holders]
+            verdict = conflicts.assess(intent, socks)
+            keep = {id(s) for s in (*verdict.blockers, *verdict.lingering, *verdict.uncertain)}
+            for holder in rep.holders:
+                if id(holder.socket) in keep:
+                    relevant[id(holder)] = holder
+            if verdict.free and not _probe_ok(intent):
+                bind_refused = True
+        found = classify(ctx, relevant.values())
+        if bind_refused and not found:
+            raise BlockedError(f"{self.unit}: bind() is refused on a declared port but no "
+                               "socket on it is visible (another network namespace?)")
+        return found, bind_refused
+
+    def _still_held(self, conflict: Conflict,
+                    intents: Sequence[conflicts.BindIntent]) -> bool:
+        """Whether the socket behind a conflict still blocks one of the service's binds."""
+        if conflict.holder is None:  # a twin claiming the port: held while it is up
+            return False
+        sock = conflict.holder.socket
+        current = _on_port(_query([(sock.local_port, sock.proto)]), sock.local_port,
+                           sock.proto)
+        same = [s for s in current if s.inode == sock.inode and s.local_address ==
+                sock.local_address and s.state == sock.state]
+        if not same:
+            return False
+        return any(conflicts.assess(i, same).blockers or
+                   (conflict.kind is Kind.LINGERING and not _probe_ok(i))
+                   for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
+
+    # -- verify and report ---------------------------------------------------------
+
+    def _verify(self, service: Service, intents: Sequence[conflicts.BindIntent],
+                ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
+        """The ports must be free now: sockets say so and a bind() probe agrees."""
+        def clear() -> bool:
+            found = _query(ports)
+            return all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free
+                       and _probe_ok(i) for i in intents)
+
+        if wait_until(clear, deadline, self.clock):
+            self._report_clear(service, ports, "ports cleared")
+            return ExitStatus.OK
+        reports = self.app.observer.ports(list(ports))
+        named = [describe_holder(h) for r in reports for h in r.live]
+        detail = "; ".join(named) or "a socket portguard cannot see"
+        self.journal.emit(Event.REFUSED, f"{self.unit}: ports still held after acting: "
+                          f"{detail}", unit=self.unit, action="refuse", result="still-held")
+        raise BlockedError(f"{self.unit}: a declared port is still held after acting "
+                           f"({detail}); not retrying, to avoid a fight")
+
+    def _record_decision(self, conflict: Conflict, action: Action, why: str) -> None:
+        verb = "would " if self.dry_run and action not in (Action.REFUSE, Action.NONE) else ""
+        self.journal.emit(
+            Event.CONFLICT,
+            f"{self.unit}: {conflict.port}/{conflict.proto}: {describe_conflict(conflict)}; "
+            f"{verb}{action.value}: {why}",
+            unit=self.unit, port=conflict.port, proto=str(conflict.proto),
+            holder_pid=conflict.pids[0] if conflict.pids else None,
+            holder_unit=conflict.unit, holder_kind=str(conflict.kind),
+            action=action.value, result="dry-run" if self.dry_run else "planned")
+
+    def _refuse(self, service: Service, the_plan: Plan) -> ExitStatus:
+        lines = []
+        for step in the_plan.refused:
+            c = step.conflict
+            lines.append(f"{c.port}/{c.proto} is held by {describe_conflict(c)}; "
+                         f"{step.why}. {advice(service, c)}")
+            self.journal.emit(Event.REFUSED, f"{self.unit} refused: {lines[-1]}",
+                              unit=self.unit, port=c.port, proto=str(c.proto),
+                              holder_pid=c.pids[0] if c.pids else None, holder_unit=c.unit,
+                              holder_kind=str(c.kind), action="refuse", result="blocked",
+                              echo=False)  # the error below says the same on stderr
+        raise BlockedError(f"{self.unit} cannot start: " + " | ".join(lines))
+
+    def _dry_run_summary(self, the_plan: Plan) -> ExitStatus:
+        self.journal.emit(Event.CONFLICT, f"{self.unit}: dry run: {len(the_plan.acting)} "
+                          "action(s) planned, nothing touched", unit=self.unit,
+                          action="none", result="dry-run")
+        return ExitStatus.OK
+
+    def _report_clear(self, service: Service, ports: Iterable[tuple[int, Proto]],
+                      how: str) -> None:
+        names = ", ".join(f"{p}/{proto}" for p, proto in ports)
+        self.journal.emit(Event.PORTS_CLEAR, f"{self.unit}: {how} ({names})",
+                          unit=self.unit, action="none", result="clear")
+
+
+def describe_holder(holder: Holder) -> str:
+    sock = holder.socket
+    if not holder.processes:
+        return f"{sock.state} socket {sock.local_address}:{sock.local_port}"
+    p = holder.processes[0]
+    unit = f" in {holder.unit.id}" if holder.unit else " outside any unit"
+    return f"pid {p.pid} ({os.path.basename(p.exe or (p.cmdline or ('?',))[0])}){unit}"
+
+
+def advice(service: Service, conflict: Conflict) -> str:
+    """What a person can do about a refusal."""
+    if conflict.kind is Kind.FOREIGN:
+        target = f"systemctl stop {conflict.unit}" if conflict.unit else (
+            f"kill {conflict.pids[0]}" if conflict.pids else "stop it")
+        return (f"Stop it ({target}), move {service.name} to another port, or set "
+                "on_foreign: wait to wait for it.")
+    if conflict.untouchable:
+        return "portguard never touches it; stop it yourself or change the port."
+    return f"Stop it yourself, or set policy: stop for {service.name} to let portguard do it."
+
+
+def _uid_of(user: str) -> int | None:
+    if not user:
+        return 0  # no User=: the service runs as root
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _query(ports: Iterable[tuple[int, Proto]]) -> list[Socket]:
+    by_proto: dict[Proto, list[int]] = {}
+    for port, proto in ports:
+        by_proto.setdefault(proto, []).append(port)
+    found: list[Socket] = []
+    for proto, nums in by_proto.items():
+        found.extend(sockets.query(sorted(set(nums)), (proto,)))
+    return found
+
+
+def _on_port(found: Iterable[Socket], port: int, proto: Proto) -> list[Socket]:
+    return [s for s in found if s.local_port == port and s.proto == proto]
+
+
+def _probe_ok(intent: conflicts.BindIntent) -> bool:
+    """The kernel's own answer; an address this host does not have is not our conflict."""
+    import errno
+    err = conflicts.probe_bind(intent)
+    return err is None or err.errno != errno.EADDRINUSE
+
+
+__all__ = ["Preflight", "TimedOutError", "advice", "describe_holder"]

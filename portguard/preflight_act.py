@@ -1,0 +1,145 @@
+"""Carry out a preflight plan: stop twins, signal strays and remnants, wait; journal each.
+
+Split from preflight.py, which decides; this module only executes what was decided and
+records every action with its result.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+from portguard.actions import Clock, SignalOutcome, signal_process, wait_until
+from portguard.classify import Conflict
+from portguard.config import Service
+from portguard.errors import BlockedError, TimedOutError
+from portguard.journal import Event, Journal
+from portguard.policy import Action, Plan, Step
+from portguard.units import Systemd
+
+
+def describe_conflict(c: Conflict) -> str:
+    """`pid 1234 (webd, user www-data) in web@blue.service [twin: ...]` for messages."""
+    if c.processes:
+        p = c.processes[0]
+        prog = os.path.basename(p.exe or (p.cmdline[0] if p.cmdline else "?"))
+        others = f" and {len(c.processes) - 1} more" if len(c.processes) > 1 else ""
+        who = f"pid {p.pid}{others} ({prog}, user {p.user or p.uid})"
+    elif c.holder is not None:
+        sock = c.holder.socket
+        who = f"a {sock.state} socket ({c.holder.unknown_reason or 'no process'})"
+    else:
+        who = "no process yet"
+    where = f" in {c.unit}" if c.unit else ""
+    if c.holder is not None and c.holder.container:
+        where += f" (container {c.holder.container})"
+    return f"{who}{where} [{c.kind}: {c.reason}]"
+
+
+class Executor:
+    def __init__(self, unit: str, service: Service, systemd: Systemd | None,
+                 journal: Journal, *, clock: Clock, deadline: float,
+                 still_held: Callable[[Conflict], bool]) -> None:
+        self.unit = unit
+        self.service = service
+        self.systemd = systemd
+        self.journal = journal
+        self.clock = clock
+        self.deadline = deadline
+        self.still_held = still_held
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - self.clock.now())
+
+    def execute(self, the_plan: Plan) -> None:
+        for step in the_plan.warned:
+            self._emit(Event.WARNED, step, f"conflict tolerated: {step.why}", "tolerated")
+        signalled: set[int] = set()
+        for step in the_plan.acting:
+            if step.action is Action.STOP:
+                self._stop_unit(step)
+            else:
+                self._signal(step, signalled)
+        if the_plan.waiting:
+            self._wait([s.conflict for s in the_plan.waiting], the_plan.waiting[0])
+
+    # -- twin units ---------------------------------------------------------------
+
+    def _stop_unit(self, step: Step) -> None:
+        unit = step.conflict.unit or ""
+        if self.systemd is None:
+            self._emit(Event.REFUSED, step, f"cannot stop {unit}: systemd's D-Bus API is "
+                       "unreachable (never falling back to signals for a unit)", "no-dbus",
+                       action=Action.REFUSE)
+            raise BlockedError(f"{self.unit}: {unit} holds a declared port and must be "
+                               "stopped through systemd, whose D-Bus API is unreachable")
+        job = self.systemd.stop_unit(unit, timeout=self.remaining())
+        self._emit(Event.STOP_UNIT, step, f"StopUnit {unit}: job {job.result}", job.result)
+        if job.result != "done":
+            raise BlockedError(f"{self.unit}: stopping {unit} failed (job {job.result})")
+        held = step.conflict.holder is not None
+        grace = min(self.service.kill_after, self.remaining())
+        if held and not wait_until(lambda: not self.still_held(step.conflict),
+                                   self.clock.now() + grace, self.clock):
+            self.systemd.kill_unit(unit, signal.SIGKILL)
+            self._emit(Event.KILL, step, f"{unit} still holds the port {grace:g}s after "
+                       "StopUnit: KillUnit SIGKILL", "killed", action=Action.KILL)
+            if not wait_until(lambda: not self.still_held(step.conflict), self.deadline,
+                              self.clock):
+                raise BlockedError(f"{self.unit}: {unit} still holds the port after SIGKILL")
+
+    # -- remnants and strays -----------------------------------------------------
+
+    def _signal(self, step: Step, signalled: set[int]) -> None:
+        c = step.conflict
+        inode = c.holder.socket.inode if c.holder else 0
+        for proc in c.processes:
+            if proc.pid in signalled:
+                continue
+            signalled.add(proc.pid)
+            outcome = signal_process(proc, inode, self.service.signal,
+                                     kill_after=self.service.kill_after,
+                                     deadline=self.deadline, clock=self.clock)
+            self._record_signal(step, outcome)
+
+    def _record_signal(self, step: Step, outcome: SignalOutcome) -> None:
+        pid = outcome.pid
+        if outcome.result == "identity-changed":
+            self._emit(Event.IDENTITY_CHANGED, step, f"pid {pid}: identity changed: "
+                       f"{outcome.detail}", outcome.result, pid=pid, action=Action.NONE)
+            return
+        if outcome.signalled:
+            self._emit(Event.SIGNAL, step, f"sent {outcome.signalled[0]} to pid {pid} "
+                       "through a pidfd", outcome.result, pid=pid)
+        if "SIGKILL" in outcome.signalled:
+            self._emit(Event.KILL, step, f"pid {pid}: {outcome.detail}", outcome.result,
+                       pid=pid, action=Action.KILL)
+        if not outcome.signalled:
+            self._emit(Event.SIGNAL, step, f"pid {pid}: {outcome.detail}", outcome.result,
+                       pid=pid, action=Action.NONE)
+        if outcome.result == "still-running":
+            raise BlockedError(f"{self.unit}: pid {pid} {outcome.detail}")
+
+    # -- waiting --------------------------------------------------------------------
+
+    def _wait(self, conflicts: list[Conflict], first: Step) -> None:
+        self._emit(Event.WAIT, first, f"waiting up to {self.remaining():.1f}s for "
+                   f"{len(conflicts)} holder(s) to go", "waiting")
+        gone = wait_until(lambda: not any(self.still_held(c) for c in conflicts),
+                          self.deadline, self.clock)
+        if not gone:
+            self._emit(Event.TIMED_OUT, first, f"timed out after {self.service.timeout:g}s "
+                       "waiting for the port", "timeout", action=Action.WAIT)
+            raise TimedOutError(f"{self.unit}: still held after waiting "
+                                f"{self.service.timeout:g}s: {describe_conflict(first.conflict)}")
+        self._emit(Event.WAIT, first, "the holder(s) went away", "gone")
+
+    def _emit(self, event: Event, step: Step, text: str, result: str, *,
+              pid: int | None = None, action: Action | None = None) -> None:
+        c = step.conflict
+        self.journal.emit(
+            event, f"{self.unit}: {c.port}/{c.proto}: {text}", unit=self.unit, port=c.port,
+            proto=str(c.proto), holder_pid=pid if pid is not None else
+            (c.pids[0] if c.pids else None), holder_unit=c.unit, holder_kind=str(c.kind),
+            action=(action or step.action).value, result=result)
