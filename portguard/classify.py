@@ -130,12 +130,16 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
         return conflict(Kind.TWIN, f"{unit_id} is another instance of {svc.name}")
     if unit_id is not None and _glob_any(unit_id, svc.duplicates.units):
         return conflict(Kind.TWIN, f"{unit_id} is configured as a duplicate of {svc.name}")
+    if holder.container:
+        return conflict(Kind.FOREIGN, f"{_program(procs[0])} in container "
+                        f"{holder.container}: never a stray, whatever it runs")
     if is_outside_service(unit):
         exec_start = ctx.unit_info.exec_start if ctx.unit_info else ()
         matching = [p for p in procs if matches_command(p, exec_start, svc.duplicates.commands)]
         if matching:
-            if ctx.unit_uid is not None and any(p.uid != ctx.unit_uid for p in procs):
-                # Never a stray by name alone when it runs as someone else.
+            if ctx.unit_uid is None or any(p.uid != ctx.unit_uid for p in procs):
+                # Never a stray by name alone when it runs as someone else (or when the
+                # unit's user cannot be resolved, so nobody can say it does not).
                 return conflict(Kind.FOREIGN, "runs the service's program but as user "
                                 f"{procs[0].user or procs[0].uid}, not the unit's user")
             where = f"in {unit_id}" if unit_id else "outside any unit"

@@ -31,7 +31,10 @@ def port_locks(ports: Iterable[tuple[int, Proto]], *, timeout: float,
                clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
     """Hold an exclusive lock on every (port, proto) for the body; bounded wait."""
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        # Root-only: flock needs only read access, so a lock file others can open would
+        # let any local user block every preflight on that port.
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
     except PermissionError as exc:
         raise NotPermittedError(f"cannot create {directory}: {exc.strerror} "
                                 "(preflight needs root to act on ports)") from exc
@@ -41,7 +44,7 @@ def port_locks(ports: Iterable[tuple[int, Proto]], *, timeout: float,
         for port, proto in sorted(set(ports)):
             path = lock_path(port, proto, directory)
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             except PermissionError as exc:
                 raise NotPermittedError(f"cannot open {path}: {exc.strerror} "
                                         "(preflight needs root to act on ports)") from exc

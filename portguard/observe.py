@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
-from portguard import processes, sockets, units
+from portguard import cgroups, processes, sockets
 from portguard.model import Holder, Process, Proto, Socket, Unit
 from portguard.units import Systemd, SystemdError, SystemdUnavailable
 
@@ -71,11 +71,11 @@ class UnitLookup:
                 unit = systemd.unit_for_pid(proc.pid)
             except SystemdUnavailable as exc:
                 self.failure = exc.message
-                unit = units.unit_from_path_only(proc.cgroup)
+                unit = cgroups.unit_from_path_only(proc.cgroup)
             except SystemdError:
-                unit = units.unit_from_path_only(proc.cgroup)  # e.g. exited meanwhile
+                unit = cgroups.unit_from_path_only(proc.cgroup)  # e.g. exited meanwhile
         else:
-            unit = units.unit_from_path_only(proc.cgroup)
+            unit = cgroups.unit_from_path_only(proc.cgroup)
         self._cache[proc.pid] = unit
         return unit
 
@@ -118,8 +118,8 @@ class Observer:
         procs = owners.by_inode.get(sock.inode, ())
         if procs:
             unit = self.unit_lookup.unit_of(procs[0])
-            container = units.container_from_cgroup(procs[0].cgroup)
-            proxy = units.docker_proxy_target(procs[0].cmdline)
+            container = cgroups.container_from_cgroup(procs[0].cgroup)
+            proxy = cgroups.docker_proxy_target(procs[0].cmdline)
             notes = (f"docker-proxy for container {proxy}",) if proxy else ()
             return Holder(sock, procs, unit, container, "", notes)
         if not sock.inode:

@@ -77,16 +77,17 @@ def decide(service: Service, conflict: Conflict, *, bind_refused: bool = False) 
         return Step(conflict, Action.REFUSE, "a foreign holder is never touched; "
                     "on_foreign: fail")
     # self, twin, stray: the service's own duplicates
-    if conflict.untouchable:
-        return Step(conflict, Action.REFUSE, f"never touched: {conflict.untouchable}")
     policy = service.policy
     if policy is Policy.FAIL:
         return Step(conflict, Action.REFUSE, "policy: fail")
     if policy is Policy.WARN:
         return Step(conflict, Action.NONE, "policy: warn (the service will try anyway)",
                     tolerated=True)
-    if policy is Policy.WAIT:
+    if policy is Policy.WAIT:  # waiting touches nothing, so even a protected holder may
         return Step(conflict, Action.WAIT, "policy: wait")
+    if conflict.untouchable:
+        return Step(conflict, Action.REFUSE, f"policy: stop, but never touched: "
+                    f"{conflict.untouchable}")
     if kind is Kind.TWIN and conflict.unit:
         return Step(conflict, Action.STOP, f"policy: stop (StopUnit {conflict.unit})")
     if not conflict.processes:

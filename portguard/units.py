@@ -1,31 +1,71 @@
-"""systemd units and containers: the only module that imports pystemd.
+"""systemd units over D-Bus: the only module that imports pystemd.
 
 pystemd speaks bytes and builds proxies by introspection (lxml); here it is kept behind
 `Systemd`, a small typed facade over raw method calls on a bus that is passed in. The
-rest of portguard sees `str`, `int` and `portguard.model.Unit`.
+rest of portguard sees `str`, `int`, `JobResult` and `portguard.model.Unit`. pystemd is
+imported lazily (in `Systemd.connect`): importing it costs ~30 ms, and the answers that
+need no D-Bus (a free port, a unit named by its cgroup) must not pay it. Only API that
+pystemd 0.11 (Debian 12) has too is used: `dbuslib.DBus` open/close/call_method/
+match_signal/process/wait, and `apply_signature`.
 
-pystemd is imported lazily (in `Systemd.connect`): importing it costs ~30 ms, and the
-answers that need no D-Bus (a free port, a unit named by its cgroup) must not pay it.
+Jobs (`stop_unit`, `start_unit`) are followed through the Manager's JobRemoved signal;
+the pystemd quirks that shapes (a callback pystemd does not keep alive, `process()` that
+hides whether it did anything, error names lost on bus-level failures) are described in
+tests/integration/test_units_dbus.py, which checks them against systemd 252.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, Protocol
 
-from portguard.errors import NotPermittedError, PortguardError
+from portguard.cgroups import (  # re-exported: they used to live here
+    container_from_cgroup,
+    docker_proxy_target,
+    unit_from_cgroup,
+    unit_from_path_only,
+)
+from portguard.errors import NotPermittedError, PortguardError, TimedOutError
 from portguard.model import Unit
+
+__all__ = ["Bus", "JobResult", "Systemd", "SystemdError", "SystemdUnavailable",
+           "container_from_cgroup", "dbus_error_name", "docker_proxy_target",
+           "unit_from_cgroup", "unit_from_path_only"]
 
 DEST = b"org.freedesktop.systemd1"
 PATH = b"/org/freedesktop/systemd1"
 MANAGER = b"org.freedesktop.systemd1.Manager"
 UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
+JOB_IFACE = b"org.freedesktop.systemd1.Job"
 PROPERTIES = b"org.freedesktop.DBus.Properties"
+
+MANAGE_UNITS = "org.freedesktop.systemd1.manage-units"  # polkit actions
+RELOAD_DAEMON = "org.freedesktop.systemd1.reload-daemon"
+JOB_GONE = "gone"  # JobResult.result of a job that vanished without a JobRemoved
+GONE_CHECK = 0.5  # seconds: how often a job that stays silent is looked up
+_DRAIN = 256  # process() calls that empty the queue a synchronous call filled
+_REMEMBERED = 1024  # JobRemoved results kept for jobs nobody has asked about (yet)
 
 _ACCESS_DENIED = {"org.freedesktop.DBus.Error.AccessDenied",
                   "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"}
+_UNREACHABLE = {f"org.freedesktop.DBus.Error.{n}" for n in (
+    "ServiceUnknown", "NoReply", "NameHasNoOwner", "NoServer", "Disconnected", "Timeout",
+    "IOError", "ConnectionRefused")}
+_CALL_TIMEOUT = {"org.freedesktop.DBus.Error.Timeout", "org.freedesktop.DBus.Error.NoReply"}
+_NOT_FOUND = {"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"}
+_NO_OBJECT = {f"org.freedesktop.DBus.Error.Unknown{n}" for n in ("Object", "Interface",
+                                                                  "Method")}
+# pystemd classes whose name is not "org.freedesktop.DBus.Error." + the class's stem
+_CLASS_NAMES = {"DBusNoSuchUnitError": "org.freedesktop.systemd1.NoSuchUnit",
+                "DBusInterruptedError": "System.Error.EINTR"}
+_DBUS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_BUS_GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED,
+             errno.ESHUTDOWN, errno.EBADF}
 
 
 class SystemdUnavailable(PortguardError):
@@ -40,25 +80,43 @@ class SystemdError(PortguardError):
         self.dbus_name = dbus_name
 
 
-_UNREACHABLE = {
-    "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NoReply",
-    "org.freedesktop.DBus.Error.NameHasNoOwner", "org.freedesktop.DBus.Error.NoServer",
-    "org.freedesktop.DBus.Error.Disconnected", "org.freedesktop.DBus.Error.Timeout",
-    "org.freedesktop.DBus.Error.IOError",
-}
+class JobResult(NamedTuple):
+    """How a systemd job ended: `result` is JobRemoved's (done, canceled, timeout,
+    failed, dependency, skipped, invalid) or "gone" (vanished without the signal)."""
+
+    job: str  # object path
+    unit: str
+    result: str
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "done"
 
 
 class Bus(Protocol):
-    """The part of `pystemd.dbuslib.DBus` we use (so tests and callers can pass their own)."""
+    """The part of `pystemd.dbuslib.DBus` we use (so tests and callers can pass their own;
+    one for lookups only needs call_method and close)."""
 
     def call_method(self, destination: bytes, path: bytes, interface: bytes,
                     method: bytes, args: Any) -> Any: ...
 
     def close(self) -> None: ...
 
+    def match_signal(self, sender: bytes, path: bytes, interface: bytes, member: bytes,
+                     callback: Callable[..., None]) -> None: ...
+
+    def process(self) -> Any: ...
+
+    def wait(self, timeout: int) -> None: ...
+
 
 def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _one(body: Any) -> Any:
+    """A single-value reply: pystemd unwraps it; a hand-made bus may not."""
+    return body[0] if isinstance(body, (list, tuple)) and len(body) == 1 else body
 
 
 def _is_dbus_error(exc: Exception) -> bool:
@@ -67,28 +125,50 @@ def _is_dbus_error(exc: Exception) -> bool:
     return hasattr(exc, "err_message") and hasattr(exc, "errno")
 
 
+def _errno(exc: Exception) -> int:
+    value = getattr(exc, "errno", 0)
+    return abs(value) if isinstance(value, int) else 0
+
+
 def dbus_error_name(exc: Exception) -> str:
     """The D-Bus error name: pystemd keeps it only on the base class, or in the class name."""
     name = _s(getattr(exc, "err_name", "") or "")
     if name:
         return name
     cls = type(exc).__name__
+    if cls in _CLASS_NAMES:
+        return _CLASS_NAMES[cls]
     if cls.startswith("DBus") and cls.endswith("Error") and cls != "DBusBaseError":
         return "org.freedesktop.DBus.Error." + cls[4:-5]
     return cls
 
 
-def _dbus_error(exc: Exception) -> PortguardError:
-    """Turn a pystemd D-Bus error into ours: AccessDenied means polkit/root is needed."""
+def _dbus_error(exc: Exception, action: str = MANAGE_UNITS, what: str = "") -> PortguardError:
+    """Turn a pystemd D-Bus error into ours: AccessDenied means polkit/root is needed.
+
+    `action` is the polkit action the refused call needs; `what` says what was asked
+    ("stop web.service").
+    """
     name = dbus_error_name(exc)
     text = _s(getattr(exc, "err_message", "") or exc)
+    asked = f" to {what}" if what else ""
     if name in _ACCESS_DENIED:
         return NotPermittedError(
-            f"systemd refused: {text} (run as root, or grant polkit action "
-            "org.freedesktop.systemd1.manage-units)")
+            f"systemd refused{asked}: {text} (run as root, or grant polkit action "
+            f"{action})")
     if name in _UNREACHABLE:
         return SystemdUnavailable(f"systemd D-Bus API unreachable: {name}: {text}")
+    if not _DBUS_NAME.fullmatch(name):  # a bus-level failure: only errno is reliable
+        code = _errno(exc)
+        why = f"{text or name}{asked}: {os.strerror(code) if code else 'unknown error'}"
+        if code in _BUS_GONE:
+            return SystemdUnavailable(f"lost the system bus: {why}")
+        return SystemdError(f"errno {code}", f"D-Bus failure: {why}")
     return SystemdError(name, text)
+
+
+# Callbacks registered with pystemd's match_signal (it keeps only a raw pointer to them).
+_PINNED: set[Callable[..., None]] = set()
 
 
 class Systemd:
@@ -97,6 +177,8 @@ class Systemd:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._apply_signature: Any = None
+        self._finished: dict[str, JobResult] = {}  # JobRemoved seen, by job path
+        self._on_job_removed: Callable[..., None] | None = None
 
     @classmethod
     def connect(cls) -> Systemd:
@@ -114,6 +196,9 @@ class Systemd:
 
     def close(self) -> None:
         self.bus.close()
+        if self._on_job_removed is not None:  # the bus and its matches are gone now
+            _PINNED.discard(self._on_job_removed)
+            self._on_job_removed = None
 
     def _sig(self, signature: bytes, values: list[Any]) -> Any:
         if self._apply_signature is None:
@@ -122,20 +207,24 @@ class Systemd:
         return self._apply_signature(signature, values)
 
     def _call(self, path: bytes, iface: bytes, method: bytes, sig: bytes,
-              values: list[Any]) -> Any:
+              values: list[Any], *, action: str = MANAGE_UNITS, what: str = "") -> Any:
         try:
             reply = self.bus.call_method(DEST, path, iface, method,
                                          self._sig(sig, values) if sig else None)
         except Exception as exc:
             if _is_dbus_error(exc):
-                raise _dbus_error(exc) from exc
+                raise _dbus_error(exc, action, what) from exc
             raise
         return reply.body
+
+    def _get(self, path: bytes, iface: bytes, prop: str) -> Any:
+        """One property (Properties.Get; the variant comes back unwrapped)."""
+        return self._call(path, PROPERTIES, b"Get", b"ss", [iface, prop.encode()])
 
     def unit_path_for_pid(self, pid: int) -> bytes | None:
         """GetUnitByPID: None when the pid belongs to no unit (or is gone)."""
         try:
-            return bytes(self._call(PATH, MANAGER, b"GetUnitByPID", b"u", [pid]))
+            return bytes(_one(self._call(PATH, MANAGER, b"GetUnitByPID", b"u", [pid])))
         except SystemdError as exc:
             if exc.dbus_name in ("org.freedesktop.systemd1.NoUnitForPID",
                                  "org.freedesktop.systemd1.NoSuchProcess"):
@@ -148,7 +237,7 @@ class Systemd:
 
     def unit_path(self, unit_id: str) -> bytes:
         """LoadUnit: the object path of a unit by name (loading it if needed)."""
-        return bytes(self._call(PATH, MANAGER, b"LoadUnit", b"s", [unit_id.encode()]))
+        return bytes(_one(self._call(PATH, MANAGER, b"LoadUnit", b"s", [unit_id.encode()])))
 
     def describe(self, unit_id: str) -> Unit:
         return self.describe_path(self.unit_path(unit_id))
@@ -184,6 +273,134 @@ class Systemd:
         return [_s(row[0]) for row in rows]
 
 
+    # -- jobs and state --------------------------------------------------------------
+
+    def stop_unit(self, unit: str, *, timeout: float) -> JobResult:
+        """StopUnit(unit, "replace") and wait, at most `timeout` s, for its job to end."""
+        return self._job(b"StopUnit", unit, timeout, "stop")
+
+    def start_unit(self, unit: str, *, timeout: float) -> JobResult:
+        """StartUnit(unit, "replace") and wait, at most `timeout` s, for its job to end."""
+        return self._job(b"StartUnit", unit, timeout, "start")
+
+    def kill_unit(self, unit: str, signal: int, whom: str = "all") -> None:
+        """KillUnit: send `signal` to the unit's processes (whom: main, control, all)."""
+        self._call(PATH, MANAGER, b"KillUnit", b"ssi", [unit.encode(), whom.encode(), signal],
+                   what=f"kill {unit}")
+
+    def reload(self) -> None:
+        """daemon-reload. systemd replies once the reload is done, so this returns then;
+        bounded by sd-bus's method call timeout (25 s, or $SYSTEMD_BUS_TIMEOUT)."""
+        try:
+            self._call(PATH, MANAGER, b"Reload", b"", [], action=RELOAD_DAEMON,
+                       what="reload its configuration")
+        except SystemdUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, Exception) and dbus_error_name(cause) in _CALL_TIMEOUT:
+                raise TimedOutError("systemd did not finish daemon-reload within the D-Bus "
+                                    "call timeout (25 s unless $SYSTEMD_BUS_TIMEOUT says)"
+                                    ) from exc
+            raise
+
+    def load_state(self, unit: str) -> str:
+        """LoadState after LoadUnit: loaded, not-found, masked, error, bad-setting, ..."""
+        return _s(self._get(self.unit_path(unit), UNIT_IFACE, "LoadState"))
+
+    def active_state(self, unit: str) -> str:
+        return _s(self._get(self.unit_path(unit), UNIT_IFACE, "ActiveState"))
+
+    def unit_file_state(self, name: str) -> str | None:
+        """GetUnitFileState (enabled, static, masked, ...; templates too); None: no file."""
+        try:
+            return _s(_one(self._call(PATH, MANAGER, b"GetUnitFileState", b"s",
+                                      [name.encode()])))
+        except SystemdError as exc:
+            if exc.dbus_name in _NOT_FOUND:
+                return None
+            raise
+
+    def _watch_jobs(self) -> None:
+        """Match JobRemoved and Subscribe, once per connection, before any job is queued."""
+        if self._on_job_removed is not None:
+            return
+        finished = self._finished
+
+        def on_job_removed(msg: Any, error: Any = None, userdata: Any = None) -> None:
+            try:  # never raise: pystemd would turn it into a failed process()
+                msg.process_reply(False)
+                _, job, unit, result = msg.body
+                finished[_s(job)] = JobResult(_s(job), _s(unit), _s(result))
+                while len(finished) > _REMEMBERED:
+                    del finished[next(iter(finished))]
+            except Exception:  # a malformed signal is not ours to report
+                pass
+
+        _PINNED.add(on_job_removed)
+        try:
+            self.bus.match_signal(DEST, PATH, MANAGER, b"JobRemoved", on_job_removed)
+        except Exception as exc:
+            _PINNED.discard(on_job_removed)
+            if _is_dbus_error(exc):
+                raise _dbus_error(exc, what="watch jobs") from exc
+            raise
+        self._on_job_removed = on_job_removed
+        try:
+            self._call(PATH, MANAGER, b"Subscribe", b"", [])
+        except SystemdError as exc:
+            if exc.dbus_name != "org.freedesktop.systemd1.AlreadySubscribed":
+                raise
+
+    def _job(self, method: bytes, unit: str, timeout: float, verb: str) -> JobResult:
+        deadline = time.monotonic() + timeout
+        self._watch_jobs()
+        job = _s(_one(self._call(PATH, MANAGER, method, b"ss", [unit.encode(), b"replace"],
+                                 what=f"{verb} {unit}")))
+        # Its JobRemoved may already sit in the queue (it can come in with the reply):
+        # every JobRemoved since _watch_jobs is kept in self._finished, whoever asked.
+        look_again = time.monotonic() + GONE_CHECK
+        while True:
+            self._pump(None)
+            if job in self._finished:
+                return self._finished.pop(job)
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimedOutError(f"systemd did not {verb} {unit} within {timeout:g}s "
+                                    f"(its job {job} is still queued or running)")
+            if now >= look_again:
+                look_again = now + GONE_CHECK
+                if not self._job_exists(job):  # the call queued any earlier JobRemoved
+                    for _ in range(_DRAIN):
+                        self._pump(None)
+                        if job in self._finished:
+                            return self._finished.pop(job)
+                    return JobResult(job, unit, JOB_GONE)
+            self._pump(min(deadline, look_again) - now)
+
+    def _job_exists(self, job: str) -> bool:
+        try:
+            self._get(job.encode(), JOB_IFACE, "State")
+        except SystemdError as exc:
+            if exc.dbus_name in _NO_OBJECT:
+                return False
+            raise
+        return True
+
+    def _pump(self, wait: float | None) -> None:
+        """None: dispatch one queued message (callbacks run); else wait up to `wait` s
+        for one to arrive."""
+        try:
+            if wait is None:
+                self.bus.process()
+            else:
+                self.bus.wait(max(0, int(wait * 1_000_000)))
+        except Exception as exc:
+            if not _is_dbus_error(exc):
+                raise
+            if _errno(exc) == errno.EINTR:
+                return  # a signal: Python runs its handler next, then we go on
+            raise _dbus_error(exc, what="wait for a job") from exc
+
+
 def _invocation_id(raw: Any) -> str:
     if isinstance(raw, (bytes, bytearray)) and len(raw) == 16:
         return bytes(raw).hex()
@@ -203,72 +420,3 @@ def _exec_argvs(raw: Iterable[Any]) -> tuple[tuple[str, ...], ...]:
         if argv:
             out.append(argv)
     return tuple(out)
-
-
-# --- pure: what a cgroup path says --------------------------------------------------
-
-_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap", ".slice")
-
-
-def unit_from_cgroup(path: str) -> str | None:
-    """The unit a cgroup path belongs to, as systemd itself would derive it.
-
-    `/system.slice/web@blue.service` -> `web@blue.service`; a unit's sub-cgroups
-    (`.../payload`, delegated trees) belong to the deepest unit above them; slices alone
-    are not a holder's unit.
-    """
-    found = None
-    for part in path.strip("/").split("/"):
-        if part.endswith(_UNIT_SUFFIXES) and not part.endswith(".slice"):
-            found = part
-    return found
-
-
-# docker-<64 hex>.scope, libpod-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope
-_CONTAINER_SCOPE = re.compile(
-    r"(?:^|/)(docker|libpod|cri-containerd|crio|containerd)-([0-9a-f]{12,64})\.scope(?:/|$)")
-# cgroupfs driver layouts: /docker/<id>, /kubepods/.../<id>
-_CONTAINER_DIR = re.compile(r"(?:^|/)(docker|lxc)/([0-9a-f]{12,64})(?:/|$)")
-_NSPAWN = re.compile(r"(?:^|/)(?:machine-([^/]+)\.scope|systemd-nspawn@([^/]+)\.service)")
-_RUNTIME_NAMES = {"libpod": "podman", "cri-containerd": "containerd", "crio": "cri-o"}
-
-
-def container_from_cgroup(path: str) -> str | None:
-    """`docker:3f2a9c1b2d4e`, `podman:...`, `nspawn:mybox` or None."""
-    m = _CONTAINER_SCOPE.search(path) or _CONTAINER_DIR.search(path)
-    if m:
-        runtime = _RUNTIME_NAMES.get(m.group(1), m.group(1))
-        return f"{runtime}:{m.group(2)[:12]}"
-    m = _NSPAWN.search(path)
-    if m:
-        name = (m.group(1) or m.group(2)).replace("\\x2d", "-")  # systemd's escaping
-        return f"nspawn:{name}"
-    return None
-
-
-def docker_proxy_target(cmdline: Sequence[str]) -> str | None:
-    """What a docker-proxy forwards to, from its own arguments.
-
-    `docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 172.17.0.2
-    -container-port 80` -> `172.17.0.2:80/tcp`.
-    """
-    if not cmdline or not cmdline[0].endswith("docker-proxy"):
-        return None
-    args: dict[str, str] = {}
-    it = iter(cmdline[1:])
-    for arg in it:
-        if arg.startswith("-"):
-            key, eq, value = arg.lstrip("-").partition("=")
-            args[key] = value if eq else next(it, "")
-    ip, port = args.get("container-ip"), args.get("container-port")
-    if not (ip and port):
-        return None
-    return f"{ip}:{port}/{args.get('proto', 'tcp')}"
-
-
-def unit_from_path_only(cgroup: str) -> Unit | None:
-    """A Unit built from the cgroup alone (D-Bus unreachable): only the id is known."""
-    uid = unit_from_cgroup(cgroup)
-    if uid is None:
-        return None
-    return Unit(id=uid, control_group=cgroup, from_dbus=False)

@@ -1,0 +1,83 @@
+"""What a cgroup path and a command line say about units and containers: pure, no D-Bus.
+
+These answer when systemd's D-Bus API cannot (or need not) be asked: a socket's owner
+named by the cgroup it lives in, a container runtime recognised by its scope name.
+`portguard.units` re-exports them for older imports.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from portguard.model import Unit
+
+_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap", ".slice")
+
+
+def unit_from_cgroup(path: str) -> str | None:
+    """The unit a cgroup path belongs to, as systemd itself derives it.
+
+    Like systemd's `cg_path_get_unit` (and what the system manager's GetUnitByPID
+    answers): skip the slices; the next component is the unit, or there is none.
+    `/system.slice/web@blue.service` -> `web@blue.service`; a unit's sub-cgroups
+    (`.../payload`, delegated trees, a user manager's or a container's own units) belong
+    to that first unit: `/user.slice/user-1000.slice/user@1000.service/app.slice/x.service`
+    -> `user@1000.service`. Slices alone, and cgroupfs-driver trees (`/docker/<id>`), name
+    no unit.
+    """
+    for part in path.strip("/").split("/"):
+        if part.endswith(".slice"):
+            continue
+        return part if part.endswith(_UNIT_SUFFIXES) else None
+    return None
+
+
+# docker-<64 hex>.scope, libpod-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope
+_CONTAINER_SCOPE = re.compile(
+    r"(?:^|/)(docker|libpod|cri-containerd|crio|containerd)-([0-9a-f]{12,64})\.scope(?:/|$)")
+# cgroupfs driver layouts: /docker/<id>, /kubepods/.../<id>
+_CONTAINER_DIR = re.compile(r"(?:^|/)(docker|lxc)/([0-9a-f]{12,64})(?:/|$)")
+_NSPAWN = re.compile(r"(?:^|/)(?:machine-([^/]+)\.scope|systemd-nspawn@([^/]+)\.service)")
+_RUNTIME_NAMES = {"libpod": "podman", "cri-containerd": "containerd", "crio": "cri-o"}
+
+
+def container_from_cgroup(path: str) -> str | None:
+    """`docker:3f2a9c1b2d4e`, `podman:...`, `nspawn:mybox` or None."""
+    m = _CONTAINER_SCOPE.search(path) or _CONTAINER_DIR.search(path)
+    if m:
+        runtime = _RUNTIME_NAMES.get(m.group(1), m.group(1))
+        return f"{runtime}:{m.group(2)[:12]}"
+    m = _NSPAWN.search(path)
+    if m:
+        name = (m.group(1) or m.group(2)).replace("\\x2d", "-")  # systemd's escaping
+        return f"nspawn:{name}"
+    return None
+
+
+def docker_proxy_target(cmdline: Sequence[str]) -> str | None:
+    """What a docker-proxy forwards to, from its own arguments.
+
+    `docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 172.17.0.2
+    -container-port 80` -> `172.17.0.2:80/tcp`.
+    """
+    if not cmdline or not cmdline[0].endswith("docker-proxy"):
+        return None
+    args: dict[str, str] = {}
+    it = iter(cmdline[1:])
+    for arg in it:
+        if arg.startswith("-"):
+            key, eq, value = arg.lstrip("-").partition("=")
+            args[key] = value if eq else next(it, "")
+    ip, port = args.get("container-ip"), args.get("container-port")
+    if not (ip and port):
+        return None
+    return f"{ip}:{port}/{args.get('proto', 'tcp')}"
+
+
+def unit_from_path_only(cgroup: str) -> Unit | None:
+    """A Unit built from the cgroup alone (D-Bus unreachable): only the id is known."""
+    uid = unit_from_cgroup(cgroup)
+    if uid is None:
+        return None
+    return Unit(id=uid, control_group=cgroup, from_dbus=False)

@@ -1,0 +1,301 @@
+"""`portguard install UNIT` / `uninstall UNIT`: the drop-in that runs preflight first.
+
+`install` writes `/etc/systemd/system/UNIT.d/portguard.conf`:
+
+    [Service]
+    ExecStartPre=+/usr/bin/portguard preflight %n
+
+then reloads systemd (Manager.Reload over D-Bus); `uninstall` removes it and reloads.
+
+Decisions, for the README:
+- The unit is named as with systemctl: `web` is `web.service`; only .service units.
+- A template (`web@.service`) gets one drop-in that every instance reads. An instance
+  (`web@blue.service`) gets its own, as `systemctl edit web@blue.service` would: the
+  command does what it names, and `uninstall web@blue.service` can never unguard
+  web@green. When the other level has a drop-in too, a note says so. (Both carry the
+  same file name, so systemd applies only the instance's: preflight never runs twice.)
+- `+`: preflight runs with full privileges even when the service has `User=` or
+  sandboxing: it must see every process's sockets and stop twin units, which an
+  unprivileged `User=` cannot (polkit would refuse, and the service would never start).
+- The command is the portguard that runs `install`, and it is tried (`--version`, clean
+  environment, cwd /) before anything is written: a drop-in whose ExecStartPre= cannot
+  run would keep the service from starting at all. In order: the console script this
+  was started as (`/usr/bin/portguard`, a venv's `bin/portguard`, its path as invoked,
+  symlinks kept); else `python -P -m portguard` with the interpreter running now (a
+  venv's `bin/python`, not resolved, so the venv's site-packages come along); else the
+  same with `PYTHONPATH` set to where this package is (a source checkout).
+- Idempotent: the same content is "already installed" (nothing written, no reload);
+  different content (another portguard path, an edited file) is replaced. Uninstalling
+  what is not installed is a notice, exit 0. Uninstall does not need the unit to exist
+  (its unit file may be gone already); install does.
+- The file is written atomically (temporary file in the same directory, fsync, rename),
+  mode 0644; a new UNIT.d directory is 0755. Root is required and checked first.
+- The drop-in's ExecStartPre= runs after the unit's own ExecStartPre= lines (drop-ins
+  append to the list).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from portguard import __version__
+from portguard.configtypes import mangle_unit, service_name
+from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
+
+if TYPE_CHECKING:
+    from portguard.app import App
+    from portguard.cli import Output
+
+DROPIN_BASE = Path("/etc/systemd/system")  # tests point this at a tmp_path
+DROPIN_NAME = "portguard.conf"
+PACKAGED = "/usr/bin/portguard"
+CHECK_TIMEOUT = 15.0  # seconds for `<command> --version`
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class UnitFiles(Protocol):
+    """What install needs of portguard.units.Systemd (tests pass a fake)."""
+
+    def load_state(self, unit: str) -> str: ...
+
+    def unit_file_state(self, name: str) -> str | None: ...
+
+    def reload(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+# -- names and paths ---------------------------------------------------------------------
+
+def unit_name(text: str) -> str:
+    """`web` -> `web.service`, as systemctl mangles it; anything but one service: usage."""
+    if any(c in text for c in "*?["):
+        raise UsageError(f"'{text}' is a pattern; name one unit (a template such as "
+                         "web@.service covers all its instances)")
+    kind = mangle_unit(text).rpartition(".")[2]
+    if kind != "service":
+        raise UsageError(f"'{text}' is a .{kind} unit; portguard installs its drop-in for "
+                         ".service units only")
+    try:
+        return service_name(text)  # also catches `web.servce`
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def is_template(unit: str) -> bool:
+    return unit.endswith("@.service")
+
+
+def template_of(unit: str) -> str | None:
+    """`web@blue.service` -> `web@.service`; None for a template or a plain unit."""
+    prefix, at, rest = unit.partition("@")
+    if not at or is_template(unit):
+        return None
+    return f"{prefix}@.{rest.rpartition('.')[2]}"
+
+
+def dropin_path(unit: str, base: Path | None = None) -> Path:
+    return (base if base is not None else DROPIN_BASE) / f"{unit}.d" / DROPIN_NAME
+
+
+# -- the drop-in's command -----------------------------------------------------------------
+
+def exec_word(word: str) -> str:
+    """One argv word as systemd's Exec*= parser reads it back: `%` and `$` escaped, quoted
+    (C-style) when it has blanks, quotes or backslashes."""
+    if any(ord(c) < 32 or c == "\x7f" for c in word):
+        raise PortguardError(f"cannot write {word!r} into a unit file (control character)")
+    word = word.replace("%", "%%").replace("$", "$$")
+    if word and not any(c in word for c in " \t\"'\\;"):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dropin_text(unit: str, command: Sequence[str]) -> str:
+    line = " ".join(exec_word(w) for w in command)
+    return (f"# Written by `portguard install {unit}`; `portguard uninstall {unit}` removes it.\n"
+            "# It clears the ports the service needs before the service starts.\n"
+            "[Service]\n"
+            f"ExecStartPre=+{line} preflight %n\n")
+
+
+def candidates(argv0: str, executable: str, package_parent: str) -> list[list[str]]:
+    """The commands that may run this portguard, best first (see the module docstring)."""
+    found: list[list[str]] = []
+    if os.path.basename(argv0) == "portguard":
+        found.append([os.path.abspath(argv0)])
+    if executable:
+        found.append([executable, "-P", "-m", "portguard"])
+        found.append(["/usr/bin/env", f"PYTHONPATH={package_parent}", executable, "-P", "-m",
+                      "portguard"])
+    return found
+
+
+def _runs_this_portguard(command: Sequence[str]) -> bool:
+    try:
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True,
+                              timeout=CHECK_TIMEOUT, cwd="/", check=False,
+                              env={"PATH": CLEAN_PATH, "LANG": "C.UTF-8"})
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and done.stdout.split() == ["portguard", __version__]
+
+
+def preflight_command() -> list[str]:
+    """argv (before `preflight %n`) of the portguard running now, checked to run alone."""
+    parent = str(Path(__file__).resolve().parent.parent)
+    tried = candidates(sys.argv[0], sys.executable, parent)
+    for command in tried:
+        if _runs_this_portguard(command):
+            return command
+    shown = "; ".join(" ".join(c) for c in tried) or "(none)"
+    raise PortguardError(f"cannot find a command that runs this portguard {__version__} "
+                         f"outside this shell (tried: {shown}); install portguard (e.g. "
+                         f"{PACKAGED}) and run `portguard install` from there")
+
+
+# -- install / uninstall -------------------------------------------------------------------
+
+def _require_root(verb: str, unit: str) -> None:
+    if not is_root():
+        raise NotPermittedError(f"{verb} needs root: it writes under {DROPIN_BASE} and "
+                                f"reloads systemd; run `sudo portguard {verb} {unit}`")
+
+
+def _check_exists(systemd: UnitFiles, unit: str) -> str | None:
+    """Raise when systemd knows no such unit; else a note worth showing, or None."""
+    if is_template(unit):
+        state = systemd.unit_file_state(unit)
+        found = state is not None
+    else:
+        state = systemd.load_state(unit)
+        found = state != "not-found"
+    if not found:
+        raise PortguardError(f"no such unit: {unit} (systemd has no unit file for it; "
+                             f"check the name with `systemctl list-unit-files '{unit}'`)")
+    if state == "masked":
+        return f"note: {unit} is masked; the drop-in takes effect once it is unmasked"
+    if state not in (None, "loaded") and not is_template(unit):
+        return f"note: {unit} has load state '{state}' (see `systemctl status {unit}`)"
+    return None
+
+
+def _other_level(unit: str, path: Path) -> str | None:
+    """A note about the template's or an instance's drop-in next to this one."""
+    template = template_of(unit)
+    if template is not None:
+        other = dropin_path(template, path.parent.parent)
+        if other.exists():
+            return f"note: {other} covers every instance of {template}, {unit} included"
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    directory = path.parent
+    if not directory.is_dir():
+        directory.mkdir(mode=0o755)
+        os.chmod(directory, 0o755)  # whatever the umask
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _reload(systemd: UnitFiles, done: str) -> None:
+    try:
+        systemd.reload()
+    except PortguardError as exc:
+        raise PortguardError(f"{done}, but daemon-reload failed: {exc.message}; run "
+                             "`systemctl daemon-reload`", exit_status=exc.exit_status) from exc
+
+
+def _report(out: Output, unit: str, path: Path, *, changed: bool, said: str,
+            notes: Sequence[str | None]) -> ExitStatus:
+    if out.json:
+        out.document({"unit": unit, "dropin": str(path), "changed": changed})
+    elif out.verbosity >= 0:
+        out.result(f"{said}: {path}")
+    if out.verbosity >= 0:
+        for note in notes:
+            if note:
+                out.error(note)
+    return ExitStatus.OK
+
+
+def _with_systemd(app: App, action: Callable[[UnitFiles], ExitStatus]) -> ExitStatus:
+    systemd = app.connect_systemd()
+    try:
+        return action(systemd)
+    finally:
+        systemd.close()
+
+
+def install(unit: str, app: App, out: Output) -> ExitStatus:
+    """Write UNIT's preflight drop-in and reload systemd (see the module docstring)."""
+    name = unit_name(unit)
+    _require_root("install", name)
+    path = dropin_path(name)
+
+    def act(systemd: UnitFiles) -> ExitStatus:
+        note = _check_exists(systemd, name)
+        text = dropin_text(name, preflight_command())
+        try:
+            old: str | None = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            old = None
+        notes = [note, _other_level(name, path)]
+        if old == text:
+            return _report(out, name, path, changed=False, said="already installed",
+                           notes=notes)
+        _write_atomic(path, text)
+        _reload(systemd, f"wrote {path}")
+        return _report(out, name, path, changed=True,
+                       said="installed" if old is None else "updated", notes=notes)
+
+    return _with_systemd(app, act)
+
+
+def uninstall(unit: str, app: App, out: Output) -> ExitStatus:
+    """Remove UNIT's preflight drop-in and reload systemd; nothing to remove is fine."""
+    name = unit_name(unit)
+    _require_root("uninstall", name)
+    path = dropin_path(name)
+    still = _other_level(name, path)
+    if still:
+        still = still.replace("covers", "still covers") + f" (uninstall {template_of(name)})"
+    if not path.exists():
+        return _report(out, name, path, changed=False, said="not installed",
+                       notes=[f"note: nothing to remove for {name}", still])
+
+    def act(systemd: UnitFiles) -> ExitStatus:
+        path.unlink()
+        with contextlib.suppress(OSError):  # only when empty: other drop-ins stay
+            path.parent.rmdir()
+        _reload(systemd, f"removed {path}")
+        return _report(out, name, path, changed=True, said="uninstalled", notes=[still])
+
+    return _with_systemd(app, act)

@@ -1,0 +1,346 @@
+"""classify: every rule that decides self / twin / stray / foreign / lingering, and when a
+holder may never be touched, from hand-built facts (no /proc, no D-Bus, no root).
+
+The service under test is the DESIGN.md example shape: a `web@.service` template whose
+instance `web@green.service` is starting, with ExecStart `python3 /opt/web/app.py --port
+8080`, running as www-data (uid 33), plus a configured duplicate unit and command globs.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from portguard.classify import Conflict, Context, Kind, classify, classify_holder
+from portguard.config import ALWAYS_PROTECTED, Service, loads
+from portguard.model import Holder, Process, Proto, Socket, Unit
+
+CONFIG = loads("""\
+protected: ["db-*.service", "web@canary.service"]
+services:
+  web@.service:
+    ports: ["8080", "9090/tcp"]
+    duplicates:
+      units: ["web-legacy.service", "webold-*.service"]
+      commands: ["/opt/legacy/bin/webd-*", "*gunicorn web.wsgi*"]
+""")
+WEB: Service = CONFIG.services[0]
+UNIT = "web@green.service"
+WWW_DATA = 33
+OUR_NS = 4026531836  # a typical inode of the host's pid namespace
+APP_ARGV = ("/usr/bin/python3", "/opt/web/app.py", "--port", "8080")
+EXEC_START = (APP_ARGV,)
+PYTHON_EXE = "/usr/bin/python3.11"  # what /proc/PID/exe shows: the symlink resolved
+
+
+def proc(pid: int = 4242, argv: tuple[str, ...] = APP_ARGV, *, exe: str = PYTHON_EXE,
+         uid: int = WWW_DATA, user: str = "www-data", ns: int = OUR_NS) -> Process:
+    return Process(pid=pid, start_time=987654, ppid=1, uid=uid, user=user, exe=exe,
+                   cmdline=argv, fds=(3,), pid_namespace=ns)
+
+
+def sock(port: int = 8080, state: str = "LISTEN", inode: int = 55501) -> Socket:
+    return Socket(Proto.TCP, socket.AF_INET, state, "0.0.0.0", port, "0.0.0.0", 0,
+                  WWW_DATA, inode)
+
+
+def unit(name: str, state: str = "active") -> Unit:
+    return Unit(name, active_state=state, sub_state="running" if state == "active" else "")
+
+
+def holder(*procs: Process, unit_id: str | None = None, port: int = 8080,
+           state: str = "LISTEN", unknown: str = "", container: str | None = None) -> Holder:
+    inode = 0 if not procs and not unknown else 55500 + port
+    return Holder(sock(port, state, inode), tuple(procs),
+                  unit(unit_id) if unit_id else None, container, unknown)
+
+
+def context(**changes: Any) -> Context:
+    ctx = Context(
+        unit=UNIT,
+        service=WEB,
+        unit_info=Unit(UNIT, active_state="activating", exec_start=EXEC_START,
+                       user="www-data"),
+        unit_uid=WWW_DATA,
+        protected_units=(*ALWAYS_PROTECTED, *CONFIG.protected),
+        own_pids=frozenset({1, 700, 701}),  # systemd -> portguard's parent -> portguard
+        own_pid_namespace=OUR_NS,
+    )
+    return ctx._replace(**changes)
+
+
+def only(conflicts: list[Conflict]) -> Conflict:
+    assert len(conflicts) == 1, conflicts
+    return conflicts[0]
+
+
+# -- self: a remnant in the unit's own cgroup ----------------------------------------
+
+def test_remnant_in_the_units_own_cgroup_is_self() -> None:
+    h = holder(proc(), unit_id=UNIT)
+    c = only(classify(context(), [h]))
+    assert c.kind is Kind.SELF
+    assert "left over from a previous run of web@green.service" in c.reason
+    assert (c.port, c.proto, c.unit, c.holder) == (8080, Proto.TCP, UNIT, h)
+    assert c.pids == (4242,)
+    assert c.untouchable == ""
+
+
+def test_a_child_that_inherited_the_socket_is_self_whatever_it_runs() -> None:
+    """The unit decides: `sh -c` left over in the cgroup is a remnant, not a foreigner."""
+    child = proc(4300, ("/bin/sh", "-c", "sleep 1000"), exe="/usr/bin/dash")
+    assert classify_holder(context(), holder(child, unit_id=UNIT)).kind is Kind.SELF
+
+
+# -- twin: another instance of the template, or a configured duplicate unit ------------
+
+def test_another_instance_of_the_template_is_a_twin() -> None:
+    c = classify_holder(context(), holder(proc(), unit_id="web@blue.service"))
+    assert c.kind is Kind.TWIN
+    assert c.unit == "web@blue.service"
+    assert c.reason == "web@blue.service is another instance of web@.service"
+
+
+@pytest.mark.parametrize("dup", ["web-legacy.service", "webold-2019.service"])
+def test_a_configured_duplicate_unit_is_a_twin(dup: str) -> None:
+    c = classify_holder(context(), holder(proc(argv=("/opt/old/webd",)), unit_id=dup))
+    assert c.kind is Kind.TWIN
+    assert c.reason == f"{dup} is configured as a duplicate of web@.service"
+
+
+def test_a_unit_with_a_similar_name_is_not_a_twin() -> None:
+    """`web-admin@x` is not an instance of `web@`, even running the same program."""
+    c = classify_holder(context(), holder(proc(), unit_id="web-admin@x.service"))
+    assert c.kind is Kind.FOREIGN
+
+
+def test_a_non_template_service_has_no_instance_twins() -> None:
+    api = loads("services:\n  api.service:\n    ports: ['7000']\n").services[0]
+    ctx = context(unit="api.service", service=api, unit_info=Unit("api.service"))
+    c = classify_holder(ctx, holder(proc(), unit_id="api@blue.service", port=7000))
+    assert c.kind is Kind.FOREIGN
+
+
+# -- stray: the program outside any service unit ---------------------------------------
+
+@pytest.mark.parametrize(("where", "unit_id", "text"), [
+    ("no unit", None, "outside any unit"),
+    ("login session", "session-3.scope", "in session-3.scope"),
+    ("user manager", "user@1000.service", "in user@1000.service"),
+])
+def test_execstart_copy_outside_any_service_is_a_stray(where: str, unit_id: str | None,
+                                                       text: str) -> None:
+    c = classify_holder(context(), holder(proc(), unit_id=unit_id))
+    assert c.kind is Kind.STRAY, where
+    assert c.reason == f"a copy of web@.service's program started {text}"
+    assert c.untouchable == ""
+
+
+def test_execstart_matches_argv0_as_written_or_the_resolved_program() -> None:
+    """Started by hand as `python3 app.py ...`: argv[0] is relative, exe is resolved;
+    preflight adds the ExecStart line with its program resolved, which then matches."""
+    by_hand = proc(argv=("python3", *APP_ARGV[1:]))
+    assert classify_holder(context(), holder(by_hand)).kind is Kind.FOREIGN
+    resolved = ((PYTHON_EXE, *APP_ARGV[1:]),)
+    ctx = context(unit_info=Unit(UNIT, exec_start=EXEC_START + resolved))
+    assert classify_holder(ctx, holder(by_hand)).kind is Kind.STRAY
+
+
+@pytest.mark.parametrize(("argv", "exe"), [
+    (("webd", "-d"), "/opt/legacy/bin/webd-2.1"),  # the exe glob
+    (("/usr/bin/python3", "-m", "gunicorn", "web.wsgi:app"), PYTHON_EXE),  # joined cmdline
+])
+def test_duplicates_commands_globs_make_a_stray(argv: tuple[str, ...], exe: str) -> None:
+    c = classify_holder(context(unit_info=None), holder(proc(argv=argv, exe=exe)))
+    assert c.kind is Kind.STRAY
+
+
+@pytest.mark.parametrize("argv", [
+    ("/usr/bin/python3", "/opt/other/app.py", "--port", "8080"),  # another script
+    (*APP_ARGV, "--debug"),  # an extra argument
+    ("/usr/bin/python3",),  # the bare interpreter
+])
+def test_a_different_script_under_the_same_interpreter_is_foreign(
+        argv: tuple[str, ...]) -> None:
+    c = classify_holder(context(), holder(proc(argv=argv)))
+    assert c.kind is Kind.FOREIGN
+    assert c.reason == "a different program (python3.11) outside any unit"
+
+
+def test_without_execstart_or_globs_a_copy_is_not_recognised() -> None:
+    """No D-Bus (no ExecStart) and no configured pattern: nothing to match, so foreign."""
+    plain = loads("services:\n  web@.service:\n    ports: ['8080']\n").services[0]
+    c = classify_holder(context(service=plain, unit_info=None), holder(proc()))
+    assert c.kind is Kind.FOREIGN
+
+
+@pytest.mark.parametrize(("unit_uid", "holder_uid", "user"), [
+    (WWW_DATA, 1000, "alice"),  # a developer's own copy of the program
+    (0, WWW_DATA, "www-data"),  # the unit runs as root, the copy as www-data
+    (WWW_DATA, 0, "root"),
+])
+def test_never_a_stray_by_name_alone_when_it_runs_as_another_user(
+        unit_uid: int, holder_uid: int, user: str) -> None:
+    c = classify_holder(context(unit_uid=unit_uid),
+                        holder(proc(uid=holder_uid, user=user), unit_id="session-7.scope"))
+    assert c.kind is Kind.FOREIGN
+    assert c.reason == ("runs the service's program but as user "
+                        f"{user}, not the unit's user")
+
+
+def test_one_holder_process_of_another_user_makes_the_whole_holder_foreign() -> None:
+    """A prefork copy whose worker runs as someone else is not ours to signal."""
+    h = holder(proc(4242), proc(4243, uid=1000, user="alice"))
+    assert classify_holder(context(), h).kind is Kind.FOREIGN
+
+
+def test_the_program_in_another_service_unit_is_foreign_not_a_stray() -> None:
+    """A unit says otherwise: the same command line in `staging-web.service` is that
+    unit's business, never a stray of ours."""
+    c = classify_holder(context(), holder(proc(), unit_id="staging-web.service"))
+    assert c.kind is Kind.FOREIGN
+    assert c.reason == "a different program (python3.11) in staging-web.service"
+    assert c.unit == "staging-web.service"
+
+
+def test_a_different_program_outside_units_is_foreign_and_named() -> None:
+    nginx = proc(900, ("nginx: master process /usr/sbin/nginx",), exe="/usr/sbin/nginx",
+                 uid=0, user="root")
+    c = classify_holder(context(), holder(nginx, unit_id="session-2.scope"))
+    assert c.kind is Kind.FOREIGN
+    assert c.reason == "a different program (nginx) in session-2.scope"
+    assert c.pids == (900,)
+
+
+def test_a_program_without_exe_is_named_by_argv0() -> None:
+    """Without root /proc/PID/exe is unreadable: the name comes from argv[0]."""
+    c = classify_holder(context(), holder(proc(argv=("/opt/x/bin/memcached", "-p", "8080"),
+                                               exe="")))
+    assert c.reason == "a different program (memcached) outside any unit"
+
+
+def test_the_program_inside_a_container_is_foreign_not_a_stray() -> None:
+    cid = "3f2a9c1b7d5e"
+    inside = proc(uid=WWW_DATA)  # same argv, same uid, host pid namespace
+    h = holder(inside, unit_id=f"docker-{cid}.scope", container=f"docker:{cid}")
+    c = classify_holder(context(), h)
+    assert c.kind is Kind.FOREIGN
+    assert f"container docker:{cid}" in c.reason
+
+
+# -- holders portguard cannot see, and sockets nobody holds ----------------------------
+
+@pytest.mark.parametrize("why", ["holder unknown (needs root)", "holder not found"])
+def test_an_unknown_holder_is_foreign_and_never_touched(why: str) -> None:
+    c = classify_holder(context(), holder(unknown=why))
+    assert c.kind is Kind.FOREIGN
+    assert c.reason == (f"{why}: it cannot be told apart from another service, "
+                        "so it is never touched")
+    assert c.processes == ()  # nothing that could ever be signalled
+
+
+def test_an_unknown_holder_in_time_wait_state_is_still_unknown() -> None:
+    """The reason (not the state) wins: an inode-bearing socket with no visible owner."""
+    c = classify_holder(context(), holder(unknown="holder not found", state="CLOSE_WAIT"))
+    assert c.kind is Kind.FOREIGN
+
+
+def test_a_listener_without_any_process_is_foreign() -> None:
+    c = classify_holder(context(), holder())
+    assert c.kind is Kind.FOREIGN
+    assert c.reason == "held by no process portguard can see"
+
+
+@pytest.mark.parametrize("state", ["TIME_WAIT", "FIN_WAIT2", "LAST_ACK"])
+def test_a_closing_socket_with_no_process_is_lingering(state: str) -> None:
+    c = classify_holder(context(), holder(state=state))
+    assert c.kind is Kind.LINGERING
+    assert c.reason == f"{state} socket with no process"
+    assert (c.processes, c.unit, c.untouchable) == ((), None, "")
+
+
+# -- untouchable: never stopped or signalled, whatever the kind ------------------------
+
+@pytest.mark.parametrize("unit_id", [UNIT, "web@blue.service", None])
+def test_pid_1_is_untouchable(unit_id: str | None) -> None:
+    c = classify_holder(context(), holder(proc(1), unit_id=unit_id))
+    assert c.untouchable == "PID 1 (systemd) holds it"
+
+
+@pytest.mark.parametrize("pid", [700, 701])
+def test_portguard_and_its_ancestors_are_untouchable(pid: int) -> None:
+    """e.g. someone ran `python3 /opt/web/app.py & portguard preflight ...` in one shell."""
+    c = classify_holder(context(), holder(proc(pid)))
+    assert c.kind is Kind.STRAY
+    assert c.untouchable == f"pid {pid} is portguard itself or its parent"
+
+
+def test_a_process_in_another_pid_namespace_is_untouchable() -> None:
+    c = classify_holder(context(), holder(proc(ns=4026532999)))
+    assert c.untouchable == "pid 4242 runs in another pid namespace (a container)"
+
+
+def test_any_process_of_the_holder_can_make_it_untouchable() -> None:
+    h = holder(proc(4242), proc(4243, ns=4026532999), unit_id=UNIT)
+    c = classify_holder(context(), h)
+    assert c.kind is Kind.SELF
+    assert c.untouchable == "pid 4243 runs in another pid namespace (a container)"
+
+
+@pytest.mark.parametrize(("unit_id", "kind"), [
+    ("web@canary.service", Kind.TWIN),  # named in `protected`
+    ("db-main.service", Kind.FOREIGN),  # matched by a protected glob
+])
+def test_a_protected_unit_is_untouchable(unit_id: str, kind: Kind) -> None:
+    c = classify_holder(context(), holder(proc(), unit_id=unit_id))
+    assert c.kind is kind
+    assert c.untouchable == f"{unit_id} is protected by the config"
+
+
+def test_the_unit_being_started_can_itself_be_protected() -> None:
+    ctx = context(unit="web@canary.service")
+    c = classify_holder(ctx, holder(proc(), unit_id="web@canary.service"))
+    assert c.kind is Kind.SELF
+    assert c.untouchable == "web@canary.service is protected by the config"
+
+
+# -- twins that claim the port before binding it ---------------------------------------
+
+def test_active_and_activating_twins_claim_the_ports_before_binding() -> None:
+    twins = (unit("web@blue.service", "active"), unit("web@red.service", "activating"),
+             unit("web@pink.service", "reloading"), unit("web@old.service", "inactive"),
+             unit("web@x.service", "failed"), unit(UNIT, "activating"))
+    found = classify(context(claiming_twins=twins), [])
+    assert [c.unit for c in found] == ["web@blue.service", "web@red.service",
+                                       "web@pink.service"]
+    for c in found:
+        assert (c.kind, c.holder, c.processes, c.untouchable) == (Kind.TWIN, None, (), "")
+        assert (c.port, c.proto) == (8080, Proto.TCP)  # the first declared port
+    assert found[1].reason == "web@red.service (activating) declares the same port"
+
+
+def test_a_claiming_twin_is_one_conflict_however_many_ports() -> None:
+    holders = [holder(proc(900, ("nginx",), exe="/usr/sbin/nginx"), port=8080),
+               holder(proc(901, ("nginx",), exe="/usr/sbin/nginx"), port=9090)]
+    found = classify(context(claiming_twins=(unit("web@blue.service"),)), holders)
+    assert [c.kind for c in found] == [Kind.FOREIGN, Kind.FOREIGN, Kind.TWIN]
+    assert (found[2].port, found[2].unit) == (8080, "web@blue.service")
+
+
+def test_a_twin_already_holding_a_port_is_not_counted_twice() -> None:
+    h = holder(proc(), unit_id="web@blue.service", port=9090)
+    found = classify(context(claiming_twins=(unit("web@blue.service"),)), [h])
+    c = only(found)
+    assert c.holder == h
+    assert c.port == 9090
+
+
+def test_a_protected_claiming_twin_is_untouchable() -> None:
+    found = classify(context(claiming_twins=(unit("web@canary.service", "activating"),)), [])
+    assert only(found).untouchable == "web@canary.service is protected by the config"
+
+
+def test_free_ports_and_no_twins_mean_no_conflicts() -> None:
+    assert classify(context(claiming_twins=(unit("web@old.service", "inactive"),)), []) == []
