@@ -32,6 +32,8 @@ Decisions, for the README:
   mode 0644; a new UNIT.d directory is 0755. Root is required and checked first.
 - The drop-in's ExecStartPre= runs after the unit's own ExecStartPre= lines (drop-ins
   append to the list).
+- A config other than /etc/portguard/config.yaml (given by --config or
+  $PORTGUARD_CONFIG, which the service will not have) goes into the command line.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from portguard import __version__
+from portguard.app import DEFAULT_CONFIG
 from portguard.configtypes import mangle_unit, service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 
@@ -165,6 +168,14 @@ def preflight_command() -> list[str]:
                          f"{PACKAGED}) and run `portguard install` from there")
 
 
+def config_args(config_path: Path) -> list[str]:
+    """`--config PATH` when install was pointed at a config other than the default (by
+    --config or $PORTGUARD_CONFIG, which the service's environment will not have)."""
+    if config_path == DEFAULT_CONFIG:
+        return []
+    return ["--config", os.path.abspath(config_path)]
+
+
 # -- install / uninstall -------------------------------------------------------------------
 
 def _require_root(verb: str, unit: str) -> None:
@@ -262,7 +273,7 @@ def install(unit: str, app: App, out: Output) -> ExitStatus:
 
     def act(systemd: UnitFiles) -> ExitStatus:
         note = _check_exists(systemd, name)
-        text = dropin_text(name, preflight_command())
+        text = dropin_text(name, [*preflight_command(), *config_args(app.config_path)])
         try:
             old: str | None = path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -44,6 +44,7 @@ class Preflight:
         self.unit = mangle_unit(unit)
         self.dry_run = dry_run
         self.clock = clock
+        self._systemd: Systemd | None = None
 
     # -- entry ---------------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class Preflight:
     def _slow_path(self, cfg: Config, service: Service,
                    intents: Sequence[conflicts.BindIntent],
                    ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
-        systemd = self._connect()
+        systemd = self._systemd = self._connect()
         try:
             ctx = self._context(cfg, service, systemd)
             found_conflicts, bind_refused = self._observe(ctx, intents, ports)
@@ -191,7 +192,7 @@ class Preflight:
                     intents: Sequence[conflicts.BindIntent]) -> bool:
         """Whether the socket behind a conflict still blocks one of the service's binds."""
         if conflict.holder is None:  # a twin claiming the port: held while it is up
-            return False
+            return self._twin_up(conflict.unit)
         sock = conflict.holder.socket
         current = _on_port(_query([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)
@@ -202,6 +203,14 @@ class Preflight:
         return any(conflicts.assess(i, same).blockers or
                    (conflict.kind is Kind.LINGERING and not _probe_ok(i))
                    for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
+
+    def _twin_up(self, unit: str | None) -> bool:
+        if unit is None or self._systemd is None:
+            return False
+        try:
+            return self._systemd.active_state(unit) in ("active", "activating", "reloading")
+        except SystemdError:
+            return False  # unloaded: gone
 
     # -- verify and report ---------------------------------------------------------
 

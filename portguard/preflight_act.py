@@ -76,7 +76,7 @@ class Executor:
                                "stopped through systemd, whose D-Bus API is unreachable")
         job = self.systemd.stop_unit(unit, timeout=self.remaining())
         self._emit(Event.STOP_UNIT, step, f"StopUnit {unit}: job {job.result}", job.result)
-        if job.result != "done":
+        if job.result not in ("done", "gone"):  # gone: finished unseen; the port tells
             raise BlockedError(f"{self.unit}: stopping {unit} failed (job {job.result})")
         held = step.conflict.holder is not None
         grace = min(self.service.kill_after, self.remaining())

@@ -1,0 +1,568 @@
+"""portguard.units' job and state API against a real systemd 252 (the sandbox), over D-Bus.
+
+What is checked here, and the pystemd behaviour it rests on (pystemd 0.11 and 0.15 share
+the same dbuslib; see the last section):
+
+- `DBus.match_signal(sender, path, iface, member, callback)` keeps only a raw pointer to
+  `callback` and sets `callback.metadata`, so the callback must be a plain function (a
+  bound method raises AttributeError) that someone else keeps alive; units.py pins it.
+- The callback is called from `process()` as `callback(msg, error=None, userdata=None)`;
+  `msg.process_reply(False)` fills `msg.body`, for JobRemoved (signature "uoss")
+  `[job_id, b"/org/freedesktop/systemd1/job/N", b"unit.service", b"done"]`. In
+  `process_reply(True)` headers, "Interface" holds the object path (a pystemd bug).
+- `process()` dispatches one message at most and does not say whether it did; signals
+  that arrive during a synchronous `call_method` are queued and dispatched later, so a
+  JobRemoved that comes in with (or before) StopUnit's reply is seen after it: units.py
+  keeps every JobRemoved since it subscribed, by job path, and looks its job up there.
+- Errors: the per-name exception classes (DBusAccessDeniedError, DBusNoSuchUnitError...)
+  leave `err_name` empty; DBusNoSuchUnitError's name is org.freedesktop.systemd1's, not
+  org.freedesktop.DBus.Error's. GetUnitFileState of a unit with no file answers
+  org.freedesktop.DBus.Error.FileNotFound (not NoSuchUnit). A second Subscribe on one
+  connection is org.freedesktop.systemd1.AlreadySubscribed.
+
+Orderings a real systemd does not produce on demand (a JobRemoved dispatched before the
+method returns, a job that vanishes silently, EINTR, a lost bus) run on a fake bus at the
+end; they need no sandbox.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sysconfig
+import time
+from typing import Any
+
+import pytest
+from pystemd.dbusexc import DBusError
+from sandbox import REPO, Sandbox, listener_exec
+
+from portguard import units
+from portguard.errors import ExitStatus, NotPermittedError, TimedOutError
+from portguard.units import JobResult, Systemd, SystemdError, SystemdUnavailable
+
+PRELUDE = """\
+import json, sys
+from portguard.errors import PortguardError
+from portguard.units import JobResult, Systemd
+sd = Systemd.connect()
+U = sys.argv[1:]
+def show(f):
+    try:
+        v = f()
+        doc = {"value": v._asdict() if isinstance(v, JobResult) else v}
+    except PortguardError as e:
+        doc = {"error": type(e).__name__, "message": e.message,
+               "exit_status": int(e.exit_status), "dbus_name": getattr(e, "dbus_name", None)}
+    print(json.dumps(doc), flush=True)
+    return doc
+"""
+
+
+def api(sb: Sandbox, *exprs: str, args: tuple[str, ...] = (), timeout: float = 60
+        ) -> list[dict[str, Any]]:
+    """Evaluate each expression (with `sd`, a connected Systemd, and U = args) inside the
+    sandbox, in one process; one {"value": ...} or {"error": ...} per expression."""
+    code = PRELUDE + "".join(f"show(lambda: {e})\n" for e in exprs)
+    done = sb.python(code, *args, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    docs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(docs) == len(exprs), done.stdout + done.stderr
+    return docs
+
+
+def job_record(sb: Sandbox, unit: str, job_type: str) -> dict[str, Any]:
+    """systemd's own journal record of a finished job: JOB_TYPE, JOB_RESULT."""
+    return sb.wait_journal(lambda r: r.get("JOB_TYPE") == job_type and "JOB_RESULT" in r,
+                           f"UNIT={unit}")
+
+
+def free_port(uid: str) -> int:
+    return 20000 + int(uid, 16) % 20000
+
+
+# -- stop_unit / start_unit ---------------------------------------------------------------
+
+
+def test_stop_unit_of_a_running_unit_is_done_and_leaves_it_inactive(sandbox: Sandbox,
+                                                                    uid: str) -> None:
+    unit = f"stop-{uid}.service"
+    sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\n")
+    sandbox.systemctl("start", unit, check=True)
+    stopped, state = api(sandbox, "sd.stop_unit(U[0], timeout=10)", "sd.active_state(U[0])",
+                         args=(unit,))
+    assert stopped["value"]["result"] == "done"
+    assert stopped["value"]["unit"] == unit
+    assert stopped["value"]["job"].startswith("/org/freedesktop/systemd1/job/")
+    assert state == {"value": "inactive"}
+    assert sandbox.unit_property(unit, "ActiveState") == "inactive"
+    assert job_record(sandbox, unit, "stop")["JOB_RESULT"] == "done"
+
+
+def test_stop_unit_of_an_inactive_unit_is_done_at_once(sandbox: Sandbox, uid: str) -> None:
+    # The job ends in the same loop iteration that queued it: its JobRemoved follows the
+    # reply immediately and is dispatched only once the call has returned.
+    unit = f"idle-{uid}.service"
+    sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\n")
+    results = api(sandbox, *["sd.stop_unit(U[0], timeout=5)"] * 5, args=(unit,))
+    assert [r["value"]["result"] for r in results] == ["done"] * 5
+    assert len({r["value"]["job"] for r in results}) == 5
+
+
+def test_stop_with_a_hanging_exec_stop_reports_what_systemd_decided(sandbox: Sandbox,
+                                                                    uid: str) -> None:
+    unit = f"hang-{uid}.service"
+    sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\n"
+                             "ExecStop=/bin/sleep 100\nTimeoutStopSec=1\n")
+    sandbox.systemctl("start", unit, check=True)
+    t0 = time.monotonic()
+    [stopped] = api(sandbox, "sd.stop_unit(U[0], timeout=20)", args=(unit,))
+    assert 0.9 < time.monotonic() - t0 < 15
+    # systemd kills ExecStop after TimeoutStopSec, the unit ends "failed" with result
+    # "timeout", and the stop *job* is done: the unit did stop.
+    assert stopped["value"]["result"] == job_record(sandbox, unit, "stop")["JOB_RESULT"]
+    assert stopped["value"]["result"] == "done"
+    assert sandbox.unit_property(unit, "ActiveState") == "failed"
+    assert sandbox.unit_property(unit, "Result") == "timeout"
+    sandbox.systemctl("reset-failed", unit)
+
+
+def test_stop_unit_gives_up_after_its_timeout_and_the_job_goes_on(sandbox: Sandbox,
+                                                                  uid: str) -> None:
+    unit = f"slow-{uid}.service"
+    sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\nExecStop=/bin/sleep 3\n")
+    sandbox.systemctl("start", unit, check=True)
+    t0 = time.monotonic()
+    gave_up, again = api(sandbox, "sd.stop_unit(U[0], timeout=0.3)",
+                         "sd.stop_unit(U[0], timeout=20)", args=(unit,))
+    assert gave_up["error"] == "TimedOutError"
+    assert gave_up["exit_status"] == ExitStatus.TIMEOUT == 75
+    assert unit in gave_up["message"]
+    assert "0.3s" in gave_up["message"]
+    # portguard stopped waiting, systemd did not stop stopping: asked again, the same job
+    # (merged) is followed to its end
+    assert again["value"]["result"] == "done"
+    assert again["value"]["job"] in gave_up["message"]
+    assert 2.5 < time.monotonic() - t0 < 15
+    assert sandbox.unit_property(unit, "ActiveState") == "inactive"
+
+
+def test_start_unit_done_failed_and_dependency(sandbox: Sandbox, uid: str) -> None:
+    ok, bad, dep = f"ok-{uid}.service", f"bad-{uid}.service", f"dep-{uid}.service"
+    sandbox.write_unit(ok, "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+                       reload=False)
+    sandbox.write_unit(bad, "[Service]\nType=oneshot\nExecStart=/bin/false\n", reload=False)
+    sandbox.write_unit(dep, f"[Unit]\nRequires={bad}\nAfter={bad}\n"
+                            "[Service]\nExecStart=/bin/sleep 1000\n")
+    results = api(sandbox, "sd.start_unit(U[0], timeout=10)", "sd.start_unit(U[1], timeout=10)",
+                  "sd.start_unit(U[2], timeout=10)", "sd.active_state(U[0])",
+                  args=(ok, bad, dep))
+    assert [r["value"]["result"] for r in results[:3]] == ["done", "failed", "dependency"]
+    assert [r["value"]["unit"] for r in results[:3]] == [ok, bad, dep]
+    assert results[3] == {"value": "active"}
+    assert job_record(sandbox, bad, "start")["JOB_RESULT"] == "failed"
+    sandbox.systemctl("stop", ok)
+    sandbox.systemctl("reset-failed", bad)
+
+
+# -- kill_unit --------------------------------------------------------------------------
+
+
+def test_kill_unit_sigkill_kills_every_process_of_the_unit(sandbox: Sandbox, uid: str) -> None:
+    unit = f"stubborn-{uid}.service"
+    ready = f"/run/ready-{uid}"
+    sandbox.write_unit(unit, "[Service]\nExecStart=" + listener_exec(
+        "--port", str(free_port(uid)), "--workers", "2", "--ignore-term",
+        "--ready-file", ready) + "\n")
+    sandbox.systemctl("start", unit, check=True)
+    sandbox.wait_for(lambda: sandbox.run(["test", "-s", ready]).returncode == 0, 10,
+                     f"{unit} to listen")
+    cgroup = sandbox.unit_property(unit, "ControlGroup")
+    pids = [int(p) for p in sandbox.read_file(f"/sys/fs/cgroup{cgroup}/cgroup.procs").split()]
+    assert len(pids) == 3  # the parent and two workers sharing the socket
+
+    term, kill = api(sandbox, f"sd.kill_unit(U[0], {int(signal.SIGTERM)})",
+                     f"sd.kill_unit(U[0], {int(signal.SIGKILL)})", args=(unit,))
+    assert term == {"value": None} and kill == {"value": None}
+    sandbox.wait_for(lambda: not any(sandbox.pid_alive(p) for p in pids), 10,
+                     f"every process of {unit} to die")
+    assert sandbox.wait_unit_state(unit, "failed", "inactive") == "failed"
+    assert sandbox.unit_property(unit, "Result") == "signal"
+    sandbox.systemctl("reset-failed", unit)
+
+
+def test_kill_unit_of_a_unit_not_loaded_is_no_such_unit(sandbox: Sandbox, uid: str) -> None:
+    idle, empty = f"nokill-{uid}.service", f"empty-{uid}.service"
+    sandbox.write_unit(idle, "[Service]\nExecStart=/bin/sleep 1000\n", reload=False)
+    sandbox.write_unit(empty, "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+                              "ExecStart=/bin/true\n")
+    sandbox.systemctl("start", empty, check=True)  # active, without a process
+    never_started, no_process = api(sandbox, f"sd.kill_unit(U[0], {int(signal.SIGKILL)})",
+                                    f"sd.kill_unit(U[1], {int(signal.SIGKILL)})",
+                                    args=(idle, empty))
+    assert never_started["error"] == "SystemdError"
+    assert never_started["dbus_name"] == "org.freedesktop.systemd1.NoSuchUnit"  # not loaded
+    assert no_process == {"value": None}  # systemd 252: nothing to signal is no error
+    sandbox.systemctl("stop", empty)
+
+
+# -- error mapping ----------------------------------------------------------------------
+
+
+def test_masked_and_unknown_units_map_to_systemd_errors(sandbox: Sandbox, uid: str) -> None:
+    masked, bogus = f"masked-{uid}.service", f"bogus-{uid}.service"
+    sandbox.run(["ln", "-s", "/dev/null", f"/etc/systemd/system/{masked}"], check=True)
+    sandbox.systemctl("daemon-reload", check=True)
+    start_masked, stop_masked, stop_bogus, start_bogus = api(
+        sandbox, "sd.start_unit(U[0], timeout=5)", "sd.stop_unit(U[0], timeout=5)",
+        "sd.stop_unit(U[1], timeout=5)", "sd.start_unit(U[1], timeout=5)",
+        args=(masked, bogus))
+    assert start_masked["error"] == "SystemdError"
+    assert start_masked["dbus_name"] == "org.freedesktop.systemd1.UnitMasked"
+    assert start_masked["exit_status"] == ExitStatus.BLOCKED
+    assert masked in start_masked["message"]
+    assert stop_masked["value"]["result"] == "done"  # stopping a masked unit is allowed
+    assert stop_bogus["error"] == "SystemdError"
+    assert stop_bogus["dbus_name"] == "org.freedesktop.systemd1.NoSuchUnit"
+    assert start_bogus["dbus_name"] == "org.freedesktop.systemd1.NoSuchUnit"
+
+
+def test_load_state_of_existing_missing_and_masked_units(sandbox: Sandbox, uid: str) -> None:
+    here, masked = f"here-{uid}.service", f"mask2-{uid}.service"
+    sandbox.write_unit(here, "[Service]\nExecStart=/bin/sleep 1000\n", reload=False)
+    sandbox.run(["ln", "-s", "/dev/null", f"/etc/systemd/system/{masked}"], check=True)
+    sandbox.systemctl("daemon-reload", check=True)
+    states = api(sandbox, "sd.load_state(U[0])", "sd.load_state(U[1])", "sd.load_state(U[2])",
+                 "sd.active_state(U[1])", "sd.load_state(U[3])",
+                 args=(here, f"none-{uid}.service", masked, f"tpl-{uid}@.service"))
+    assert [s.get("value") for s in states[:4]] == ["loaded", "not-found", "masked", "inactive"]
+    assert states[4]["dbus_name"] == "org.freedesktop.DBus.Error.InvalidArgs"  # a template
+
+
+def test_unit_file_state_of_templates_and_instances(sandbox: Sandbox, uid: str) -> None:
+    static, enabled = f"st-{uid}@.service", f"en-{uid}@.service"
+    sandbox.write_unit(static, "[Service]\nExecStart=/bin/sleep 1000\n", reload=False)
+    sandbox.write_unit(enabled, "[Service]\nExecStart=/bin/sleep 1000\n"
+                                "[Install]\nWantedBy=multi-user.target\n")
+    states = api(sandbox, *[f"sd.unit_file_state(U[{i}])" for i in range(5)],
+                 args=(static, f"st-{uid}@a.service", enabled, f"en-{uid}@a.service",
+                       f"none-{uid}@.service"))
+    assert [s["value"] for s in states] == ["static", "static", "disabled", "disabled", None]
+
+
+def test_reload_is_a_daemon_reload(sandbox: Sandbox, uid: str) -> None:
+    unit = f"rel-{uid}.service"
+    sandbox.write_unit(unit, "[Unit]\nDescription=one\n[Service]\nExecStart=/bin/sleep 1000\n")
+    sandbox.systemctl("start", unit, check=True)  # loaded, so it is not simply re-read
+    sandbox.write_unit(unit, "[Unit]\nDescription=two\n[Service]\nExecStart=/bin/sleep 1000\n",
+                       reload=False)
+    assert sandbox.unit_property(unit, "NeedDaemonReload") == "yes"
+    assert api(sandbox, "sd.reload()") == [{"value": None}]
+    assert sandbox.unit_property(unit, "NeedDaemonReload") == "no"
+    assert sandbox.unit_property(unit, "Description") == "two"
+    sandbox.systemctl("stop", unit)
+
+
+# -- not root: polkit says no -----------------------------------------------------------
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def nobody_python(sb: Sandbox) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and env that run portguard as nobody.
+
+    The venv's interpreter lives under /root (mode 700), out of nobody's reach; Debian's
+    /usr/bin/python3 (3.11, the same ABI) imports portguard from the repository and its
+    dependencies (pystemd's compiled dbuslib, PyYAML) from the venv's site-packages, which
+    are world-readable. Debian's own python3-pystemd is not needed (and not installed).
+    """
+    site = sysconfig.get_paths()["purelib"]
+    env = {"PYTHONPATH": f"{REPO}:{site}"}
+    probe = sb.run([*NOBODY, DEBIAN_PYTHON, "-c", "import pystemd.dbuslib, portguard.units"],
+                   env=env)
+    if probe.returncode != 0:
+        pytest.skip(f"nobody cannot import pystemd with {DEBIAN_PYTHON}: {probe.stderr}")
+    return [*NOBODY, DEBIAN_PYTHON], env
+
+
+@pytest.mark.skipif(not os.access(DEBIAN_PYTHON, os.X_OK), reason=f"no {DEBIAN_PYTHON}")
+@pytest.mark.parametrize(("expr", "action"), [
+    ("sd.stop_unit(U[0], timeout=5)", "org.freedesktop.systemd1.manage-units"),
+    ("sd.start_unit(U[0], timeout=5)", "org.freedesktop.systemd1.manage-units"),
+    ("sd.kill_unit(U[0], 9)", "org.freedesktop.systemd1.manage-units"),
+    ("sd.reload()", "org.freedesktop.systemd1.reload-daemon"),
+])
+def test_access_denied_is_not_permitted_exit_77(sandbox: Sandbox, uid: str, expr: str,
+                                                action: str) -> None:
+    unit = f"guarded-{uid}.service"
+    sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\n")
+    sandbox.systemctl("start", unit, check=True)
+    argv, env = nobody_python(sandbox)
+    code = PRELUDE + f"doc = show(lambda: {expr})\nsys.exit(doc.get('exit_status', 0))\n"
+    done = sandbox.run([*argv, "-c", code, unit], env=env)
+    doc = json.loads(done.stdout.splitlines()[-1])
+    assert done.returncode == ExitStatus.NOT_PERMITTED == 77, done.stdout + done.stderr
+    assert doc["error"] == "NotPermittedError"
+    assert action in doc["message"]
+    assert "run as root" in doc["message"]
+    assert sandbox.unit_property(unit, "ActiveState") == "active"  # untouched
+    sandbox.systemctl("stop", unit)
+
+
+# -- pystemd itself: what units.py relies on ------------------------------------------------
+
+PYSTEMD_SHAPES = """\
+import json
+from pystemd.dbuslib import DBus, apply_signature
+D, P, M = b"org.freedesktop.systemd1", b"/org/freedesktop/systemd1", \\
+    b"org.freedesktop.systemd1.Manager"
+bus = DBus(); bus.open()
+class Holder:
+    def method(self, msg, error=None, userdata=None): pass
+try:
+    bus.match_signal(D, P, M, b"JobRemoved", Holder().method)
+    bound = "accepted"
+except AttributeError as exc:
+    bound = "AttributeError"
+seen = []
+def on_removed(msg, error=None, userdata=None):
+    msg.process_reply(True)
+    seen.append({"body": [x.decode() if isinstance(x, bytes) else x for x in msg.body],
+                 "types": [type(x).__name__ for x in msg.body], "error": error,
+                 "userdata": userdata, "interface": msg.headers["Interface"].decode(),
+                 "member": msg.headers["Member"].decode()})
+bus.match_signal(D, P, M, b"JobRemoved", on_removed)
+bus.call_method(D, P, M, b"Subscribe", None)
+job = bus.call_method(D, P, M, b"StopUnit", apply_signature(b"ss", [UNIT, b"replace"])).body
+for _ in range(200):
+    if seen: break
+    bus.process(); bus.wait(50000)
+print(json.dumps({"bound": bound, "job": job.decode(), "seen": seen}))
+"""
+
+
+def test_pystemd_signal_callback_and_jobremoved_body(sandbox: Sandbox, uid: str) -> None:
+    unit = f"shape-{uid}.service"
+    sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\n")
+    done = sandbox.python(f"UNIT = {unit.encode()!r}\n" + PYSTEMD_SHAPES)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["bound"] == "AttributeError"  # pystemd sets callback.metadata
+    [seen] = doc["seen"]
+    job_id = int(doc["job"].rpartition("/")[2])
+    assert seen["body"] == [job_id, doc["job"], unit, "done"]
+    assert seen["types"] == ["int", "bytes", "bytes", "bytes"]
+    assert (seen["error"], seen["userdata"]) == (None, None)
+    assert seen["member"] == "JobRemoved"
+    assert seen["interface"] == "/org/freedesktop/systemd1"  # pystemd bug: it is the path
+
+
+# -- a fake bus: orderings systemd will not produce on demand --------------------------------
+
+JOB = b"/org/freedesktop/systemd1/job/7"
+
+
+class Msg:
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self.body: Any = None
+
+    def process_reply(self, with_headers: bool) -> None:
+        self.body = self._body
+
+
+class Reply:
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+
+class FakeBus:
+    """Enough of pystemd's DBus for the job loop; `queue` holds signal bodies that
+    process() dispatches one at a time, as sd_bus_process does."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+        self.queue: list[Any] = []
+        self.methods: dict[bytes, Any] = {b"Subscribe": None, b"StopUnit": JOB,
+                                          b"StartUnit": JOB, b"Get": b"running"}
+        self.calls: list[bytes] = []
+        self.process_errors: list[BaseException] = []
+        self.wait_errors: list[BaseException] = []
+        self.closed = False
+
+    def match_signal(self, sender: bytes, path: bytes, interface: bytes, member: bytes,
+                     callback: Any) -> None:
+        callback.metadata = {"userdata": None}  # as pystemd does
+        self.callbacks.append(callback)
+
+    def call_method(self, destination: bytes, path: bytes, interface: bytes, method: bytes,
+                    args: Any) -> Any:
+        self.calls.append(method)
+        answer = self.methods[method]
+        if callable(answer):
+            answer = answer()
+        if isinstance(answer, BaseException):
+            raise answer
+        return Reply(answer)
+
+    def process(self) -> Any:
+        if self.process_errors:
+            raise self.process_errors.pop(0)
+        if self.queue:
+            body = self.queue.pop(0)
+            for callback in self.callbacks:
+                callback(Msg(body), error=None, userdata=None)
+        return Msg(None)
+
+    def wait(self, timeout: int) -> None:
+        if self.wait_errors:
+            raise self.wait_errors.pop(0)
+        if not self.queue:
+            time.sleep(min(timeout / 1e6, 0.005))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def removed(job: bytes, unit: bytes = b"x.service", result: bytes = b"done") -> list[Any]:
+    return [int(job.rpartition(b"/")[2]), job, unit, result]
+
+
+def test_a_jobremoved_before_the_reply_is_not_lost() -> None:
+    bus = FakeBus()
+
+    def stop_and_finish_at_once() -> bytes:
+        # dispatched while the call is still running, before its reply is seen
+        for callback in bus.callbacks:
+            callback(Msg(removed(b"/org/freedesktop/systemd1/job/6", result=b"canceled")))
+            callback(Msg(removed(JOB)))
+        return JOB
+
+    bus.methods[b"StopUnit"] = stop_and_finish_at_once
+    assert Systemd(bus).stop_unit("x.service", timeout=1) == \
+        JobResult(JOB.decode(), "x.service", "done")
+
+
+def test_a_jobremoved_queued_with_the_reply_and_others_first() -> None:
+    bus = FakeBus()
+    bus.queue = [removed(b"/org/freedesktop/systemd1/job/5", b"y.service"),
+                 [1, 2], removed(JOB, result=b"failed")]  # [1, 2]: malformed, ignored
+    sd = Systemd(bus)
+    assert sd.start_unit("x.service", timeout=1).result == "failed"
+    assert "/org/freedesktop/systemd1/job/5" in sd._finished  # kept for whoever asks
+
+
+def test_a_job_that_vanishes_without_a_signal_is_gone(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    monkeypatch.setattr(units, "GONE_CHECK", 0.01)
+    bus = FakeBus()
+    bus.methods[b"Get"] = DBusError(-errno.ENXIO, b"org.freedesktop.DBus.Error.UnknownObject",
+                                    b"Unknown object")
+    assert Systemd(bus).stop_unit("x.service", timeout=5) == \
+        JobResult(JOB.decode(), "x.service", units.JOB_GONE)
+
+
+def test_a_signal_queued_by_the_lookup_call_still_wins_over_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(units, "GONE_CHECK", 0.01)
+    bus = FakeBus()
+    gone = DBusError(-errno.ENXIO, b"org.freedesktop.DBus.Error.UnknownObject", b"gone")
+
+    def lookup() -> Any:  # the signal came in while the Get call waited for its reply
+        bus.queue += [removed(b"/org/freedesktop/systemd1/job/8")] * 3 + [removed(JOB)]
+        return gone
+
+    bus.methods[b"Get"] = lookup
+    assert Systemd(bus).stop_unit("x.service", timeout=5).result == "done"
+
+
+def test_timeout_names_the_unit_and_the_seconds() -> None:
+    bus = FakeBus()
+    t0 = time.monotonic()
+    with pytest.raises(TimedOutError) as info:
+        Systemd(bus).stop_unit("web@blue.service", timeout=0.2)
+    assert 0.2 <= time.monotonic() - t0 < 2
+    assert info.value.exit_status == ExitStatus.TIMEOUT
+    assert "web@blue.service" in info.value.message and "0.2s" in info.value.message
+
+
+def test_eintr_while_waiting_is_not_an_error() -> None:
+    bus = FakeBus()
+    bus.wait_errors = [DBusError(-errno.EINTR, "Failed to wait for bus")]
+    bus.methods[b"StopUnit"] = lambda: (bus.queue.append(removed(JOB)), JOB)[1]
+    bus.queue = [removed(b"/org/freedesktop/systemd1/job/1")]
+    assert Systemd(bus).stop_unit("x.service", timeout=2).result == "done"
+
+
+def test_a_lost_bus_while_waiting_is_systemd_unavailable() -> None:
+    bus = FakeBus()
+    bus.process_errors = [DBusError(-errno.ECONNRESET, None, "Failed to process bus")]
+    with pytest.raises(SystemdUnavailable, match="lost the system bus"):
+        Systemd(bus).stop_unit("x.service", timeout=2)
+
+
+def test_subscribe_once_and_already_subscribed_is_fine() -> None:
+    bus = FakeBus()
+    bus.methods[b"Subscribe"] = DBusError(
+        -errno.EINVAL, b"org.freedesktop.systemd1.AlreadySubscribed", b"already")
+    sd = Systemd(bus)
+    for _ in range(2):
+        bus.queue.append(removed(JOB))
+        assert sd.stop_unit("x.service", timeout=1).result == "done"
+    assert bus.calls.count(b"Subscribe") == 1
+    assert len(bus.callbacks) == 1
+
+
+def test_the_signal_callback_is_pinned_until_close() -> None:
+    bus = FakeBus()
+    bus.queue.append(removed(JOB))
+    sd = Systemd(bus)
+    sd.stop_unit("x.service", timeout=1)
+    [callback] = bus.callbacks
+    assert callback in units._PINNED
+    sd.close()
+    assert callback not in units._PINNED
+    assert bus.closed
+
+
+def test_results_nobody_asks_for_are_bounded() -> None:
+    bus = FakeBus()
+    bus.queue = [removed(f"/org/freedesktop/systemd1/job/{1000 + i}".encode())
+                 for i in range(3000)] + [removed(JOB)]
+    sd = Systemd(bus)
+    assert sd.stop_unit("x.service", timeout=10).result == "done"
+    assert len(sd._finished) <= units._REMEMBERED
+
+
+def test_access_denied_on_a_job_names_the_unit_and_the_polkit_action() -> None:
+    bus = FakeBus()
+    bus.methods[b"StopUnit"] = DBusError(-errno.EACCES,
+                                         b"org.freedesktop.DBus.Error.AccessDenied",
+                                         b"Permission denied")
+    with pytest.raises(NotPermittedError) as info:
+        Systemd(bus).stop_unit("web.service", timeout=1)
+    assert info.value.exit_status == ExitStatus.NOT_PERMITTED
+    assert "stop web.service" in info.value.message
+    assert "org.freedesktop.systemd1.manage-units" in info.value.message
+
+
+def test_unit_file_state_of_a_missing_file_is_none() -> None:
+    bus = FakeBus()
+    bus.methods[b"GetUnitFileState"] = DBusError(
+        -errno.ENOENT, b"org.freedesktop.DBus.Error.FileNotFound", b"No such file")
+    assert Systemd(bus).unit_file_state("nope.service") is None
+    bus.methods[b"GetUnitFileState"] = DBusError(
+        -errno.EINVAL, b"org.freedesktop.DBus.Error.InvalidArgs", b"bad name")
+    with pytest.raises(SystemdError):
+        Systemd(bus).unit_file_state("bad")
+
+
+def test_a_reload_that_outlives_the_call_timeout_is_timed_out() -> None:
+    bus = FakeBus()
+    bus.methods[b"Reload"] = DBusError(-errno.ETIMEDOUT, b"org.freedesktop.DBus.Error.Timeout",
+                                       b"Connection timed out")
+    with pytest.raises(TimedOutError, match="daemon-reload"):
+        Systemd(bus).reload()
