@@ -16,7 +16,7 @@ from portguard.units import Systemd, SystemdError, SystemdUnavailable
 # States of a socket that is on its way out: no process holds it any more, or the
 # process is only draining it. They block a bind() only without SO_REUSEADDR.
 LINGERING_STATES = frozenset(
-    {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING", "CLOSE"})
+    {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING"})
 # Sockets accepted from (or being accepted by) a listener on the same address: the
 # listener is the holder that matters; its connections are only counted.
 CHILD_STATES = frozenset({"ESTABLISHED", "SYN_RECV", "NEW_SYN_RECV"})
@@ -108,24 +108,45 @@ class Observer:
         reports = []
         for port, proto in wanted:
             mine = [s for s in found if s.local_port == port and s.proto == proto]
-            holders = tuple(self._holder(s, owners) for s in mine if _worth_naming(s, mine))
+            holders = tuple(h for s in mine if _worth_naming(s, mine)
+                            for h in self._holders(s, owners))
             children = sum(1 for s in mine if not _worth_naming(s, mine))
+            # A unit source only where a unit was looked up: a port with only TIME_WAIT
+            # or unreadable holders asked neither D-Bus nor a cgroup.
+            looked_up = any(h.processes for h in holders)
             reports.append(PortReport(port, proto, holders, children,
-                                      self.unit_lookup.source if holders else ""))
+                                      self.unit_lookup.source if looked_up else ""))
         return reports
 
-    def _holder(self, sock: Socket, owners: processes.Owners) -> Holder:
+    def _holders(self, sock: Socket, owners: processes.Owners) -> list[Holder]:
+        """The socket and what holds it: one Holder per unit among its processes.
+
+        Processes sharing a socket usually share a unit (prefork workers), not always:
+        PID 1 keeps a socket-activated listener it passed to the service. Each process
+        is named with its own unit, looked up once per cgroup.
+        """
         procs = owners.by_inode.get(sock.inode, ())
-        if procs:
-            unit = self.unit_lookup.unit_of(procs[0])
-            container = cgroups.container_from_cgroup(procs[0].cgroup)
-            proxy = cgroups.docker_proxy_target(procs[0].cmdline)
+        if not procs:
+            if not sock.inode:
+                return [Holder(sock)]  # TIME_WAIT and friends: owned by the kernel alone
+            reason = ("holder unknown (needs root)" if owners.unreadable
+                      else "holder not found")
+            return [Holder(sock, unknown_reason=reason)]
+        by_cgroup: dict[str, list[Process]] = {}
+        for proc in procs:
+            by_cgroup.setdefault(proc.cgroup, []).append(proc)
+        by_unit: dict[str | None, tuple[Unit | None, list[Process]]] = {}
+        for group in by_cgroup.values():
+            unit = self.unit_lookup.unit_of(group[0])
+            by_unit.setdefault(unit.id if unit else None, (unit, []))[1].extend(group)
+        holders = []
+        for unit, group in by_unit.values():
+            group.sort(key=lambda p: p.pid)
+            proxy = cgroups.docker_proxy_target(group[0].cmdline)
             notes = (f"docker-proxy for container {proxy}",) if proxy else ()
-            return Holder(sock, procs, unit, container, "", notes)
-        if not sock.inode:
-            return Holder(sock)  # TIME_WAIT and friends: owned by the kernel alone
-        reason = "holder unknown (needs root)" if owners.unreadable else "holder not found"
-        return Holder(sock, unknown_reason=reason)
+            holders.append(Holder(sock, tuple(group), unit,
+                                  cgroups.container_from_cgroup(group[0].cgroup), "", notes))
+        return holders
 
 
 def _worth_naming(sock: Socket, sockets_on_port: Sequence[Socket]) -> bool:

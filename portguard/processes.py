@@ -292,7 +292,9 @@ def find_owners(
         return [s for s in socks if s.inode not in holders or 1 in holders[s.inode]]
 
     scan(suspects)
-    ids = {s.cgroup_id for s in unresolved() if s.cgroup_id}
+    # Ring 2 for every socket the kernel places in a cgroup, found or not: the suspects
+    # may be only some of its holders (a prefork master, not its workers).
+    ids = {s.cgroup_id for s in socks if s.cgroup_id}
     if ids:
         tree = cgroups or CgroupTree()
         scan(pid for cid in ids for pid in tree.pids(cid))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from portguard import report
+from portguard import conflicts, report
 from portguard.config import Config, Service
 from portguard.model import Holder, PortSpec, Unit
 from portguard.observe import Observer, PortReport
@@ -60,7 +60,12 @@ def collect(config: Config, observer: Observer,
             ports = []
             for spec in service.ports:
                 reps = tuple(observer.ports([(p, spec.proto) for p in spec.ports]))
-                foreign = tuple(h for r in reps for h in r.live if not _own(service, h))
+                # Only what stops this bind() counts (DESIGN case 6, the rules preflight
+                # uses): a socket on 127.0.0.2:P does not hold 127.0.0.1:P.
+                binds = {i.port: i for i in conflicts.intents(
+                    spec, reuse_address=service.reuse_address)}
+                foreign = tuple(h for r in reps for h in r.live if not _own(service, h)
+                                and conflicts.blocks(binds[r.port], h.socket))
                 ports.append(PortState(spec, reps, foreign))
             states.append(ServiceState(service, units, tuple(ports), units_error))
     finally:
@@ -109,8 +114,9 @@ def text(states: Sequence[ServiceState]) -> str:
             out.append(f"  unit {unit.id}: {unit.active_state}/{unit.sub_state}{pid}")
         for ps in st.ports:
             held = [r for r in ps.reports if r.holders]
-            mark = "HELD BY ANOTHER" if ps.foreign else ("in use by the service" if held
-                                                          else "free")
+            own = any(_own(svc, h) for r in ps.reports for h in r.live)
+            mark = ("HELD BY ANOTHER" if ps.foreign else "in use by the service" if own
+                    else "free")
             out.append(f"  port {ps.spec}: {mark}")
             if held:
                 out.extend("    " + line for line in report.table(held).splitlines())
