@@ -12,7 +12,7 @@ demo: setup
 	@$(PY) scripts/demo.py
 
 lint: setup
-	$(VENV)/bin/ruff check portguard tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy portguard
 
 unit: setup
