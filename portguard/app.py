@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from portguard.journal import Journal
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from portguard.config import Config
     from portguard.observe import Observer
     from portguard.units import Systemd
 
-DEFAULT_CONFIG = Path("/etc/portguard/config.yaml")
+DEFAULT_CONFIG_FILE = "/etc/portguard/config.yaml"
 
 
 def default_config_path() -> Path:
     """$PORTGUARD_CONFIG when set and non-empty, else /etc/portguard/config.yaml."""
-    env = os.environ.get("PORTGUARD_CONFIG", "")
-    return Path(env) if env else DEFAULT_CONFIG
+    from pathlib import Path  # not at import time: `who` never needs it (~4 ms)
+
+    return Path(os.environ.get("PORTGUARD_CONFIG", "") or DEFAULT_CONFIG_FILE)
 
 
 def _connect_systemd() -> Systemd:
@@ -36,13 +38,19 @@ def _connect_systemd() -> Systemd:
 
 
 class App:
-    def __init__(self, config_path: Path | None = None, journal: Journal | None = None,
+    def __init__(self, config_path: Path | str | None = None, journal: Journal | None = None,
                  connect_systemd: Callable[[], Systemd] = _connect_systemd) -> None:
-        self.config_path = config_path if config_path is not None else default_config_path()
+        self._config_path = config_path
         self.journal = journal if journal is not None else Journal()
         self.connect_systemd = connect_systemd
         self._observer: Observer | None = None
         self._config: Config | None = None
+
+    @property
+    def config_path(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._config_path) if self._config_path else default_config_path()
 
     @property
     def observer(self) -> Observer:

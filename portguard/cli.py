@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from portguard import __version__
@@ -47,8 +46,26 @@ class Output:
 Handler = Callable[[argparse.Namespace, App, Output], ExitStatus]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without `shutil` (argparse imports it for every parse,
+    ~3 ms, even when no help is printed)."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        import os
+        try:
+            columns = os.get_terminal_size(sys.stdout.fileno()).columns
+        except (OSError, ValueError):
+            columns = int(os.environ.get("COLUMNS", "80") or 80)
+        kwargs.setdefault("width", max(40, columns - 2))
+        super().__init__(prog, **kwargs)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so main() stays the only exit point."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:  # argparse calls this on bad usage
         raise UsageError(f"{self.prog}: {message}\nTry '{self.prog} --help'.")
@@ -224,7 +241,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     from portguard.journal import Journal
     journal = Journal(echo=False if args.quiet or args.json else None,
                       verbose=args.verbose > 0, stream=err_stream)
-    app = App(Path(args.config) if args.config else None, journal=journal)
+    app = App(args.config or None, journal=journal)
     try:
         return int(handler(args, app, out))
     except PortguardError as exc:

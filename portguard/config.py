@@ -22,6 +22,7 @@ from signal import Signals
 import yaml
 
 from portguard import configtypes as ct
+from portguard import strictyaml as sy
 from portguard.errors import ConfigError, NotPermittedError
 from portguard.model import PortSpec
 
@@ -223,7 +224,7 @@ def _fix(st: os.stat_result, path: Path) -> str:
 
 def _parse(text: str, filename: str, path: Path | None, problems: list[str]) -> Config:
     schema = _Schema()
-    root = ct.compose(text, schema.problems)
+    root = sy.compose(text, schema.problems)
     config = schema.config(root, path) if root is not None else None
     found = problems + [f"{filename}:{line}:{col}: {message}"
                         for line, col, message in sorted(schema.problems)]
@@ -237,13 +238,13 @@ _SERVICE_KEYS = ("ports", *_SETTINGS, "duplicates")
 _DAEMON_KEYS = ("interval", "restart", "flap_limit", "flap_window", "metrics_file")
 
 
-class _Schema(ct.NodeReader):
+class _Schema(sy.NodeReader):
     """The config's shape: which keys exist where, and what each holds."""
 
     def config(self, root: yaml.Node, path: Path | None) -> Config | None:
         if not isinstance(root, yaml.MappingNode):
             self.error(root, f"the top level must be a mapping with 'services:', not"
-                             f" {ct.kind(root)}")
+                             f" {sy.kind(root)}")
             return None
         top = {key: value for key, _, value in
                self.mapping(root, "", ("defaults", "protected", "services", "daemon"))}
@@ -259,7 +260,7 @@ class _Schema(ct.NodeReader):
         daemon = self.daemon(top["daemon"]) if "daemon" in top else DaemonSettings()
         return Config(path, defaults, protected, services, daemon)
 
-    def settings(self, entries: ct.Entries, base: Defaults) -> Defaults:
+    def settings(self, entries: sy.Entries, base: Defaults) -> Defaults:
         """`base` with the keys shared by `defaults` and each service applied."""
         readers: dict[str, Callable[[yaml.Node, str], object]] = {
             "policy": functools.partial(self.choice, options=Policy),
@@ -287,7 +288,7 @@ class _Schema(ct.NodeReader):
                 self.error(key_node, f"service '{name}' is declared twice (first at line"
                                      f" {first_line[name]})")
             first_line.setdefault(name, line)
-            if ct.is_null(value):
+            if sy.is_null(value):
                 self.error(key_node, f"service '{name}' has no settings; 'ports' is required")
                 continue
             entries = self.mapping(value, f"service '{name}'", _SERVICE_KEYS)
@@ -304,9 +305,9 @@ class _Schema(ct.NodeReader):
 
     def ports(self, node: yaml.Node) -> tuple[PortSpec, ...]:
         if not isinstance(node, yaml.SequenceNode):
-            if node.tag != ct.REFUSED:
+            if node.tag != sy.REFUSED:
                 self.error(node, 'ports: expected a list such as ["8080", "127.0.0.1:9090/tcp"],'
-                                 f" got {ct.kind(node)}")
+                                 f" got {sy.kind(node)}")
             return ()
         if not node.value:
             self.error(node, "ports: empty list; declare at least one port")
@@ -351,9 +352,9 @@ class _Schema(ct.NodeReader):
 def _port(text: str, node: yaml.Node) -> PortSpec:
     """A port spec; a plain YAML number must be written as a plain decimal integer."""
     plain = isinstance(node, yaml.ScalarNode) and node.style is None
-    if plain and node.tag in (ct.TAG + "int", ct.TAG + "float"):
+    if plain and node.tag in (sy.TAG + "int", sy.TAG + "float"):
         why = ct.number_trap(text)
-        if why is None and node.tag == ct.TAG + "float":
+        if why is None and node.tag == sy.TAG + "float":
             why = f"'{text}' is not a whole number"
         if why is not None:
             raise ValueError(f"{why}; a port is a whole number 1-65535")

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from portguard import __version__
-from portguard.app import DEFAULT_CONFIG
+from portguard.app import DEFAULT_CONFIG_FILE
 from portguard.configtypes import mangle_unit, service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from portguard.app import App
     from portguard.cli import Output
 
+DEFAULT_CONFIG = Path(DEFAULT_CONFIG_FILE)
 DROPIN_BASE = Path("/etc/systemd/system")  # tests point this at a tmp_path
 DROPIN_NAME = "portguard.conf"
 PACKAGED = "/usr/bin/portguard"

@@ -20,8 +20,7 @@ import socket
 import struct
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "portguard"
@@ -70,8 +69,7 @@ class Event(enum.Enum):
         return self.value[1]
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One journal record, before encoding."""
 
     event: Event

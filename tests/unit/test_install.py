@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from portguard import __version__, install
-from portguard.app import DEFAULT_CONFIG, App
+from portguard.app import App
 from portguard.cli import Output
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
+from portguard.install import DEFAULT_CONFIG
 from portguard.journal import Journal
 
 COMMAND = ["/usr/bin/portguard"]
