@@ -17,6 +17,10 @@ from portguard.errors import NotPermittedError, TimedOutError
 from portguard.model import Proto
 
 LOCK_DIR = "/run/portguard"
+
+
+class LockTimedOut(TimedOutError):
+    """Another guard held a port's lock for the whole budget."""
 _POLL = 0.05
 
 
@@ -59,7 +63,7 @@ def port_locks(ports: Iterable[tuple[int, Proto]], *, timeout: float,
                         on_wait(port, proto)
                         told = True
                     if clock() >= deadline:
-                        raise TimedOutError(
+                        raise LockTimedOut(
                             f"another portguard has held the lock on {port}/{proto} for "
                             f"{timeout:g}s ({path})") from None
                     time.sleep(_POLL)

@@ -22,7 +22,7 @@ from portguard.config import Config, Service
 from portguard.configtypes import mangle_unit
 from portguard.errors import BlockedError, ExitStatus, TimedOutError
 from portguard.journal import Event
-from portguard.lock import port_locks
+from portguard.lock import LockTimedOut, port_locks
 from portguard.model import Holder, Proto, Socket, Unit
 from portguard.policy import Action, Plan, plan
 from portguard.preflight_act import Executor, describe_conflict
@@ -63,9 +63,14 @@ class Preflight:
         if self._fast_path_clear(service, intents, ports):
             self._report_clear(service, ports, "all declared ports are free")
             return ExitStatus.OK
-        with port_locks(ports, timeout=max(0.0, deadline - self.clock.now()),
-                        on_wait=self._waiting_for_lock):
-            return self._slow_path(cfg, service, intents, ports, deadline)
+        try:
+            with port_locks(ports, timeout=max(0.0, deadline - self.clock.now()),
+                            on_wait=self._waiting_for_lock):
+                return self._slow_path(cfg, service, intents, ports, deadline)
+        except LockTimedOut as exc:
+            self.journal.emit(Event.TIMED_OUT, exc.message, unit=self.unit, action="wait",
+                              result="timeout", echo=False)  # stderr gets the error itself
+            raise
 
     def _waiting_for_lock(self, port: int, proto: Proto) -> None:
         self.journal.emit(Event.WAIT, f"{self.unit}: another portguard is acting on "
@@ -196,12 +201,16 @@ class Preflight:
         sock = conflict.holder.socket
         current = _on_port(_query([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)
+        if conflict.kind is Kind.LINGERING:
+            # No identity to follow: kernel-owned sockets have no inode and change state
+            # (FIN_WAIT2 -> TIME_WAIT) as they go. Held while the bind would still fail.
+            return any(not conflicts.assess(i, current).free or not _probe_ok(i)
+                       for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
         same = [s for s in current if s.inode == sock.inode and s.local_address ==
                 sock.local_address and s.state == sock.state]
         if not same:
             return False
-        return any(conflicts.assess(i, same).blockers or
-                   (conflict.kind is Kind.LINGERING and not _probe_ok(i))
+        return any(conflicts.assess(i, same).blockers
                    for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
 
     def _twin_up(self, unit: str | None) -> bool:
@@ -226,7 +235,7 @@ class Preflight:
             self._report_clear(service, ports, "ports cleared")
             return ExitStatus.OK
         reports = self.app.observer.ports(list(ports))
-        named = [describe_holder(h) for r in reports for h in r.live]
+        named = [describe_holder(h) for r in reports for h in (r.live or r.holders)]
         detail = "; ".join(named) or "a socket portguard cannot see"
         self.journal.emit(Event.REFUSED, f"{self.unit}: ports still held after acting: "
                           f"{detail}", unit=self.unit, action="refuse", result="still-held")

@@ -74,7 +74,21 @@ class Executor:
                        action=Action.REFUSE)
             raise BlockedError(f"{self.unit}: {unit} holds a declared port and must be "
                                "stopped through systemd, whose D-Bus API is unreachable")
-        job = self.systemd.stop_unit(unit, timeout=self.remaining())
+        grace = min(self.service.kill_after, self.remaining())
+        try:
+            job = self.systemd.stop_unit(unit, timeout=grace)
+        except TimedOutError:
+            # Still stopping after kill_after (SIGTERM ignored, ExecStop= hanging): SIGKILL
+            # it; asking again follows the same (merged) stop job.
+            self.systemd.kill_unit(unit, signal.SIGKILL)
+            self._emit(Event.KILL, step, f"{unit} still stopping {grace:.1f}s after "
+                       "StopUnit: KillUnit SIGKILL", "killed", action=Action.KILL)
+            try:
+                job = self.systemd.stop_unit(unit, timeout=self.remaining())
+            except TimedOutError as exc:
+                self._emit(Event.TIMED_OUT, step, f"{unit} did not stop even after SIGKILL",
+                           "timeout")
+                raise TimedOutError(f"{self.unit}: {exc.message}") from exc
         self._emit(Event.STOP_UNIT, step, f"StopUnit {unit}: job {job.result}", job.result)
         if job.result not in ("done", "gone"):  # gone: finished unseen; the port tells
             raise BlockedError(f"{self.unit}: stopping {unit} failed (job {job.result})")

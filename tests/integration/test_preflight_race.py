@@ -1,0 +1,112 @@
+"""`portguard preflight` against a real systemd: --dry-run, and two instances racing.
+
+See test_preflight.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from sandbox import Sandbox
+from test_preflight import (
+    ACTING,
+    CONFLICT,
+    KILL,
+    SIGNAL,
+    STOP_UNIT,
+    Case,
+    config,
+)
+
+
+@pytest.fixture
+def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
+    c = Case(sandbox, uid)
+    yield c
+    c.cleanup()
+
+
+# -- 7. --dry-run ----------------------------------------------------------------------
+
+
+def test_dry_run_says_what_it_would_do_and_touches_nothing(case: Case) -> None:
+    sb, port = case.sb, case.port()
+    template = f"dry-{case.uid}@.service"
+    a, b = f"dry-{case.uid}@a.service", f"dry-{case.uid}@b.service"
+    case.config(config(port, template))
+    # SO_REUSEPORT (same uid): the twin and the stray share the port, both hold it
+    case.unit(template, "--port", str(port), "--reuseport")
+    case.units += [a, b]
+    assert case.start(a).returncode == 0
+    twin = case.main_pid(a)
+    stray = case.spawn(port, "--reuseport")
+
+    done = case.preflight(b, "--dry-run")
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert f"would stop: policy: stop (StopUnit {a})" in said
+    assert "would signal: policy: stop (SIGTERM" in said
+    assert "nothing touched" in said
+
+    records = case.records(unit=b)
+    planned = [r for r in records if r["MESSAGE_ID"] == CONFLICT and "PORTGUARD_HOLDER_KIND"
+               in r]
+    assert {(r["PORTGUARD_HOLDER_KIND"], r["PORTGUARD_ACTION"], r["PORTGUARD_HOLDER_PID"])
+            for r in planned} == {("twin", "stop", str(twin)), ("stray", "signal", str(stray))}
+    assert all(r["PORTGUARD_RESULT"] == "dry-run" for r in planned)
+    summary = case.record(CONFLICT, b, action="none", result="dry-run")
+    assert "2 action(s) planned" in summary["MESSAGE"]
+    assert not [r for r in records if r["MESSAGE_ID"] in ACTING]
+
+    assert case.state(a) == "active" and case.main_pid(a) == twin and sb.pid_alive(twin)
+    assert sb.pid_alive(stray)
+    assert case.state(b) == "inactive"
+
+
+# -- 8. two instances racing for one port ---------------------------------------------------
+
+
+def test_two_instances_started_together_end_with_exactly_one_running(case: Case) -> None:
+    sb, port = case.sb, case.port()
+    template = f"race-{case.uid}@.service"
+    canary_unit = f"canary-{case.uid}.service"
+    case.config(config(port, template))
+    case.unit(template, "--port", str(port))
+    # bystanders: a unit and a process outside any unit, both listener.py (on other ports)
+    case.unit(canary_unit, "--port", str(case.port()), guarded=False)
+    assert case.start(canary_unit).returncode == 0
+    canary_main = case.main_pid(canary_unit)
+    canary = case.spawn(case.port())
+
+    for round_ in range(3):
+        a, b = (f"race-{case.uid}@{round_}a.service", f"race-{case.uid}@{round_}b.service")
+        case.units += [a, b]
+        queued = sb.systemctl("start", "--no-block", a, b)
+        assert queued.returncode == 0, queued.stderr
+
+        def settled(a: str = a, b: str = b) -> tuple[str, str] | None:
+            if sb.systemctl("list-jobs", "--no-legend", a, b).stdout.strip():
+                return None
+            states = (case.state(a), case.state(b))
+            return states if not {"activating", "deactivating"} & set(states) else None
+
+        states = sb.wait_for(settled, 20, f"{a} and {b} to settle")
+        assert states.count("active") == 1, states
+        winner = a if states[0] == "active" else b
+        [held] = json.loads(sb.portguard("--json", "who", str(port)).stdout)["ports"]
+        assert {h["unit"] for h in held["holders"]} == {winner}
+        sb.systemctl("stop", winner, check=True)
+
+    acting = [r for r in case.records() if r["MESSAGE_ID"] in ACTING]
+    ours = {f"race-{case.uid}@{n}{x}.service" for n in range(3) for x in "ab"}
+    assert {r["PORTGUARD_UNIT"] for r in acting} <= ours
+    assert {r.get("PORTGUARD_HOLDER_UNIT") for r in acting} <= ours
+    assert str(canary) not in {r.get("PORTGUARD_HOLDER_PID") for r in acting}
+    assert str(canary_main) not in {r.get("PORTGUARD_HOLDER_PID") for r in acting}
+    assert not [r for r in acting if r["MESSAGE_ID"] in (SIGNAL, KILL)]  # twins: StopUnit
+    assert all(r["PORTGUARD_HOLDER_KIND"] == "twin" for r in acting
+               if r["MESSAGE_ID"] == STOP_UNIT)
+    assert sb.pid_alive(canary)
+    assert case.state(canary_unit) == "active" and case.main_pid(canary_unit) == canary_main
