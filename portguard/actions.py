@@ -100,7 +100,7 @@ def signal_process(proc: Process, inode: int, sig: signal.Signals, *, kill_after
         # SIGKILL cannot be ignored, but a process in uninterruptible sleep can delay it:
         # still bounded by the deadline (at least a moment to let the kernel reap it).
         if _wait_exit(pidfd, max(0.5, deadline - clock.now())):
-            return SignalOutcome(pid, "killed", f"ignored {sig.name} for {grace:g}s; "
+            return SignalOutcome(pid, "killed", f"ignored {sig.name} for {grace:.1f}s; "
                                  "killed with SIGKILL", tuple(sent))
         return SignalOutcome(pid, "still-running", "survived SIGKILL until the deadline",
                              tuple(sent))

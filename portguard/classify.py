@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import os
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -119,7 +118,7 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
             return conflict(Kind.FOREIGN, f"{holder.unknown_reason}: it cannot be told apart "
                             "from another service, so it is never touched")
         if sock.state in LINGERING_STATES:
-            return conflict(Kind.LINGERING, f"{sock.state} socket with no process")
+            return conflict(Kind.LINGERING, "left by a closed connection; expires on its own")
         return conflict(Kind.FOREIGN, "held by no process portguard can see")
 
     svc = ctx.service
@@ -131,7 +130,7 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
     if unit_id is not None and _glob_any(unit_id, svc.duplicates.units):
         return conflict(Kind.TWIN, f"{unit_id} is configured as a duplicate of {svc.name}")
     if holder.container:
-        return conflict(Kind.FOREIGN, f"{_program(procs[0])} in container "
+        return conflict(Kind.FOREIGN, f"{procs[0].program} in container "
                         f"{holder.container}: never a stray, whatever it runs")
     if is_outside_service(unit):
         exec_start = ctx.unit_info.exec_start if ctx.unit_info else ()
@@ -145,13 +144,7 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
             where = f"in {unit_id}" if unit_id else "outside any unit"
             return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}")
     where = f"in {unit_id}" if unit_id else "outside any unit"
-    return conflict(Kind.FOREIGN, f"a different program ({_program(procs[0])}) {where}")
-
-
-def _program(proc: Process) -> str:
-    if proc.exe:
-        return os.path.basename(proc.exe)
-    return os.path.basename(proc.cmdline[0]) if proc.cmdline else f"pid {proc.pid}"
+    return conflict(Kind.FOREIGN, f"a different program ({procs[0].program}) {where}")
 
 
 def claimed_by_twins(ctx: Context, ports: Iterable[tuple[int, Proto]],

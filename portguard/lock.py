@@ -65,7 +65,7 @@ def port_locks(ports: Iterable[tuple[int, Proto]], *, timeout: float,
                     if clock() >= deadline:
                         raise LockTimedOut(
                             f"another portguard has held the lock on {port}/{proto} for "
-                            f"{timeout:g}s ({path})") from None
+                            f"{timeout:.1f}s ({path})") from None
                     time.sleep(_POLL)
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())  # for a person wondering who holds it

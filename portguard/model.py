@@ -67,6 +67,9 @@ class Socket(NamedTuple):
     cgroup_id: int | None = None  # cgroup v2 id the socket was created in, if known
 
 
+_INTERPRETERS = ("python", "perl", "ruby", "node", "java", "php", "bash", "sh", "dash")
+
+
 class Process(NamedTuple):
     """A process, pinned by (pid, start_time) so a reused pid is never mistaken for it."""
 
@@ -80,6 +83,18 @@ class Process(NamedTuple):
     cgroup: str = ""  # unified-hierarchy path, e.g. /system.slice/web@blue.service
     fds: tuple[int, ...] = ()  # the fds through which it holds the socket in question
     pid_namespace: int = 0  # inode of /proc/PID/ns/pid, 0 when unknown
+
+    @property
+    def program(self) -> str:
+        """A short name for messages: the executable, and the script an interpreter runs
+        (`python3.11 app.py`), since the interpreter alone names nothing."""
+        path = self.exe or (self.cmdline[0] if self.cmdline else "")
+        name = path.rsplit("/", 1)[-1] or f"pid {self.pid}"
+        if name.startswith(_INTERPRETERS):
+            script = next((a for a in self.cmdline[1:] if not a.startswith("-")), "")
+            if script:
+                return f"{name} {script.rsplit('/', 1)[-1]}"
+        return name
 
 
 class Unit(NamedTuple):

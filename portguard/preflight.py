@@ -267,8 +267,9 @@ class Preflight:
         raise BlockedError(f"{self.unit} cannot start: " + " | ".join(lines))
 
     def _dry_run_summary(self, the_plan: Plan) -> ExitStatus:
-        self.journal.emit(Event.CONFLICT, f"{self.unit}: dry run: {len(the_plan.acting)} "
-                          "action(s) planned, nothing touched", unit=self.unit,
+        self.journal.emit(Event.CONFLICT, f"{self.unit}: dry run: would stop or signal "
+                          f"{len(the_plan.acting)} and wait for {len(the_plan.waiting)} "
+                          "holder(s); nothing touched", unit=self.unit,
                           action="none", result="dry-run")
         return ExitStatus.OK
 
@@ -285,7 +286,7 @@ def describe_holder(holder: Holder) -> str:
         return f"{sock.state} socket {sock.local_address}:{sock.local_port}"
     p = holder.processes[0]
     unit = f" in {holder.unit.id}" if holder.unit else " outside any unit"
-    return f"pid {p.pid} ({os.path.basename(p.exe or (p.cmdline or ('?',))[0])}){unit}"
+    return f"pid {p.pid} ({p.program}){unit}"
 
 
 def advice(service: Service, conflict: Conflict) -> str:

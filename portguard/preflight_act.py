@@ -6,7 +6,6 @@ records every action with its result.
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable
 
@@ -23,14 +22,14 @@ def describe_conflict(c: Conflict) -> str:
     """`pid 1234 (webd, user www-data) in web@blue.service [twin: ...]` for messages."""
     if c.processes:
         p = c.processes[0]
-        prog = os.path.basename(p.exe or (p.cmdline[0] if p.cmdline else "?"))
         others = f" and {len(c.processes) - 1} more" if len(c.processes) > 1 else ""
-        who = f"pid {p.pid}{others} ({prog}, user {p.user or p.uid})"
+        who = f"pid {p.pid}{others} ({p.program}, user {p.user or p.uid})"
     elif c.holder is not None:
         sock = c.holder.socket
-        who = f"a {sock.state} socket ({c.holder.unknown_reason or 'no process'})"
+        who = f"a {sock.state} socket" + (f" ({c.holder.unknown_reason})"
+                                          if c.holder.unknown_reason else "")
     else:
-        who = "no process yet"
+        who = "not listening yet"
     where = f" in {c.unit}" if c.unit else ""
     if c.holder is not None and c.holder.container:
         where += f" (container {c.holder.container})"
@@ -97,7 +96,7 @@ class Executor:
         if held and not wait_until(lambda: not self.still_held(step.conflict),
                                    self.clock.now() + grace, self.clock):
             self.systemd.kill_unit(unit, signal.SIGKILL)
-            self._emit(Event.KILL, step, f"{unit} still holds the port {grace:g}s after "
+            self._emit(Event.KILL, step, f"{unit} still holds the port {grace:.1f}s after "
                        "StopUnit: KillUnit SIGKILL", "killed", action=Action.KILL)
             if not wait_until(lambda: not self.still_held(step.conflict), self.deadline,
                               self.clock):
@@ -143,10 +142,10 @@ class Executor:
         gone = wait_until(lambda: not any(self.still_held(c) for c in conflicts),
                           self.deadline, self.clock)
         if not gone:
-            self._emit(Event.TIMED_OUT, first, f"timed out after {self.service.timeout:g}s "
+            self._emit(Event.TIMED_OUT, first, f"timed out after {self.service.timeout:.1f}s "
                        "waiting for the port", "timeout", action=Action.WAIT)
             raise TimedOutError(f"{self.unit}: still held after waiting "
-                                f"{self.service.timeout:g}s: {describe_conflict(first.conflict)}")
+                                f"{self.service.timeout:.1f}s: {describe_conflict(first.conflict)}")
         self._emit(Event.WAIT, first, "the holder(s) went away", "gone")
 
     def _emit(self, event: Event, step: Step, text: str, result: str, *,

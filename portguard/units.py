@@ -364,7 +364,7 @@ class Systemd:
                 return self._finished.pop(job)
             now = time.monotonic()
             if now >= deadline:
-                raise TimedOutError(f"systemd did not {verb} {unit} within {timeout:g}s "
+                raise TimedOutError(f"systemd did not {verb} {unit} within {timeout:.1f}s "
                                     f"(its job {job} is still queued or running)")
             if now >= look_again:
                 look_again = now + GONE_CHECK

@@ -57,7 +57,7 @@ def test_dry_run_says_what_it_would_do_and_touches_nothing(case: Case) -> None:
             for r in planned} == {("twin", "stop", str(twin)), ("stray", "signal", str(stray))}
     assert all(r["PORTGUARD_RESULT"] == "dry-run" for r in planned)
     summary = case.record(CONFLICT, b, action="none", result="dry-run")
-    assert "2 action(s) planned" in summary["MESSAGE"]
+    assert "would stop or signal 2 and wait for 0 holder(s)" in summary["MESSAGE"]
     assert not [r for r in records if r["MESSAGE_ID"] in ACTING]
 
     assert case.state(a) == "active" and case.main_pid(a) == twin and sb.pid_alive(twin)

@@ -157,16 +157,17 @@ def test_duplicates_commands_globs_make_a_stray(argv: tuple[str, ...], exe: str)
     assert c.kind is Kind.STRAY
 
 
-@pytest.mark.parametrize("argv", [
-    ("/usr/bin/python3", "/opt/other/app.py", "--port", "8080"),  # another script
-    (*APP_ARGV, "--debug"),  # an extra argument
-    ("/usr/bin/python3",),  # the bare interpreter
+@pytest.mark.parametrize(("argv", "program"), [
+    (("/usr/bin/python3", "/opt/other/app.py", "--port", "8080"), "python3.11 app.py"),
+    ((*APP_ARGV, "--debug"), "python3.11 app.py"),  # an extra argument
+    (("/usr/bin/python3",), "python3.11"),  # the bare interpreter
 ])
 def test_a_different_script_under_the_same_interpreter_is_foreign(
-        argv: tuple[str, ...]) -> None:
+        argv: tuple[str, ...], program: str) -> None:
     c = classify_holder(context(), holder(proc(argv=argv)))
     assert c.kind is Kind.FOREIGN
-    assert c.reason == "a different program (python3.11) outside any unit"
+    # the message names the script, not only the interpreter
+    assert c.reason == f"a different program ({program}) outside any unit"
 
 
 def test_without_execstart_or_globs_a_copy_is_not_recognised() -> None:
@@ -201,7 +202,7 @@ def test_the_program_in_another_service_unit_is_foreign_not_a_stray() -> None:
     unit's business, never a stray of ours."""
     c = classify_holder(context(), holder(proc(), unit_id="staging-web.service"))
     assert c.kind is Kind.FOREIGN
-    assert c.reason == "a different program (python3.11) in staging-web.service"
+    assert c.reason == "a different program (python3.11 app.py) in staging-web.service"
     assert c.unit == "staging-web.service"
 
 
@@ -257,7 +258,7 @@ def test_a_listener_without_any_process_is_foreign() -> None:
 def test_a_closing_socket_with_no_process_is_lingering(state: str) -> None:
     c = classify_holder(context(), holder(state=state))
     assert c.kind is Kind.LINGERING
-    assert c.reason == f"{state} socket with no process"
+    assert c.reason == "left by a closed connection; expires on its own"
     assert (c.processes, c.unit, c.untouchable) == ((), None, "")
 
 
