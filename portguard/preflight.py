@@ -45,6 +45,7 @@ class Preflight:
         self.dry_run = dry_run
         self.clock = clock
         self._systemd: Systemd | None = None
+        self.plan: Plan | None = None  # what was decided (the daemon counts and flap-guards it)
 
     # -- entry ---------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class Preflight:
         try:
             ctx = self._context(cfg, service, systemd)
             found_conflicts, bind_refused = self._observe(ctx, intents, ports)
-            the_plan = plan(service, found_conflicts, bind_refused=bind_refused)
+            the_plan = self.plan = plan(service, found_conflicts, bind_refused=bind_refused)
             if not the_plan.steps:
                 self._report_clear(service, ports, "all declared ports are free")
                 return ExitStatus.OK
