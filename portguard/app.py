@@ -44,6 +44,7 @@ class App:
         self.journal = journal if journal is not None else Journal()
         self.connect_systemd = connect_systemd
         self._observer: Observer | None = None
+        self.unit_states = True  # False: name holders' units from cgroups, skip D-Bus
         self._config: Config | None = None
 
     @property
@@ -56,7 +57,8 @@ class App:
     def observer(self) -> Observer:
         if self._observer is None:
             from portguard.observe import Observer, UnitLookup
-            self._observer = Observer(UnitLookup(self.connect_systemd))
+            connect = self.connect_systemd if self.unit_states else None
+            self._observer = Observer(UnitLookup(connect))
         return self._observer
 
     @property

@@ -122,6 +122,8 @@ def _holder_lines(name: str, holder: Holder) -> list[tuple[str, ...]]:
     sock = holder.socket
     addr = endpoint(sock.local_address, sock.local_port, sock.family)
     unit = holder.unit.id if holder.unit else (holder.container or "-")
+    if holder.unit and holder.unit.active_state:  # known when D-Bus was asked (-v)
+        unit = f"{unit} ({holder.unit.active_state})"
     if holder.unit and holder.container:
         unit = f"{holder.unit.id} ({holder.container})"
     if not holder.processes:

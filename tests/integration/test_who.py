@@ -407,9 +407,15 @@ def test_dbus_unreachable_units_named_from_cgroups(fresh_sandbox: Sandbox, uid: 
     assert [p["units_from"] for p in doc["ports"]] == ["cgroup (systemd D-Bus unreachable)"] * 3
     assert all(h["unit_state"] is None for p in doc["ports"] for h in p["holders"])
 
+    # The plain table never asks D-Bus (the cgroup names the unit): same rows, no note.
     status, rows, notes = who(sb, "8201", "8202", "8203")
     assert status == 1
     assert [(r[3], r[5]) for r in rows] == [(str(pid), unit)
                                            for _, pids_, unit in expected for pid in pids_]
+    assert notes == []
+    # -v asks for the units' state, which needs D-Bus: the table says it is unreachable.
+    r = sb.portguard("-v", "who", "8201", "8202", "8203")
+    assert r.returncode == 1
+    notes = [line for line in r.stdout.splitlines() if line.startswith("note: ")]
     assert notes == [f"note: {port}/tcp: units named from cgroups: systemd's D-Bus API "
                      "unreachable" for port in (8201, 8202, 8203)]

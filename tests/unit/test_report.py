@@ -141,7 +141,8 @@ def test_table_header_free_and_held_rows() -> None:
     header, row, free_row = lines(text)
     assert header.split() == ["PORT", "STATE", "ADDRESS", "PID", "USER", "UNIT", "COMMAND"]
     assert row.split() == ["8080/tcp", "LISTEN", "0.0.0.0:8080", "1234", "www-data",
-                           "web@blue.service", "/opt/web/bin/webd", "--port", "8080"]
+                           "web@blue.service", "(active)", "/opt/web/bin/webd", "--port",
+                           "8080"]
     assert free_row.split() == ["5353/udp", "free"]
 
 
