@@ -204,6 +204,9 @@ def parse_port_args(texts: Sequence[str]) -> list[tuple[int, Proto]]:
 
 def cmd_who(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
     from portguard import report
+    # The table shows each holder's unit, which its cgroup names exactly; only --json and
+    # -v show the unit's state, which takes systemd's D-Bus API (and ~30 ms of imports).
+    app.unit_states = out.json or out.verbosity > 0
     reports = app.observer.ports(parse_port_args(args.ports))
     if out.json:
         out.document({"ports": [report.port_doc(r) for r in reports]})
