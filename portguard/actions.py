@@ -91,7 +91,10 @@ def signal_process(proc: Process, inode: int, sig: signal.Signals, *, kill_after
         sent = [sig.name]
         signal.pidfd_send_signal(pidfd, sig)
         if sig is not signal.SIGCONT:
-            signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+            except ProcessLookupError:  # died of the first signal and was reaped already
+                return SignalOutcome(pid, "exited", f"exited after {sig.name}", tuple(sent))
         grace = max(0.0, min(kill_after, deadline - clock.now()))
         if _wait_exit(pidfd, grace):
             return SignalOutcome(pid, "exited", f"exited after {sig.name}", tuple(sent))

@@ -151,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print and journal what would be done; touch nothing")
     pre.set_defaults(handler=cmd_preflight)
 
+    daemon = commands.add_parser(
+        "daemon", help="the long-lived guard (portguard.service runs it)",
+        description="Watch every configured service until SIGTERM: resolve duplicates by "
+        "policy as they appear, restart units they blocked, report the rest. Talks to "
+        "systemd through sd_notify (Type=notify); SIGHUP re-reads the config. Exit 0 on "
+        "SIGTERM, 78 when the config is bad at start.",
+    )
+    daemon.set_defaults(handler=cmd_daemon)
+
     for name, verb in (("install", "add"), ("uninstall", "remove")):
         sub = commands.add_parser(
             name, help=f"{verb} the drop-in that runs preflight as UNIT's ExecStartPre=",
@@ -176,6 +185,11 @@ def cmd_preflight(args: argparse.Namespace, app: App, out: Output) -> ExitStatus
             out.document({"unit": args.unit, "exit_status": int(status),
                           "dry_run": args.dry_run,
                           "records": [r.all_fields() for r in app.journal.history]})
+
+
+def cmd_daemon(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    from portguard.daemon import Daemon
+    return Daemon(app).run()
 
 
 def cmd_install(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:

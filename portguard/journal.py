@@ -59,6 +59,15 @@ class Event(enum.Enum):
     TIMED_OUT = ("ca5a8ba6bfa04e42a616be49bb49746b", Priority.ERR)
     IDENTITY_CHANGED = ("8ad43760f38648719a0731aee8185aca", Priority.WARNING)
     CONFIG_ERROR = ("9619d2ce1faf4c26b65cf1b21f2153f4", Priority.ERR)
+    # `portguard daemon`
+    DAEMON_STARTED = ("50df78044c0e45c0a806b058db7cdbba", Priority.INFO)
+    DAEMON_RELOADED = ("36f10409e50641afa9fcb493fa7f1bc9", Priority.INFO)
+    DAEMON_RELOAD_FAILED = ("190d1cd15f6641c7b8935e3545c49f7f", Priority.ERR)
+    DAEMON_RESOLVED = ("6550dfb63bd24c669011ebfc5fa96e9a", Priority.NOTICE)
+    DAEMON_RESTARTED = ("079ab1f707a54b2f94a198fa543f532a", Priority.NOTICE)
+    DAEMON_FLAPPING = ("b64a90c88375492ab53c0219c80d5e57", Priority.ERR)
+    DAEMON_DEGRADED = ("71685a1b3c8a4f5b9a6f5056c192bbed", Priority.WARNING)
+    DAEMON_STOPPING = ("c05b8fff3fa74d0195d2b6f875af14eb", Priority.INFO)
 
     @property
     def message_id(self) -> str:

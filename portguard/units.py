@@ -11,7 +11,9 @@ match_signal/process/wait, and `apply_signature`.
 Jobs (`stop_unit`, `start_unit`) are followed through the Manager's JobRemoved signal;
 the pystemd quirks that shapes (a callback pystemd does not keep alive, `process()` that
 hides whether it did anything, error names lost on bus-level failures) are described in
-tests/integration/test_units_dbus.py, which checks them against systemd 252.
+tests/integration/test_units_dbus.py, which checks them against systemd 252. The signal
+callbacks themselves live in portguard.jobs; `watch_units`, `fileno` and `dispatch` let
+`portguard daemon` wait for unit changes in its own select loop.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from portguard.cgroups import (  # re-exported: they used to live here
     container_from_cgroup,
@@ -30,9 +32,10 @@ from portguard.cgroups import (  # re-exported: they used to live here
     unit_from_path_only,
 )
 from portguard.errors import NotPermittedError, PortguardError, TimedOutError
+from portguard.jobs import JOB_GONE, PINNED, REMEMBERED, JobResult, Listener, SignalHub
 from portguard.model import Unit
 
-__all__ = ["Bus", "JobResult", "Systemd", "SystemdError", "SystemdUnavailable",
+__all__ = ["JOB_GONE", "Bus", "JobResult", "Systemd", "SystemdError", "SystemdUnavailable",
            "container_from_cgroup", "dbus_error_name", "docker_proxy_target",
            "unit_from_cgroup", "unit_from_path_only"]
 
@@ -46,10 +49,9 @@ PROPERTIES = b"org.freedesktop.DBus.Properties"
 
 MANAGE_UNITS = "org.freedesktop.systemd1.manage-units"  # polkit actions
 RELOAD_DAEMON = "org.freedesktop.systemd1.reload-daemon"
-JOB_GONE = "gone"  # JobResult.result of a job that vanished without a JobRemoved
 GONE_CHECK = 0.5  # seconds: how often a job that stays silent is looked up
 _DRAIN = 256  # process() calls that empty the queue a synchronous call filled
-_REMEMBERED = 1024  # JobRemoved results kept for jobs nobody has asked about (yet)
+_REMEMBERED = REMEMBERED
 
 _ACCESS_DENIED = {"org.freedesktop.DBus.Error.AccessDenied",
                   "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"}
@@ -80,19 +82,6 @@ class SystemdError(PortguardError):
         self.dbus_name = dbus_name
 
 
-class JobResult(NamedTuple):
-    """How a systemd job ended: `result` is JobRemoved's (done, canceled, timeout,
-    failed, dependency, skipped, invalid) or "gone" (vanished without the signal)."""
-
-    job: str  # object path
-    unit: str
-    result: str
-
-    @property
-    def ok(self) -> bool:
-        return self.result == "done"
-
-
 class Bus(Protocol):
     """The part of `pystemd.dbuslib.DBus` we use (so tests and callers can pass their own;
     one for lookups only needs call_method and close)."""
@@ -102,12 +91,14 @@ class Bus(Protocol):
 
     def close(self) -> None: ...
 
-    def match_signal(self, sender: bytes, path: bytes, interface: bytes, member: bytes,
+    def match_signal(self, sender: bytes, path: bytes | None, interface: bytes, member: bytes,
                      callback: Callable[..., None]) -> None: ...
 
     def process(self) -> Any: ...
 
     def wait(self, timeout: int) -> None: ...
+
+    def get_fd(self) -> int: ...
 
 
 def _s(value: Any) -> str:
@@ -168,7 +159,7 @@ def _dbus_error(exc: Exception, action: str = MANAGE_UNITS, what: str = "") -> P
 
 
 # Callbacks registered with pystemd's match_signal (it keeps only a raw pointer to them).
-_PINNED: set[Callable[..., None]] = set()
+_PINNED = PINNED
 
 
 class Systemd:
@@ -177,8 +168,9 @@ class Systemd:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._apply_signature: Any = None
-        self._finished: dict[str, JobResult] = {}  # JobRemoved seen, by job path
-        self._on_job_removed: Callable[..., None] | None = None
+        self._hub = SignalHub()
+        self._finished = self._hub.finished  # JobRemoved seen, by job path
+        self.keep_open = False  # True: close() leaves the connection to its owner
 
     @classmethod
     def connect(cls) -> Systemd:
@@ -194,11 +186,13 @@ class Systemd:
             raise SystemdUnavailable(f"cannot connect to the system bus: {exc}") from exc
         return cls(bus)
 
-    def close(self) -> None:
+    def close(self, *, force: bool = False) -> None:
+        """Close the connection; with `keep_open` set (the daemon lends its one connection
+        to each Preflight, which closes what it is given) only `force=True` does."""
+        if self.keep_open and not force:
+            return
         self.bus.close()
-        if self._on_job_removed is not None:  # the bus and its matches are gone now
-            _PINNED.discard(self._on_job_removed)
-            self._on_job_removed = None
+        self._hub.release()  # the bus and its matches are gone now
 
     def _sig(self, signature: bytes, values: list[Any]) -> Any:
         if self._apply_signature is None:
@@ -272,6 +266,55 @@ class Systemd:
         rows = body[0] if body and isinstance(body[0], list) else body
         return [_s(row[0]) for row in rows]
 
+    def unit_states(self, patterns: Sequence[str]) -> list[Unit]:
+        """Loaded units matching the globs, with ActiveState and SubState: one call
+        (ListUnitsByPatterns rows are name, description, load, active, sub, ...)."""
+        body = self._call(PATH, MANAGER, b"ListUnitsByPatterns", b"asas",
+                          [[], [p.encode() for p in patterns]])
+        rows = body[0] if body and isinstance(body[0], list) else body
+        return [Unit(id=_s(r[0]), active_state=_s(r[3]), sub_state=_s(r[4])) for r in rows]
+
+    def reset_failed(self, unit: str) -> None:
+        """ResetFailedUnit: forget a failed state and the start rate limit's count."""
+        self._call(PATH, MANAGER, b"ResetFailedUnit", b"s", [unit.encode()],
+                   what=f"reset the failed state of {unit}")
+
+    # -- signals: for a select loop ----------------------------------------------------
+
+    def watch_units(self, listener: Listener) -> int:
+        """Subscribe to systemd's signals and call `listener(unit name)` for every unit
+        that changes (PropertiesChanged, JobRemoved), from `dispatch`. Returns the bus fd
+        to wait on; when it is readable (and after any other call, which may queue
+        signals), call `dispatch()`."""
+        try:
+            self._hub.watch_units(self.bus.match_signal, listener)
+        except Exception as exc:
+            if _is_dbus_error(exc):
+                raise _dbus_error(exc, what="watch units") from exc
+            raise
+        self._watch_jobs()
+        return self.fileno()
+
+    def fileno(self) -> int:
+        return int(self.bus.get_fd())
+
+    def dispatch(self, limit: int = _DRAIN) -> int:
+        """Run the callbacks of the signals already received, without blocking; return how
+        many. pystemd's process() does not say whether it dispatched anything, so this
+        stops after two calls in a row that reached none of our callbacks (a message
+        nobody matched, e.g. NameAcquired, is one), or after `limit`. Raises
+        SystemdUnavailable when the bus is gone."""
+        hub = self._hub
+        start = hub.seen
+        idle = 0
+        for _ in range(limit):
+            before = hub.seen
+            self._pump(None, what="read systemd's signals")
+            idle = idle + 1 if hub.seen == before else 0
+            if idle >= 2:
+                break
+        return hub.seen - start
+
 
     # -- jobs and state --------------------------------------------------------------
 
@@ -321,29 +364,14 @@ class Systemd:
 
     def _watch_jobs(self) -> None:
         """Match JobRemoved and Subscribe, once per connection, before any job is queued."""
-        if self._on_job_removed is not None:
+        if self._hub.jobs_watched:
             return
-        finished = self._finished
-
-        def on_job_removed(msg: Any, error: Any = None, userdata: Any = None) -> None:
-            try:  # never raise: pystemd would turn it into a failed process()
-                msg.process_reply(False)
-                _, job, unit, result = msg.body
-                finished[_s(job)] = JobResult(_s(job), _s(unit), _s(result))
-                while len(finished) > _REMEMBERED:
-                    del finished[next(iter(finished))]
-            except Exception:  # a malformed signal is not ours to report
-                pass
-
-        _PINNED.add(on_job_removed)
         try:
-            self.bus.match_signal(DEST, PATH, MANAGER, b"JobRemoved", on_job_removed)
+            self._hub.watch_jobs(self.bus.match_signal)
         except Exception as exc:
-            _PINNED.discard(on_job_removed)
             if _is_dbus_error(exc):
                 raise _dbus_error(exc, what="watch jobs") from exc
             raise
-        self._on_job_removed = on_job_removed
         try:
             self._call(PATH, MANAGER, b"Subscribe", b"", [])
         except SystemdError as exc:
@@ -385,7 +413,7 @@ class Systemd:
             raise
         return True
 
-    def _pump(self, wait: float | None) -> None:
+    def _pump(self, wait: float | None, what: str = "wait for a job") -> None:
         """None: dispatch one queued message (callbacks run); else wait up to `wait` s
         for one to arrive."""
         try:
@@ -398,7 +426,7 @@ class Systemd:
                 raise
             if _errno(exc) == errno.EINTR:
                 return  # a signal: Python runs its handler next, then we go on
-            raise _dbus_error(exc, what="wait for a job") from exc
+            raise _dbus_error(exc, what=what) from exc
 
 
 def _invocation_id(raw: Any) -> str:
