@@ -19,8 +19,6 @@ callbacks themselves live in portguard.jobs; `watch_units`, `fileno` and `dispat
 from __future__ import annotations
 
 import errno
-import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -31,7 +29,21 @@ from portguard.cgroups import (  # re-exported: they used to live here
     unit_from_cgroup,
     unit_from_path_only,
 )
-from portguard.errors import NotPermittedError, PortguardError, TimedOutError
+from portguard.dbuserrors import (  # re-exported: part of this module's API
+    _CALL_TIMEOUT,
+    _NO_OBJECT,
+    _NOT_FOUND,
+    MANAGE_UNITS,
+    RELOAD_DAEMON,
+    SystemdError,
+    SystemdUnavailable,
+    _dbus_error,
+    _errno,
+    _is_dbus_error,
+    _s,
+    dbus_error_name,
+)
+from portguard.errors import TimedOutError
 from portguard.jobs import JOB_GONE, PINNED, REMEMBERED, JobResult, Listener, SignalHub
 from portguard.model import Unit
 
@@ -47,39 +59,10 @@ SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
 JOB_IFACE = b"org.freedesktop.systemd1.Job"
 PROPERTIES = b"org.freedesktop.DBus.Properties"
 
-MANAGE_UNITS = "org.freedesktop.systemd1.manage-units"  # polkit actions
-RELOAD_DAEMON = "org.freedesktop.systemd1.reload-daemon"
 GONE_CHECK = 0.5  # seconds: how often a job that stays silent is looked up
 _DRAIN = 256  # process() calls that empty the queue a synchronous call filled
 _REMEMBERED = REMEMBERED
 
-_ACCESS_DENIED = {"org.freedesktop.DBus.Error.AccessDenied",
-                  "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"}
-_UNREACHABLE = {f"org.freedesktop.DBus.Error.{n}" for n in (
-    "ServiceUnknown", "NoReply", "NameHasNoOwner", "NoServer", "Disconnected", "Timeout",
-    "IOError", "ConnectionRefused")}
-_CALL_TIMEOUT = {"org.freedesktop.DBus.Error.Timeout", "org.freedesktop.DBus.Error.NoReply"}
-_NOT_FOUND = {"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"}
-_NO_OBJECT = {f"org.freedesktop.DBus.Error.Unknown{n}" for n in ("Object", "Interface",
-                                                                  "Method")}
-# pystemd classes whose name is not "org.freedesktop.DBus.Error." + the class's stem
-_CLASS_NAMES = {"DBusNoSuchUnitError": "org.freedesktop.systemd1.NoSuchUnit",
-                "DBusInterruptedError": "System.Error.EINTR"}
-_DBUS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
-_BUS_GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED,
-             errno.ESHUTDOWN, errno.EBADF}
-
-
-class SystemdUnavailable(PortguardError):
-    """The system bus or systemd cannot be reached; callers fall back or fail closed."""
-
-
-class SystemdError(PortguardError):
-    """systemd answered with an error (NoSuchUnit, a failed job, ...)."""
-
-    def __init__(self, dbus_name: str, text: str) -> None:
-        super().__init__(f"systemd: {text} ({dbus_name})")
-        self.dbus_name = dbus_name
 
 
 class Bus(Protocol):
@@ -101,61 +84,9 @@ class Bus(Protocol):
     def get_fd(self) -> int: ...
 
 
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _one(body: Any) -> Any:
     """A single-value reply: pystemd unwraps it; a hand-made bus may not."""
     return body[0] if isinstance(body, (list, tuple)) and len(body) == 1 else body
-
-
-def _is_dbus_error(exc: Exception) -> bool:
-    # pystemd's DBusBaseError and its per-name subclasses (pystemd.dbusexc); matched by
-    # shape, not by import, so this module does not import pystemd until connecting.
-    return hasattr(exc, "err_message") and hasattr(exc, "errno")
-
-
-def _errno(exc: Exception) -> int:
-    value = getattr(exc, "errno", 0)
-    return abs(value) if isinstance(value, int) else 0
-
-
-def dbus_error_name(exc: Exception) -> str:
-    """The D-Bus error name: pystemd keeps it only on the base class, or in the class name."""
-    name = _s(getattr(exc, "err_name", "") or "")
-    if name:
-        return name
-    cls = type(exc).__name__
-    if cls in _CLASS_NAMES:
-        return _CLASS_NAMES[cls]
-    if cls.startswith("DBus") and cls.endswith("Error") and cls != "DBusBaseError":
-        return "org.freedesktop.DBus.Error." + cls[4:-5]
-    return cls
-
-
-def _dbus_error(exc: Exception, action: str = MANAGE_UNITS, what: str = "") -> PortguardError:
-    """Turn a pystemd D-Bus error into ours: AccessDenied means polkit/root is needed.
-
-    `action` is the polkit action the refused call needs; `what` says what was asked
-    ("stop web.service").
-    """
-    name = dbus_error_name(exc)
-    text = _s(getattr(exc, "err_message", "") or exc)
-    asked = f" to {what}" if what else ""
-    if name in _ACCESS_DENIED:
-        return NotPermittedError(
-            f"systemd refused{asked}: {text} (run as root, or grant polkit action "
-            f"{action})")
-    if name in _UNREACHABLE:
-        return SystemdUnavailable(f"systemd D-Bus API unreachable: {name}: {text}")
-    if not _DBUS_NAME.fullmatch(name):  # a bus-level failure: only errno is reliable
-        code = _errno(exc)
-        why = f"{text or name}{asked}: {os.strerror(code) if code else 'unknown error'}"
-        if code in _BUS_GONE:
-            return SystemdUnavailable(f"lost the system bus: {why}")
-        return SystemdError(f"errno {code}", f"D-Bus failure: {why}")
-    return SystemdError(name, text)
 
 
 # Callbacks registered with pystemd's match_signal (it keeps only a raw pointer to them).
