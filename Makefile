@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit integration bench clean
+.PHONY: setup demo test lint typecheck unit integration bench clean docs docs-check
 
 setup:
 	@./scripts/bootstrap
@@ -26,6 +26,12 @@ test: lint
 
 bench: setup
 	$(PY) bench/who_bench.py
+
+docs: setup
+	$(PY) scripts/gen-docs
+
+docs-check: setup
+	$(PY) scripts/gen-docs --check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

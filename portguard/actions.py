@@ -76,9 +76,8 @@ def signal_process(proc: Process, inode: int, sig: signal.Signals, *, kill_after
                                  f"pid {pid} is now another process (start time {started}, "
                                  f"inspected {proc.start_time}): not signalled")
         if current_state == "Z":
-            exited = _wait_exit(pidfd, 0)
-            return SignalOutcome(pid, "exited" if exited else "gone",
-                                 "already a zombie: waited for, not signalled")
+            _wait_exit(pidfd, 0)
+            return SignalOutcome(pid, "gone", "had already exited (a zombie): not signalled")
         if inode:
             try:
                 holds = inode in processes.socket_fds(pid, {inode}, proc_root)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from portguard.config import Service
-from portguard.model import Holder, Process, Proto, Unit
+from portguard.model import INTERPRETERS, Holder, Process, Proto, Unit
 from portguard.observe import LINGERING_STATES
 
 
@@ -81,9 +81,17 @@ def matches_command(proc: Process, exec_start: Sequence[Sequence[str]],
     for line in exec_start:
         if line and argv and line[0] in (proc.exe, argv[0]) and tuple(argv[1:]) == tuple(line[1:]):
             return True
+        # A script service (ExecStart=/opt/webd, a #! script) started by hand through its
+        # interpreter: `python3 /opt/webd ...` runs the same program with the same args.
+        if line and len(argv) > 1 and _is_interpreter(argv[0]) and tuple(argv[1:]) == tuple(line):
+            return True
     joined = " ".join(argv)
     return any(fnmatch.fnmatchcase(proc.exe, g) or fnmatch.fnmatchcase(joined, g)
                for g in command_globs)
+
+
+def _is_interpreter(path: str) -> bool:
+    return path.rsplit("/", 1)[-1].startswith(INTERPRETERS)
 
 
 def untouchable_reason(ctx: Context, unit: Unit | None,
@@ -123,12 +131,12 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
 
     svc = ctx.service
     if unit_id is not None and unit_id == ctx.unit:
-        return conflict(Kind.SELF, f"left over from a previous run of {ctx.unit} "
-                        "(in its own cgroup)")
+        return conflict(Kind.SELF, "left over from the unit's previous run (in its own "
+                        "cgroup)")
     if unit_id is not None and svc.is_template and svc.matches(unit_id):
-        return conflict(Kind.TWIN, f"{unit_id} is another instance of {svc.name}")
+        return conflict(Kind.TWIN, f"another instance of {svc.name}")
     if unit_id is not None and _glob_any(unit_id, svc.duplicates.units):
-        return conflict(Kind.TWIN, f"{unit_id} is configured as a duplicate of {svc.name}")
+        return conflict(Kind.TWIN, f"configured as a duplicate of {svc.name}")
     if holder.container:
         return conflict(Kind.FOREIGN, f"{procs[0].program} in container "
                         f"{holder.container}: never a stray, whatever it runs")
@@ -144,7 +152,7 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
             where = f"in {unit_id}" if unit_id else "outside any unit"
             return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}")
     where = f"in {unit_id}" if unit_id else "outside any unit"
-    return conflict(Kind.FOREIGN, f"a different program ({procs[0].program}) {where}")
+    return conflict(Kind.FOREIGN, f"not {svc.name}'s program")
 
 
 def claimed_by_twins(ctx: Context, ports: Iterable[tuple[int, Proto]],

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser(
         "preflight", help="clear UNIT's declared ports by policy (the ExecStartPre= entry)",
         description="Clear UNIT's declared ports by its policy before it starts: "
-        "ExecStartPre=/usr/bin/portguard preflight %%n. Exit 0 clear, 1 blocked, "
+        "ExecStartPre=+/usr/bin/portguard preflight %n. Exit 0 clear, 1 blocked, "
         "75 timed out, 77 not permitted, 78 bad config.",
     )
     pre.add_argument("unit", metavar="UNIT", help="the unit being started (%%n)")

@@ -11,6 +11,7 @@ answer in a few milliseconds of process time, and importing `dataclasses` (it pu
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import NamedTuple
 
 
@@ -67,7 +68,7 @@ class Socket(NamedTuple):
     cgroup_id: int | None = None  # cgroup v2 id the socket was created in, if known
 
 
-_INTERPRETERS = ("python", "perl", "ruby", "node", "java", "php", "bash", "sh", "dash")
+INTERPRETERS = ("python", "perl", "ruby", "node", "java", "php", "bash", "sh", "dash")
 
 
 class Process(NamedTuple):
@@ -90,7 +91,7 @@ class Process(NamedTuple):
         (`python3.11 app.py`), since the interpreter alone names nothing."""
         path = self.exe or (self.cmdline[0] if self.cmdline else "")
         name = path.rsplit("/", 1)[-1] or f"pid {self.pid}"
-        if name.startswith(_INTERPRETERS):
+        if name.startswith(INTERPRETERS):
             script = next((a for a in self.cmdline[1:] if not a.startswith("-")), "")
             if script:
                 return f"{name} {script.rsplit('/', 1)[-1]}"
@@ -124,3 +125,19 @@ class Holder(NamedTuple):
     container: str | None = None  # e.g. "docker:3f2a9c..." or "nspawn:mybox"
     unknown_reason: str = ""
     notes: tuple[str, ...] = ()
+
+
+def format_ports(pairs: Iterable[tuple[int, Proto]]) -> str:
+    """`7000-7010/tcp, 8080/tcp, 5353/udp`: consecutive ports folded as the config writes them."""
+    given = list(pairs)
+    out: list[str] = []
+    for proto in (Proto.TCP, Proto.UDP):
+        runs: list[list[int]] = []
+        for port in sorted({p for p, pr in given if pr == proto}):
+            if runs and port == runs[-1][-1] + 1:
+                runs[-1].append(port)
+            else:
+                runs.append([port])
+        out.extend(f"{r[0]}/{proto}" if len(r) == 1 else f"{r[0]}-{r[-1]}/{proto}"
+                   for r in runs)
+    return ", ".join(out)

@@ -72,10 +72,10 @@ def decide(service: Service, conflict: Conflict, *, bind_refused: bool = False) 
         return Step(conflict, Action.WAIT, "reuse_address: false, so it must expire first")
     if kind is Kind.FOREIGN:
         if service.on_foreign is OnForeign.WAIT:
-            return Step(conflict, Action.WAIT, "a foreign holder is never touched; "
+            return Step(conflict, Action.WAIT, "portguard never stops another program; "
                         "on_foreign: wait")
-        return Step(conflict, Action.REFUSE, "a foreign holder is never touched; "
-                    "on_foreign: fail")
+        return Step(conflict, Action.REFUSE, "portguard never stops another program "
+                    "(on_foreign: fail)")
     # self, twin, stray: the service's own duplicates
     policy = service.policy
     if policy is Policy.FAIL:
@@ -93,7 +93,7 @@ def decide(service: Service, conflict: Conflict, *, bind_refused: bool = False) 
     if not conflict.processes:
         return Step(conflict, Action.REFUSE, "policy: stop, but no process to stop")
     return Step(conflict, Action.SIGNAL, f"policy: stop ({service.signal.name} through "
-                "a pidfd, SIGKILL after kill_after)")
+                f"a pidfd, SIGKILL after {service.kill_after:g}s)")
 
 
 def plan(service: Service, conflicts: Sequence[Conflict], *,

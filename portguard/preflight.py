@@ -23,7 +23,7 @@ from portguard.configtypes import mangle_unit
 from portguard.errors import BlockedError, ExitStatus, TimedOutError
 from portguard.journal import Event
 from portguard.lock import LockTimedOut, port_locks
-from portguard.model import Holder, Proto, Socket, Unit
+from portguard.model import Holder, Proto, Socket, Unit, format_ports
 from portguard.policy import Action, Plan, plan
 from portguard.preflight_act import Executor, describe_conflict
 from portguard.units import Systemd, SystemdError, SystemdUnavailable
@@ -276,7 +276,7 @@ class Preflight:
 
     def _report_clear(self, service: Service, ports: Iterable[tuple[int, Proto]],
                       how: str) -> None:
-        names = ", ".join(f"{p}/{proto}" for p, proto in ports)
+        names = format_ports(ports)
         self.journal.emit(Event.PORTS_CLEAR, f"{self.unit}: {how} ({names})",
                           unit=self.unit, action="none", result="clear")
 

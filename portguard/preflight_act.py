@@ -137,8 +137,12 @@ class Executor:
     # -- waiting --------------------------------------------------------------------
 
     def _wait(self, conflicts: list[Conflict], first: Step) -> None:
-        self._emit(Event.WAIT, first, f"waiting up to {self.remaining():.1f}s for "
-                   f"{len(conflicts)} holder(s) to go", "waiting")
+        n = len(conflicts)
+        what = (f"{'a' if n == 1 else n} lingering socket{'s' if n > 1 else ''} to expire"
+                if all(c.kind == "lingering" for c in conflicts)
+                else f"{'the holder' if n == 1 else f'{n} holders'} to go away")
+        self._emit(Event.WAIT, first, f"waiting up to {self.remaining():.1f}s for {what}",
+                   "waiting")
         gone = wait_until(lambda: not any(self.still_held(c) for c in conflicts),
                           self.deadline, self.clock)
         if not gone:

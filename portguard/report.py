@@ -104,7 +104,7 @@ def table(reports: Sequence[PortReport]) -> str:
             notes.append(f"{name}: {rep.connections} accepted connection(s) not listed")
         if not rep.live:
             notes.append(f"{name}: only lingering sockets ({_states(rep)}): free for a "
-                         "service that sets SO_REUSEADDR")
+                         "service that sets SO_REUSEADDR, if the old socket set it too")
         if rep.unit_source == "cgroup":
             notes.append(f"{name}: units named from cgroups: systemd's D-Bus API unreachable")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -128,6 +128,7 @@ def _holder_lines(name: str, holder: Holder) -> list[tuple[str, ...]]:
         unit = f"{holder.unit.id} ({holder.container})"
     if not holder.processes:
         what = holder.unknown_reason or "(no process: kernel-held)"
-        return [(name, sock.state, addr, "-", str(sock.uid), unit, what)]
+        user = "-" if not sock.inode else str(sock.uid)  # kernel-held: no owner to name
+        return [(name, sock.state, addr, "-", user, unit, what)]
     return [(name, sock.state, addr, str(p.pid), p.user or str(p.uid), unit, _command(p))
             for p in holder.processes]

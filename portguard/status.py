@@ -102,11 +102,16 @@ def text(states: Sequence[ServiceState]) -> str:
     if not states:
         return "no services configured"
     out: list[str] = []
+    errors = {st.units_error for st in states if st.units_error}
+    shared = errors.pop() if len(errors) == 1 and all(st.units_error for st in states) else ""
+    if shared:  # the bus is down for everyone: say it once, not under every service
+        out.append(f"unit states unknown: {shared}")
     for st in states:
         svc = st.service
         out.append(f"{svc.name}  (policy {svc.policy.value}, on_foreign {svc.on_foreign.value})")
         if st.units_error:
-            out.append(f"  unit state unknown: {st.units_error}")
+            if not shared:
+                out.append(f"  unit state unknown: {st.units_error}")
         elif not st.units:
             out.append("  no instance loaded")
         for unit in st.units:

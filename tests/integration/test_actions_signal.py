@@ -214,7 +214,7 @@ def test_a_zombie_is_waited_for_not_signalled(start: Callable[[str], Holder]) ->
     outcome, _ = run(h)
     assert outcome.result in ("exited", "gone")
     assert outcome.signalled == ()
-    assert outcome.detail == "already a zombie: waited for, not signalled"
+    assert outcome.detail == "had already exited (a zombie): not signalled"
     assert h.popen.wait(timeout=5) == 7  # its own exit status, not a signal
 
 

@@ -321,7 +321,7 @@ def test_time_wait_only_port(sandbox: Sandbox) -> None:
     assert status == 0
     assert [r[:4] for r in rows] == [["8009/tcp", "TIME_WAIT", "127.0.0.1:8009", "-"]]
     assert notes == ["note: 8009/tcp: only lingering sockets (TIME_WAIT): free for a service "
-                     "that sets SO_REUSEADDR"]  # and no claim that D-Bus is unreachable
+                     "that sets SO_REUSEADDR, if the old socket set it too"]  # no D-Bus claim
 
     status, doc = who_json(sandbox, "8009")
     assert status == 0

@@ -82,7 +82,7 @@ def test_remnant_in_the_units_own_cgroup_is_self() -> None:
     h = holder(proc(), unit_id=UNIT)
     c = only(classify(context(), [h]))
     assert c.kind is Kind.SELF
-    assert "left over from a previous run of web@green.service" in c.reason
+    assert c.reason == "left over from the unit's previous run (in its own cgroup)"
     assert (c.port, c.proto, c.unit, c.holder) == (8080, Proto.TCP, UNIT, h)
     assert c.pids == (4242,)
     assert c.untouchable == ""
@@ -100,14 +100,16 @@ def test_another_instance_of_the_template_is_a_twin() -> None:
     c = classify_holder(context(), holder(proc(), unit_id="web@blue.service"))
     assert c.kind is Kind.TWIN
     assert c.unit == "web@blue.service"
-    assert c.reason == "web@blue.service is another instance of web@.service"
+    assert c.reason == "another instance of web@.service"
+    assert c.unit == "web@blue.service"
 
 
 @pytest.mark.parametrize("dup", ["web-legacy.service", "webold-2019.service"])
 def test_a_configured_duplicate_unit_is_a_twin(dup: str) -> None:
     c = classify_holder(context(), holder(proc(argv=("/opt/old/webd",)), unit_id=dup))
     assert c.kind is Kind.TWIN
-    assert c.reason == f"{dup} is configured as a duplicate of web@.service"
+    assert c.reason == "configured as a duplicate of web@.service"
+    assert c.unit == dup
 
 
 def test_a_unit_with_a_similar_name_is_not_a_twin() -> None:
@@ -166,8 +168,19 @@ def test_a_different_script_under_the_same_interpreter_is_foreign(
         argv: tuple[str, ...], program: str) -> None:
     c = classify_holder(context(), holder(proc(argv=argv)))
     assert c.kind is Kind.FOREIGN
-    # the message names the script, not only the interpreter
-    assert c.reason == f"a different program ({program}) outside any unit"
+    assert c.reason == "not web@.service's program"
+    # messages name the script, not only the interpreter
+    assert c.processes[0].program == program
+
+
+def test_a_script_service_started_through_its_interpreter_is_a_stray() -> None:
+    """ExecStart=/opt/web/webd --port 8080 (a #! script) started by hand as
+    `python3 /opt/web/webd --port 8080`: the same program with the same arguments."""
+    unit_info = Unit("web@green.service", exec_start=(("/opt/web/webd", "--port", "8080"),))
+    copy = proc(argv=("/usr/bin/python3", "/opt/web/webd", "--port", "8080"))
+    assert classify_holder(context(unit_info=unit_info), holder(copy)).kind is Kind.STRAY
+    other = proc(argv=("/usr/bin/python3", "/opt/web/webd", "--port", "9090"))
+    assert classify_holder(context(unit_info=unit_info), holder(other)).kind is Kind.FOREIGN
 
 
 def test_without_execstart_or_globs_a_copy_is_not_recognised() -> None:
@@ -202,7 +215,7 @@ def test_the_program_in_another_service_unit_is_foreign_not_a_stray() -> None:
     unit's business, never a stray of ours."""
     c = classify_holder(context(), holder(proc(), unit_id="staging-web.service"))
     assert c.kind is Kind.FOREIGN
-    assert c.reason == "a different program (python3.11 app.py) in staging-web.service"
+    assert c.reason == "not web@.service's program"
     assert c.unit == "staging-web.service"
 
 
@@ -211,7 +224,8 @@ def test_a_different_program_outside_units_is_foreign_and_named() -> None:
                  uid=0, user="root")
     c = classify_holder(context(), holder(nginx, unit_id="session-2.scope"))
     assert c.kind is Kind.FOREIGN
-    assert c.reason == "a different program (nginx) in session-2.scope"
+    assert c.reason == "not web@.service's program"
+    assert c.processes[0].program == "nginx" and c.unit == "session-2.scope"
     assert c.pids == (900,)
 
 
@@ -219,7 +233,7 @@ def test_a_program_without_exe_is_named_by_argv0() -> None:
     """Without root /proc/PID/exe is unreadable: the name comes from argv[0]."""
     c = classify_holder(context(), holder(proc(argv=("/opt/x/bin/memcached", "-p", "8080"),
                                                exe="")))
-    assert c.reason == "a different program (memcached) outside any unit"
+    assert c.processes[0].program == "memcached"
 
 
 def test_the_program_inside_a_container_is_foreign_not_a_stray() -> None:

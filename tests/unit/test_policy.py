@@ -83,7 +83,7 @@ def test_foreign_is_refused_under_on_foreign_fail_whatever_the_policy(
         policy: Policy) -> None:
     step = decide(service(policy=policy, on_foreign=OnForeign.FAIL), FOREIGN)
     assert step.action is Action.REFUSE
-    assert step.why == "a foreign holder is never touched; on_foreign: fail"
+    assert step.why == "portguard never stops another program (on_foreign: fail)"
     assert not step.tolerated  # policy warn does not soften a foreign holder
 
 
@@ -92,7 +92,7 @@ def test_foreign_is_waited_for_under_on_foreign_wait_whatever_the_policy(
         policy: Policy) -> None:
     step = decide(service(policy=policy, on_foreign=OnForeign.WAIT), FOREIGN)
     assert step.action is Action.WAIT
-    assert step.why == "a foreign holder is never touched; on_foreign: wait"
+    assert step.why == "portguard never stops another program; on_foreign: wait"
 
 
 def test_foreign_is_never_stopped_even_when_it_is_a_unit() -> None:
@@ -147,7 +147,7 @@ def test_stop_a_twin_that_claims_the_port_before_binding_it() -> None:
 def test_stop_a_remnant_or_stray_with_the_configured_signal(kind: str) -> None:
     step = decide(service(policy=Policy.STOP), OURS[kind])
     assert step.action is Action.SIGNAL
-    assert step.why == "policy: stop (SIGTERM through a pidfd, SIGKILL after kill_after)"
+    assert step.why == "policy: stop (SIGTERM through a pidfd, SIGKILL after 10s)"
     step = decide(service(policy=Policy.STOP, signal=Signals.SIGINT), OURS[kind])
     assert "SIGINT through a pidfd" in step.why
 

@@ -213,7 +213,7 @@ def test_table_notes() -> None:
         "note: 8080/tcp: 2 accepted connection(s) not listed",
         "note: 8080/tcp: units named from cgroups: systemd's D-Bus API unreachable",
         "note: 9090/tcp: only lingering sockets (TIME_WAIT): free for a service that sets "
-        "SO_REUSEADDR",
+        "SO_REUSEADDR, if the old socket set it too",
     ]
 
 
