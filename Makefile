@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit integration bench clean docs docs-check
+.PHONY: setup demo test lint typecheck unit integration bench clean docs docs-check deb
 
 setup:
 	@./scripts/bootstrap
@@ -33,5 +33,8 @@ docs: setup
 docs-check: setup
 	$(PY) scripts/gen-docs --check
 
+deb:
+	./scripts/build-deb
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info dist

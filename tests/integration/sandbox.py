@@ -35,7 +35,9 @@ directory: /sys/fs/cgroup<ControlGroup> inside, <cgroup_root><ControlGroup> on t
 API (all paths are as seen inside the sandbox; pids are inside pids unless named host_):
 
     Sandbox.unavailable_reason() -> str | None        # static, cached: why it cannot run
-    Sandbox(*, boot_timeout=20.0, cgroup_layout="unified")
+    Sandbox(*, boot_timeout=20.0, cgroup_layout="unified", boot_script=BOOT_SCRIPT,
+            stage_files=None)                 # another PID 1 script (e.g. another root),
+                                              # and files it reads from its cwd, by name
     .start() -> Sandbox                               # boot + wait `running`; also __enter__
     .stop() -> None                                   # SIGKILL systemd, reap, clean; idempotent
     .id: str; .pid: int (host pid of the sandbox's systemd); .cgroup_root: str (host path)
@@ -340,7 +342,9 @@ class Sandbox:
     """systemd 252 as PID 1 of fresh namespaces; see the module docstring."""
 
     def __init__(self, *, boot_timeout: float = 20.0,
-                 cgroup_layout: Literal["unified", "hybrid"] = "unified") -> None:
+                 cgroup_layout: Literal["unified", "hybrid"] = "unified",
+                 boot_script: str = BOOT_SCRIPT,
+                 stage_files: Mapping[str, str] | None = None) -> None:
         self.id = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.boot_timeout = boot_timeout
         self.cgroup_layout = cgroup_layout
@@ -354,6 +358,10 @@ class Sandbox:
         self._stopped = False
         self._spawned = 0
         self.boot_seconds = 0.0
+        # PID 1's script: run by bash with cwd the staging dir, args: layout, then the
+        # directories to carry in; it must end by exec'ing /usr/bin/systemd (BOOT_SCRIPT).
+        self.boot_script = boot_script
+        self.stage_files = dict(stage_files or {})  # more files in the staging dir
 
     # -- availability ---------------------------------------------------------------
 
@@ -423,7 +431,9 @@ class Sandbox:
             (units / f"{target}.target").write_text("[Unit]\n")
         Path(stage, "journald.conf").write_text(JOURNALD_CONF)
         Path(stage, "hostname").write_text(f"sandbox-{self.id.split('-')[1][:6]}\n")
-        Path(stage, "boot.sh").write_text(BOOT_SCRIPT)
+        Path(stage, "boot.sh").write_text(self.boot_script)
+        for name, text in self.stage_files.items():
+            Path(stage, name).write_text(text)
         return stage
 
     def _make_cgroups(self) -> None:
