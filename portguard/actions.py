@@ -38,6 +38,7 @@ REAL_CLOCK = Clock()
 class SignalOutcome(NamedTuple):
     pid: int
     result: str  # exited | killed | identity-changed | released | gone | still-running
+    #              | unverified (no pidfd, or its identity could not be read: not signalled)
     detail: str
     signalled: tuple[str, ...] = ()  # signal names actually sent
 
@@ -64,6 +65,9 @@ def signal_process(proc: Process, inode: int, sig: signal.Signals, *, kill_after
     except PermissionError as exc:
         raise NotPermittedError(f"cannot open a pidfd for pid {pid}: {exc.strerror} "
                                 "(needs root or CAP_KILL)") from exc
+    except OSError as exc:  # EMFILE/ENFILE/ENOMEM, ENOSYS before Linux 5.3: no pidfd, no kill
+        return SignalOutcome(pid, "unverified",
+                             f"cannot open a pidfd ({exc.strerror}): not signalled")
     try:
         # The pidfd now pins one process; check it is still the one we inspected.
         try:
@@ -71,6 +75,9 @@ def signal_process(proc: Process, inode: int, sig: signal.Signals, *, kill_after
             current_state = processes.state(pid, proc_root)
         except processes.ProcessGone:
             return SignalOutcome(pid, "gone", "exited before it could be signalled")
+        except OSError as exc:  # EMFILE: the pidfd took the last descriptor
+            return SignalOutcome(pid, "unverified", f"cannot read /proc/{pid}/stat "
+                                 f"({exc.strerror}): identity unchecked, not signalled")
         if started != proc.start_time:
             return SignalOutcome(pid, "identity-changed",
                                  f"pid {pid} is now another process (start time {started}, "
@@ -84,6 +91,9 @@ def signal_process(proc: Process, inode: int, sig: signal.Signals, *, kill_after
             except PermissionError as exc:
                 raise NotPermittedError(f"cannot read /proc/{pid}/fd: needs root "
                                         "(CAP_SYS_PTRACE)") from exc
+            except OSError as exc:
+                return SignalOutcome(pid, "unverified", f"cannot read /proc/{pid}/fd "
+                                     f"({exc.strerror}): socket unchecked, not signalled")
             if not holds:
                 return SignalOutcome(pid, "released",
                                      "no longer holds the socket: not signalled")

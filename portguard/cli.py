@@ -274,6 +274,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         # stdout closed early (`portguard who 80 | head -1`): not an error worth a trace.
         _silence_stdout()
         return int(ExitStatus.OK)
+    except OSError as exc:  # e.g. EMFILE anywhere: fail closed, with a message, no trace
+        print(f"portguard: {exc}", file=err_stream)
+        return int(ExitStatus.BLOCKED)
     finally:
         app.close()
 

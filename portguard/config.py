@@ -26,7 +26,10 @@ from portguard import strictyaml as sy
 from portguard.errors import ConfigError, NotPermittedError
 from portguard.model import PortSpec
 
-MAX_BYTES = 1024 * 1024  # a config is a few KiB: anything near this is a slip or an attack
+# A config is a few KiB (config.example.yaml: 5 KiB). PyYAML's pure-Python parser needs
+# ~10 us of CPU per byte at worst (a flow list of one-digit items): 64 KiB is read or
+# refused in well under a second, 1 MiB took ~10 s.
+MAX_BYTES = 64 * 1024
 MAX_PORT_ENTRIES = 256  # per service; ranges cover more
 ALWAYS_PROTECTED = ("init.scope", "portguard.service")  # PID 1's unit and portguard's own
 
@@ -129,7 +132,8 @@ def load(path: Path, *, check_owner: bool | None = None) -> Config:
     if check_owner if check_owner is not None else _running_as_root():
         problems = ownership_problems(path, file_stat)
     if len(data) > MAX_BYTES:
-        raise ConfigError([*problems, f"{path}: larger than 1 MiB; refusing to parse it"])
+        raise ConfigError([*problems, f"{path}: larger than {MAX_BYTES // 1024} KiB;"
+                           " refusing to parse it"])
     data = data.removeprefix(b"\xef\xbb\xbf")  # the UTF-8 byte-order mark some editors write
     try:
         text = data.decode("utf-8")
@@ -143,7 +147,8 @@ def load(path: Path, *, check_owner: bool | None = None) -> Config:
 def loads(text: str, *, filename: str = "<string>") -> Config:
     """Validate config text: `load` without the file and ownership checks."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-        raise ConfigError([f"{filename}: larger than 1 MiB; refusing to parse it"])
+        raise ConfigError([f"{filename}: larger than {MAX_BYTES // 1024} KiB; refusing to"
+                           " parse it"])
     return _parse(text.removeprefix("\ufeff"), filename, None, [])
 
 

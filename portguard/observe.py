@@ -6,6 +6,7 @@ line and (later) preflight and the daemon are handed one, never build their own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -135,7 +136,10 @@ class Observer:
         if not procs:
             if not sock.inode:
                 return [Holder(sock)]  # TIME_WAIT and friends: owned by the kernel alone
-            reason = ("holder unknown (needs root)" if owners.unreadable
+            # Not root: a process of another user may be hidden (hidepid) as well as
+            # unreadable; either way only root can name it.
+            hidden = os.geteuid() not in (0, sock.uid)
+            reason = ("holder unknown (needs root)" if owners.unreadable or hidden
                       else "holder not found")
             return [Holder(sock, unknown_reason=reason)]
         by_cgroup: dict[str, list[Process]] = {}

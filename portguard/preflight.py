@@ -165,7 +165,9 @@ class Preflight:
             unit=self.unit,
             service=service,
             unit_info=unit_info,
-            unit_uid=_uid_of(unit_info.user if unit_info else ""),
+            # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
+            # unless systemd could say whose it is (classify: unknown user -> foreign).
+            unit_uid=_uid_of(unit_info.user) if unit_info is not None else None,
             protected_units=(*ALWAYS_PROTECTED, *cfg.protected),
             own_pids=processes.ancestors(),
             own_pid_namespace=processes.pid_namespace(),

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from portguard.actions import Clock, SignalOutcome, signal_process, wait_until
 from portguard.classify import Conflict
 from portguard.config import Service
-from portguard.errors import BlockedError, TimedOutError
+from portguard.errors import BlockedError, PortguardError, TimedOutError
 from portguard.journal import Event, Journal
 from portguard.policy import Action, Plan, Step
-from portguard.units import Systemd
+from portguard.units import JOB_GONE, JobResult, Systemd, SystemdError
+
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
 
 def describe_conflict(c: Conflict) -> str:
@@ -88,6 +90,16 @@ class Executor:
                 self._emit(Event.TIMED_OUT, step, f"{unit} did not stop even after SIGKILL",
                            "timeout")
                 raise TimedOutError(f"{self.unit}: {exc.message}") from exc
+        except SystemdError as exc:
+            if exc.dbus_name != NO_SUCH_UNIT:
+                self._emit(Event.REFUSED, step, f"StopUnit {unit} refused: {exc.message}",
+                           "stop-refused", action=Action.REFUSE)
+                raise
+            job = JobResult("", unit, JOB_GONE)  # unloaded since the scan: the port tells
+        except PortguardError as exc:  # not permitted (polkit), the bus lost meanwhile
+            self._emit(Event.REFUSED, step, f"StopUnit {unit} refused: {exc.message}",
+                       "stop-refused", action=Action.REFUSE)
+            raise
         self._emit(Event.STOP_UNIT, step, f"StopUnit {unit}: job {job.result}", job.result)
         if job.result not in ("done", "gone"):  # gone: finished unseen; the port tells
             raise BlockedError(f"{self.unit}: stopping {unit} failed (job {job.result})")
@@ -133,6 +145,8 @@ class Executor:
                        pid=pid, action=Action.NONE)
         if outcome.result == "still-running":
             raise BlockedError(f"{self.unit}: pid {pid} {outcome.detail}")
+        if outcome.result == "unverified":
+            raise BlockedError(f"{self.unit}: pid {pid}: {outcome.detail}")
 
     # -- waiting --------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ E = TypeVar("E", bound=enum.Enum)
 REFUSED = "tag:portguard,refused"  # a node already reported: readers skip it silently
 TAG = "tag:yaml.org,2002:"
 _IPV6_UNQUOTED = re.compile(r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]")
+# Line breaks to YAML but not to editors, grep -n or sed: text after one in a comment
+# would be read as config, and every line number after it would be off.
+_HIDDEN_BREAK = re.compile("\r(?!\n)|[\x85\u2028\u2029]")
+MAX_SCALAR = 4096  # characters: no value needs more (PATH_MAX); keeps messages bounded
 _YAML_KINDS = {"int": "a number", "float": "a number", "timestamp": "a date",
                "merge": "a merge key", "value": "a special value"}
 Problem = tuple[int, int, str]  # (line, column, message), both 1-based
@@ -62,6 +66,12 @@ def _at(mark: yaml.Mark, message: str) -> Problem:
 
 def compose(text: str, problems: list[Problem]) -> yaml.Node | None:
     """The document's root node, or None with the reason appended to `problems`."""
+    if (hidden := _HIDDEN_BREAK.search(text)) is not None:
+        at = hidden.start()
+        problems.append((text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at),
+                         f"character U+{ord(hidden.group()):04X} is a line break to YAML but"
+                         " not to editors; remove it (end lines with LF or CRLF)"))
+        return None
     try:
         loader = _StrictLoader(text)  # checks every character up front
     except yaml.reader.ReaderError as exc:
@@ -103,7 +113,15 @@ def kind(node: yaml.Node) -> str:
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return "nothing" if is_null(node) else f"'{node.value}'"
+    return "nothing" if is_null(node) else shown(node.value)
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """`text` quoted for a one-line message: at most `limit` characters of it, with line
+    breaks, control characters and escape sequences escaped (it came from the file)."""
+    body = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    more = f" (and {len(text) - limit} more characters)" if len(text) > limit else ""
+    return f"'{body}'{more}"
 
 
 Entries = list[tuple[str, yaml.Node, yaml.Node]]  # (key, key node, value node)
@@ -164,8 +182,10 @@ class NodeReader:
                 why = f"'{text}' is read by YAML as {what_yaml}; quote it if you mean the text"
         elif text == "":
             why = "empty value"
-        if not why and any(unicodedata.category(c) == "Cc" for c in text):
+        if not why and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
             why = "control characters are not allowed"
+        if not why and len(text) > MAX_SCALAR:
+            why = f"{len(text)} characters long; no value needs more than {MAX_SCALAR}"
         if why:
             self.error(node, f"{what}: {why}" + (f"; expected {expected}" if expected else ""))
             return None

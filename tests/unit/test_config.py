@@ -293,7 +293,7 @@ def test_large_file_is_refused_before_parsing(tmp_path: Path) -> None:
     path = write(tmp_path, "services: {}\n" + "#" * (1024 * 1024))
     status, _, err = check(path)
     assert status == 78
-    assert f"{path}: larger than 1 MiB; refusing to parse it" in err
+    assert f"{path}: larger than 64 KiB; refusing to parse it" in err
 
 
 def test_missing_file_is_a_config_error_naming_the_path(tmp_path: Path) -> None:

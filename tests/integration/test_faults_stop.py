@@ -1,0 +1,313 @@
+"""Faults around portguard (issue 7, item 2): StopUnit of a twin does not simply work.
+
+A twin instance holds the port and policy is `stop`, so preflight asks systemd to stop it
+(StopUnit, then waits for the job). Here the job ends otherwise than `done`, or systemd
+refuses the call:
+
+- `canceled` (a start of the twin replaces the stop job) and `timeout` (JobTimeoutSec=):
+  exit 1, the job's result journaled, nothing killed by portguard;
+- an ExecStop= that fails, a TimeoutStopSec= that systemd enforces, a masked twin: the job
+  is `done`, the port is free, exit 0;
+- RefuseManualStop= (OnlyByDependency), AccessDenied as nobody (polkit says no): exit 1 /
+  77, the twin untouched; that such a refusal leaves no journal record is pinned as a BUG;
+- the twin unloaded between the scan and StopUnit (NoSuchUnit): pinned as a BUG (exit 1
+  although the port is free; a process that exits meanwhile is "gone" and fine).
+
+Also the helpers the other test_faults_* files use: `Paused` (portguard stopped just
+before a given function runs, so a test can change the world between scan and act) and
+`nobody_portguard` (argv and env that run portguard as nobody from a copy of the code).
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from subprocess import CompletedProcess
+
+import pytest
+from sandbox import REPO, Sandbox, listener_exec
+from test_preflight import (
+    ACTING,
+    CONFLICT,
+    KILL,
+    PORTS_CLEAR,
+    REFUSED,
+    SIGNAL,
+    STOP_UNIT,
+    Case,
+    config,
+)
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not reach the venv's interpreter
+SITE = sysconfig.get_paths()["purelib"]  # pystemd, PyYAML: world-readable, same ABI
+MANAGE_UNITS = "org.freedesktop.systemd1.manage-units"
+
+
+@pytest.fixture
+def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
+    c = Case(sandbox, uid)
+    yield c
+    c.cleanup()
+
+
+def nobody_portguard(sb: Sandbox, uid: str, *, caps: Sequence[str] = ()
+                     ) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and env running `python3 -m portguard` as nobody, with `caps` ambient.
+
+    The code comes from a copy under the sandbox's /tmp (the repository may sit where
+    nobody cannot read, e.g. under /root); Debian's python3 (3.11, the venv's ABI) runs
+    it with the venv's site-packages for pystemd and PyYAML.
+    """
+    copy = f"/tmp/pg-{uid}"
+    sb.run(["mkdir", "-p", copy], check=True)
+    sb.run(["cp", "-r", f"{REPO}/portguard", copy], check=True)
+    env = {"PYTHONPATH": f"{copy}:{SITE}"}
+    argv = list(NOBODY)
+    if caps:
+        wanted = ",".join(f"+{c}" for c in caps)
+        argv += [f"--inh-caps={wanted}", f"--ambient-caps={wanted}"]
+    argv += [SYSTEM_PYTHON, "-m", "portguard"]
+    probe = sb.run([*argv[:-2], "-c", "import pystemd.dbuslib, portguard.units"], env=env)
+    if probe.returncode != 0:
+        pytest.skip(f"nobody cannot import portguard with {SYSTEM_PYTHON}: {probe.stderr}")
+    return argv, env
+
+
+PAUSE = r"""
+import importlib, os, sys, time
+state, target, *argv = sys.argv[1:]
+module, _, attr = target.partition(":")
+owner = importlib.import_module(module)
+*path, name = attr.split(".")
+for part in path:
+    owner = getattr(owner, part)
+real = getattr(owner, name)
+
+def paused(*args, **kwargs):
+    with open(state + "/paused", "w") as f:
+        f.write("paused\n")
+    end = time.monotonic() + 30
+    while not os.path.exists(state + "/go"):
+        if time.monotonic() > end:
+            raise SystemExit("test hook: never told to go on")
+        time.sleep(0.01)
+    return real(*args, **kwargs)
+
+setattr(owner, name, paused)
+from portguard.cli import main
+sys.exit(main(argv))
+"""
+
+
+class Paused:
+    """`portguard ARGS` in the sandbox (in a thread), held just before `target`
+    ("module:function" or "module:Class.method") runs, until `go()`: the test changes the
+    world between portguard's scan and its act. Later calls of `target` run at once."""
+
+    def __init__(self, sb: Sandbox, uid: str, target: str, *args: str) -> None:
+        self.sb = sb
+        self.state = f"/run/pause-{uid}"
+        sb.run(["mkdir", "-p", self.state], check=True)
+        self.result: CompletedProcess[str] | None = None
+        self.took = 0.0
+        self._thread = threading.Thread(target=self._run, args=(target, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, target: str, args: Sequence[str]) -> None:
+        t0 = time.monotonic()
+        self.result = self.sb.python(PAUSE, self.state, target, *args, timeout=60)
+        self.took = time.monotonic() - t0
+
+    def wait_paused(self) -> None:
+        flag = f"/proc/{self.sb.pid}/root{self.state}/paused"
+
+        def paused() -> bool:
+            if not self._thread.is_alive():
+                raise AssertionError(f"portguard ended before pausing: {self.result}")
+            return os.path.exists(flag)
+
+        self.sb.wait_for(paused, 20, "portguard to pause")
+
+    def go(self) -> CompletedProcess[str]:
+        self.sb.write_file(f"{self.state}/go", "go\n")
+        self._thread.join(60)
+        assert self.result is not None, "portguard did not finish"
+        return self.result
+
+
+def twin(case: Case, name: str, *, unit: str = "", service: str = "",
+         settings: str = "kill_after: 4s") -> tuple[int, str, str, list[int]]:
+    """A template whose instance `a` runs and holds the port; returns (port, a, b, a's
+    pids). `unit`/`service`: extra lines for the [Unit]/[Service] sections."""
+    port = case.port()
+    template = f"{name}-{case.uid}@.service"
+    a, b = f"{name}-{case.uid}@a.service", f"{name}-{case.uid}@b.service"
+    case.config(config(port, template, extra=settings))
+    case.sb.write_unit(template, f"[Unit]\n{unit}[Service]\n"
+                                 f"ExecStart={listener_exec('--port', str(port))}\n{service}")
+    case.units += [a, b]
+    assert case.start(a).returncode == 0
+    pid = case.main_pid(a)
+    case.wait_listening(port, pid)
+    return port, a, b, case.unit_pids(a)
+
+
+def nothing_killed_by_portguard(case: Case, unit: str) -> None:
+    assert not [r for r in case.records(unit=unit) if r["MESSAGE_ID"] in (SIGNAL, KILL)]
+
+
+# -- the stop job ends otherwise than `done` -------------------------------------------------
+
+
+def test_a_stop_job_canceled_by_a_start_fails_closed(case: Case) -> None:
+    sb = case.sb
+    _, a, b, pids = twin(case, "cancel", service="ExecStop=/bin/sleep 2\n")
+    result: dict[str, CompletedProcess[str]] = {}
+    runner = threading.Thread(target=lambda: result.setdefault("done", case.preflight(b)))
+    runner.start()
+    sb.wait_unit_state(a, "deactivating")  # ExecStop= runs: the stop job is running
+    sb.systemctl("start", "--no-block", a, check=True)  # replaces it
+    runner.join(30)
+    done = result["done"]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"stopping {a} failed (job canceled)" in done.stderr
+    assert all(sb.pid_alive(p) for p in pids)  # stopping still, by systemd, not killed
+    stopped = case.record(STOP_UNIT, b, result="canceled")
+    assert (stopped["PORTGUARD_HOLDER_UNIT"], stopped["PORTGUARD_ACTION"]) == (a, "stop")
+    nothing_killed_by_portguard(case, b)
+    assert PORTS_CLEAR not in [r["MESSAGE_ID"] for r in case.records(unit=b)]
+
+
+def test_a_stop_job_that_times_out_fails_closed_without_killunit(case: Case) -> None:
+    sb = case.sb
+    _, a, b, pids = twin(case, "jobto", unit="JobTimeoutSec=700ms\n",
+                         service="ExecStop=/bin/sleep 5\n")
+    t0 = time.monotonic()
+    done = case.preflight(b)
+    took = time.monotonic() - t0
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert took < 3.5  # the job's own timeout, well before kill_after (4 s)
+    assert f"stopping {a} failed (job timeout)" in done.stderr
+    assert all(sb.pid_alive(p) for p in pids)
+    case.record(STOP_UNIT, b, result="timeout", holder_unit=a)
+    nothing_killed_by_portguard(case, b)
+
+
+@pytest.mark.parametrize(("how", "service", "result"), [
+    ("execstop-fails", "ExecStop=/bin/false\n", "exit-code"),
+    ("stop-timeout", "ExecStop=/bin/sleep 30\nTimeoutStopSec=500ms\n", "timeout"),
+    ("masked", "", "success"),
+], ids=["execstop-fails", "stop-timeout", "masked"])
+def test_a_stop_that_goes_wrong_inside_the_twin_is_still_done(
+        case: Case, how: str, service: str, result: str) -> None:
+    """systemd finishes the job (`done`) and the twin is down: the port is free."""
+    sb = case.sb
+    port, a, b, pids = twin(case, how, service=service)
+    if how == "masked":  # masking forbids starting it again, not stopping it
+        sb.systemctl("mask", "--runtime", a, check=True)
+    try:
+        done = case.preflight(b)
+    finally:
+        if how == "masked":
+            sb.systemctl("unmask", "--runtime", a, check=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not any(sb.pid_alive(p) for p in pids)
+    assert sb.unit_property(a, "Result") == result
+    case.record(STOP_UNIT, b, result="done", holder_unit=a)
+    case.record(PORTS_CLEAR, b, result="clear")
+    nothing_killed_by_portguard(case, b)
+    assert not sb.run(["ss", "-Htln", f"sport = :{port}"]).stdout.strip()
+
+
+# -- systemd refuses the StopUnit call --------------------------------------------------------
+
+
+def test_a_twin_that_refuses_manual_stop_is_left_running(case: Case) -> None:
+    sb = case.sb
+    _, a, b, pids = twin(case, "refstop", unit="RefuseManualStop=yes\n")
+    done = case.preflight(b)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "org.freedesktop.systemd1.OnlyByDependency" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert case.state(a) == "active" and case.unit_pids(a) == pids
+    assert all(sb.pid_alive(p) for p in pids)
+    assert not [r for r in case.records() if r["MESSAGE_ID"] in ACTING]
+
+
+def test_as_nobody_preflight_is_not_permitted_and_touches_nothing(case: Case) -> None:
+    sb = case.sb
+    _, a, b, pids = twin(case, "nobody")
+    argv, env = nobody_portguard(sb, case.uid)
+    done = sb.run([*argv, "--config", case.cfg, "preflight", b], env=env)
+    assert done.returncode == 77, done.stdout + done.stderr
+    assert "preflight needs root to act on ports" in done.stderr
+    assert case.state(a) == "active" and all(sb.pid_alive(p) for p in pids)
+    assert not [r for r in case.records() if r["MESSAGE_ID"] in ACTING]
+
+
+def access_denied(case: Case) -> tuple[CompletedProcess[str], str, str, list[int]]:
+    """preflight as nobody with the capabilities to inspect and lock (as a hardened unit
+    with User= and AmbientCapabilities= would have), but no polkit grant: StopUnit is
+    refused by systemd."""
+    sb = case.sb
+    _, a, b, pids = twin(case, "denied")
+    sb.run(["mkdir", "-p", "-m", "0700", "/run/portguard"], check=True)  # root's, as always
+    argv, env = nobody_portguard(sb, case.uid, caps=("dac_override", "dac_read_search",
+                                                     "sys_ptrace", "fowner"))
+    done = sb.run([*argv, "--config", case.cfg, "preflight", b], env=env)
+    sb.run(["sh", "-c", "find /run/portguard -user nobody -delete"], check=True)
+    return done, a, b, pids
+
+
+def test_access_denied_for_stopunit_is_77_naming_the_polkit_action(case: Case) -> None:
+    sb = case.sb
+    done, a, b, pids = access_denied(case)
+    assert done.returncode == 77, done.stdout + done.stderr
+    assert f"systemd refused to stop {a}" in done.stderr
+    assert f"grant polkit action {MANAGE_UNITS}" in done.stderr
+    assert case.state(a) == "active" and all(sb.pid_alive(p) for p in pids)
+    assert not [r for r in case.records() if r["MESSAGE_ID"] in ACTING]
+    planned = case.record(CONFLICT, b, result="planned")
+    assert (planned["PORTGUARD_HOLDER_UNIT"], planned["PORTGUARD_ACTION"]) == (a, "stop")
+
+
+@pytest.mark.parametrize("how", ["refuse-manual-stop", "access-denied"])
+def test_a_refused_stopunit_is_journaled(case: Case, how: str) -> None:
+    if how == "access-denied":
+        done, a, b, _ = access_denied(case)
+    else:
+        _, a, b, _ = twin(case, "refj", unit="RefuseManualStop=yes\n")
+        done = case.preflight(b)
+    assert done.returncode in (1, 77)
+    refused = case.sb.wait_journal(
+        lambda r: r["MESSAGE_ID"] == REFUSED, "SYSLOG_IDENTIFIER=portguard",
+        f"PORTGUARD_UNIT={b}", since_cursor=case.cursor, timeout=2)
+    assert (refused["PORTGUARD_HOLDER_UNIT"], refused["PORTGUARD_HOLDER_KIND"],
+            refused["PORTGUARD_ACTION"]) == (a, "twin", "refuse")
+
+
+# -- the twin vanishes between the scan and StopUnit -----------------------------------------
+
+
+def test_a_twin_unloaded_between_scan_and_stopunit_counts_as_gone(case: Case) -> None:
+    sb, port = case.sb, case.port()
+    unit, legacy = f"app-{case.uid}.service", f"legacy-{case.uid}.service"
+    case.config(config(port, unit, extra=f"duplicates:\n  units: [{legacy}]"))
+    case.unit(legacy, "--port", str(port), guarded=False)
+    assert case.start(legacy).returncode == 0
+    case.wait_listening(port, case.main_pid(legacy))
+
+    run = Paused(sb, case.uid, "portguard.units:Systemd.stop_unit",
+                 "--config", case.cfg, "preflight", unit)
+    run.wait_paused()
+    sb.systemctl("stop", legacy, check=True)  # gone, and its unit with it
+    sb.run(["rm", f"/etc/systemd/system/{legacy}"], check=True)
+    sb.systemctl("daemon-reload", check=True)
+    assert sb.unit_property(legacy, "LoadState") == "not-found"
+    done = run.go()
+    assert done.returncode == 0, done.stdout + done.stderr
+    case.record(PORTS_CLEAR, unit, result="clear")
