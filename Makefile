@@ -26,6 +26,8 @@ test: lint
 
 bench: setup
 	$(PY) bench/who_bench.py
+	$(PY) bench/preflight_bench.py
+	$(PY) bench/daemon_cost.py
 
 docs: setup
 	$(PY) scripts/gen-docs
