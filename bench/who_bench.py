@@ -281,8 +281,12 @@ def timed_status_checks(timings: dict[str, dict[str, Any]]) -> list[Check]:
 # Runs inside the sandbox (its PID, net, mount and cgroup namespaces), so nothing but the
 # command itself is timed: posix_spawn + wait4 around each, stdio on /dev/null. Each round
 # runs every command once, in a fresh random order (seeded), so drift hits all alike and
-# no command always follows the same one; a short pause before each keeps one command's
-# aftermath (lsof and ss -p have just walked ~53k /proc fd entries at L) off the next.
+# no command always follows the same one. Before each command the runner samples the
+# host's CPUs (/proc/stat is not namespaced) for `gap` seconds and, while they are more
+# than `threshold` busy (other work on a shared machine; the previous command's
+# aftermath), keeps waiting, up to `max_wait` seconds per command and `budget` seconds in
+# all: short commands suffer most from contention, and this keeps one busy moment from
+# landing on whatever runs next.
 TIMER_CODE = r"""
 import json, os, random, shutil, sys, time
 spec = json.loads(sys.argv[1])
@@ -295,13 +299,30 @@ for name, argv in spec["commands"]:
     if exe is None:
         sys.exit(f"not found inside the sandbox: {argv[0]}")
     cmds.append((name, [exe, *argv[1:]]))
+
+def busy(interval):
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return sum(v), v[3] + v[4]
+    t0, i0 = sample()
+    time.sleep(interval)
+    t1, i1 = sample()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
 out = {name: {"wall": [], "cpu": [], "rc": [], "exe": argv[0]} for name, argv in cmds}
+quiet = {"waited_s": 0.0, "busy_starts": 0, "starts": 0}
 rng = random.Random(spec["seed"])
 for r in range(spec["warmup"] + spec["runs"]):
     order = list(cmds)
     rng.shuffle(order)
     for name, argv in order:
-        time.sleep(spec["gap"])
+        w0 = time.monotonic()
+        b = busy(spec["gap"])
+        while (b > spec["threshold"] and time.monotonic() - w0 < spec["max_wait"]
+               and quiet["waited_s"] + (time.monotonic() - w0) < spec["budget"]):
+            b = busy(spec["gap"])
+        quiet["waited_s"] += time.monotonic() - w0 - spec["gap"]
         t0 = time.perf_counter()
         pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
         _, status, ru = os.wait4(pid, 0)
@@ -311,7 +332,9 @@ for r in range(spec["warmup"] + spec["runs"]):
             o["wall"].append(wall * 1000)
             o["cpu"].append((ru.ru_utime + ru.ru_stime) * 1000)
             o["rc"].append(os.waitstatus_to_exitcode(status))
-print(json.dumps(out))
+            quiet["busy_starts"] += b > spec["threshold"]
+            quiet["starts"] += 1
+print(json.dumps({"timings": out, "quiet": quiet}))
 """
 
 
@@ -331,17 +354,22 @@ def timed_commands() -> list[tuple[str, list[str]]]:
     return cmds
 
 
-GAP = 0.05  # seconds of pause before each timed command (see TIMER_CODE)
+GAP = 0.1  # seconds: the CPU sample before each timed command (see TIMER_CODE)
+BUSY = 0.2  # ... which must show the CPUs at most this busy ...
+MAX_WAIT = 10.0  # ... waiting at most this long
 TIMED_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "LANG": "C.UTF-8", "HOME": "/root", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def time_commands(sb: Sandbox, runs: int, warmup: int) -> dict[str, dict[str, Any]]:
+def time_commands(sb: Sandbox, runs: int, warmup: int, max_wait: float = MAX_WAIT,
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """(per command: wall ms, cpu ms, exit statuses), (how much waiting for quiet)."""
     spec = {"env": TIMED_ENV, "runs": runs, "warmup": warmup, "commands": timed_commands(),
-            "seed": 1, "gap": GAP}
-    out = sb.run([PYTHON, "-c", TIMER_CODE, json.dumps(spec)], timeout=3600, check=True)
-    result: dict[str, dict[str, Any]] = json.loads(out.stdout)
-    return result
+            "seed": 1, "gap": GAP, "threshold": BUSY, "max_wait": max_wait,
+            "budget": 30 * max_wait}
+    out = sb.run([PYTHON, "-c", TIMER_CODE, json.dumps(spec)], timeout=7200, check=True)
+    doc = json.loads(out.stdout)
+    return doc["timings"], doc["quiet"]
 
 
 # --- profiles, inside the sandbox -----------------------------------------------------
@@ -752,8 +780,9 @@ def render(outcomes: Sequence[Outcome], argv: Sequence[str], started: dt.datetim
         "would recompile portguard)",
         "- timing: inside the sandbox's namespaces (a runner there posix_spawns each command "
         "with stdio on /dev/null and waits for it with wait4, perf_counter around both); each "
-        f"round runs every command once in a seeded random order, {GAP * 1000:.0f} ms apart; "
-        "medians, min, p90 (nearest rank)",
+        "round runs every command once in a seeded random order; before each command the "
+        f"CPUs must be <= {BUSY:.0%} busy over {GAP * 1000:.0f} ms (waiting up to "
+        f"{MAX_WAIT:g} s); medians, min, p90 (nearest rank)",
         "", "## Targets", "",
         "| target | measured (wall-clock medians) | verdict | same ratio by CPU time |",
         "|---|---|---|---|"]
@@ -801,16 +830,20 @@ def run_scenario(sc: Scale, args: argparse.Namespace, log: Any) -> Outcome:
         busy = wait_quiet(wait, log, f"[{sc.name}]")
         before = loadavg()
         t0 = time.monotonic()
-        timings = time_commands(sb, runs, warmup)
+        command_wait = min(MAX_WAIT, wait, 0.2 if args.quick else MAX_WAIT)
+        timings, waits = time_commands(sb, runs, warmup, command_wait)
         log(f"[{sc.name}] timed {len(timings)} commands x {runs} runs in "
             f"{time.monotonic() - t0:.0f} s")
         checks += timed_status_checks(timings)
         for ch in checks[-4:]:
             if ch.problem:
                 log(f"[{sc.name}] MISMATCH {ch.port}/{ch.proto}: {ch.problem}")
-        quiet = (f"CPUs {busy:.0%} busy just before timing (load inside the sandbox "
-                 f"included); load average {before} before, {loadavg()} after")
-        if busy > 0.15:
+        quiet = (f"CPUs {busy:.0%} busy just before timing; load average {before} before, "
+                 f"{loadavg()} after; before the commands the runner waited "
+                 f"{waits['waited_s']:.0f} s in all for the CPUs to be <= {BUSY:.0%} busy, "
+                 f"and {waits['busy_starts']:.0f} of {waits['starts']:.0f} commands started "
+                 f"on a busier machine after {command_wait:g} s")
+        if waits["busy_starts"] > 0.1 * waits["starts"]:
             quiet += " -- **the machine was busy with other work: figures are inflated**"
         ph = {str(p): phases(sb, p, 3 if runs < 5 else 9) for p in (HELD, FREE)}
         imports: dict[str, tuple[float, list[tuple[float, float, str]]]] = {}
@@ -849,13 +882,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip -X importtime and cProfile at L and L1")
     p.add_argument("--wait-quiet", type=float, default=120.0, metavar="SECONDS",
-                   help="before timing, wait up to this long for other work on the machine "
-                        "to settle (default 120; 0: do not wait)")
+                   help="before timing a scenario, wait up to this long for other work on "
+                        "the machine to settle, and before each timed command up to "
+                        f"min(this, {MAX_WAIT:g}) s (default 120; 0: do not wait)")
     p.add_argument("--strict", action="store_true", help="exit 4 when a target is missed")
     args = p.parse_args(argv)
     if args.quick:
         args.scales, args.runs, args.warmup, args.profile = "S", 3, 1, False
-        args.wait_quiet = min(args.wait_quiet, 5.0)
+        args.wait_quiet = min(args.wait_quiet, 1.0)  # and 0.2 s per command: < 30 s
     try:
         args.scenarios = [scenario(s.strip()) for s in args.scales.split(",") if s.strip()]
     except argparse.ArgumentTypeError as e:

@@ -50,12 +50,14 @@ class DaemonCase(Case):
 
     def daemon_unit(self, *, watchdog: float = 2, extra: str = "") -> str:
         """The shipped systemd/portguard.service, byte for byte, plus a drop-in that runs
-        this checkout's portguard on this test's config (and a short watchdog)."""
+        this checkout's portguard on this test's config (and a short watchdog). The
+        checkout is bound in: under /tmp (CI's clean clone) PrivateTmp= would hide it."""
         self.sb.write_file(f"/etc/systemd/system/{self.daemon}.d/test.conf", f"""\
 [Service]
 ExecStart=
 ExecStart={PYTHON} -m portguard --config {self.cfg} daemon
 Environment=PYTHONPATH={REPO}
+BindReadOnlyPaths={REPO}
 WatchdogSec={watchdog:g}
 LimitCORE=0
 TimeoutStopSec=5

@@ -204,7 +204,9 @@ def install_unit(sb: Sandbox, **dropins: str) -> None:
     sb.write_file(f"/etc/systemd/system/{UNIT}", SHIPPED.read_text())
     sb.write_file(TEST_DROPIN, "[Service]\nExecStart=\n"
                   f"ExecStart={PYTHON} -m portguard daemon\n"
-                  f"Environment=PYTHONPATH={REPO}\n")
+                  f"Environment=PYTHONPATH={REPO}\n"
+                  # a checkout under /tmp (CI's clean clone) vanishes behind PrivateTmp=
+                  f"BindReadOnlyPaths={REPO}\n")
     for name, body in dropins.items():
         sb.write_file(f"{DROPIN_DIR}/{name}.conf", f"[Service]\n{body}\n")
     sb.systemctl("daemon-reload", check=True)
