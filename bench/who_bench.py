@@ -278,6 +278,9 @@ def timed_status_checks(timings: dict[str, dict[str, Any]]) -> list[Check]:
 
 # --- timing, inside the sandbox -------------------------------------------------------
 
+# Shared: bench/preflight_bench.py runs it too (stdout: {name: {wall, cpu, rc, exe}};
+# the waiting statistics go to stderr as `quiet: {...}`; spec keys other than env, runs,
+# warmup, seed, commands and gap are optional).
 # Runs inside the sandbox (its PID, net, mount and cgroup namespaces), so nothing but the
 # command itself is timed: posix_spawn + wait4 around each, stdio on /dev/null. Each round
 # runs every command once, in a fresh random order (seeded), so drift hits all alike and
@@ -312,6 +315,10 @@ def busy(interval):
 
 out = {name: {"wall": [], "cpu": [], "rc": [], "exe": argv[0]} for name, argv in cmds}
 quiet = {"waited_s": 0.0, "busy_starts": 0, "starts": 0}
+# (bench/preflight_bench.py runs this too, with a spec that may name only "gap")
+threshold = spec.get("threshold", 1.0)
+max_wait = spec.get("max_wait", 0.0)
+budget = spec.get("budget", 0.0)
 rng = random.Random(spec["seed"])
 for r in range(spec["warmup"] + spec["runs"]):
     order = list(cmds)
@@ -319,8 +326,8 @@ for r in range(spec["warmup"] + spec["runs"]):
     for name, argv in order:
         w0 = time.monotonic()
         b = busy(spec["gap"])
-        while (b > spec["threshold"] and time.monotonic() - w0 < spec["max_wait"]
-               and quiet["waited_s"] + (time.monotonic() - w0) < spec["budget"]):
+        while (b > threshold and time.monotonic() - w0 < max_wait
+               and quiet["waited_s"] + (time.monotonic() - w0) < budget):
             b = busy(spec["gap"])
         quiet["waited_s"] += time.monotonic() - w0 - spec["gap"]
         t0 = time.perf_counter()
@@ -332,9 +339,10 @@ for r in range(spec["warmup"] + spec["runs"]):
             o["wall"].append(wall * 1000)
             o["cpu"].append((ru.ru_utime + ru.ru_stime) * 1000)
             o["rc"].append(os.waitstatus_to_exitcode(status))
-            quiet["busy_starts"] += b > spec["threshold"]
+            quiet["busy_starts"] += b > threshold
             quiet["starts"] += 1
-print(json.dumps({"timings": out, "quiet": quiet}))
+print(json.dumps(out))
+print("quiet:", json.dumps(quiet), file=sys.stderr)
 """
 
 
@@ -368,8 +376,10 @@ def time_commands(sb: Sandbox, runs: int, warmup: int, max_wait: float = MAX_WAI
             "seed": 1, "gap": GAP, "threshold": BUSY, "max_wait": max_wait,
             "budget": 30 * max_wait}
     out = sb.run([PYTHON, "-c", TIMER_CODE, json.dumps(spec)], timeout=7200, check=True)
-    doc = json.loads(out.stdout)
-    return doc["timings"], doc["quiet"]
+    timings: dict[str, dict[str, Any]] = json.loads(out.stdout)
+    line = next(ln for ln in out.stderr.splitlines() if ln.startswith("quiet: "))
+    waits: dict[str, float] = json.loads(line.removeprefix("quiet: "))
+    return timings, waits
 
 
 # --- profiles, inside the sandbox -----------------------------------------------------
@@ -763,8 +773,34 @@ def kept_notes(path: Path | None) -> str:
     return ""
 
 
+OWN_HEADING = re.compile(r"## (Targets|Notes: |Profiles|[SML](-one-cgroup)?: )")
+
+
+def foreign_sections(path: Path | None) -> str:
+    """The `## ` sections of an earlier report that other scripts wrote (preflight_bench's,
+    daemon_cost's): kept verbatim, after ours. Headings inside code blocks do not count."""
+    with contextlib.suppress(OSError, TypeError):
+        text = path.read_text() if path is not None else ""
+        start, end = text.find(NOTES_BEGIN), text.find(NOTES_END)
+        if start >= 0 and end > start:
+            text = text[:start] + text[end + len(NOTES_END):]
+        sections: list[list[str]] = []
+        fenced = False
+        for line in text.splitlines():
+            if line.startswith("```"):
+                fenced = not fenced
+            if not fenced and line.startswith("## "):
+                sections.append([line])
+            elif sections:
+                sections[-1].append(line)
+        kept = ["\n".join(sec).rstrip() for sec in sections if not OWN_HEADING.match(sec[0])]
+        return "\n\n".join(kept)
+    return ""
+
+
 def render(outcomes: Sequence[Outcome], argv: Sequence[str], started: dt.datetime,
-           elapsed: float, compiled: str, *, code: str, notes: str = "") -> str:
+           elapsed: float, compiled: str, *, code: str, notes: str = "",
+           others: str = "") -> str:
     mach = machine()
     bad = sum(1 for o in outcomes for ch in o.checks if ch.problem)
     lines = ["# `portguard who` benchmark results", "",
@@ -803,6 +839,8 @@ def render(outcomes: Sequence[Outcome], argv: Sequence[str], started: dt.datetim
         lines += ["## Profiles", ""]
         for o in profiled:
             lines += profile_md(o)
+    if others:
+        lines += [others]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -934,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render(outcomes, ["bench/who_bench.py", *argv], started, time.monotonic() - t0,
                   compiled, code=code if who_hash(code_state()) == who_hash(code) else
                   f"{code} -- **the who path changed during the run (now: {code_state()})**",
-                  notes=kept_notes(args.output))
+                  notes=kept_notes(args.output), others=foreign_sections(args.output))
     if args.output:
         args.output.write_text(text)
         log(f"wrote {args.output}")
