@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit integration bench clean docs docs-check deb
+.PHONY: setup demo test lint typecheck unit integration bench clean docs docs-check deb soak
 
 setup:
 	@./scripts/bootstrap
@@ -28,6 +28,9 @@ bench: setup
 	$(PY) bench/who_bench.py
 	$(PY) bench/preflight_bench.py
 	$(PY) bench/daemon_cost.py
+
+soak: setup
+	$(PY) bench/soak.py --scenarios 1000
 
 docs: setup
 	$(PY) scripts/gen-docs

@@ -8,7 +8,8 @@ ping-pong a port forever, each round stopping a service. Precisely:
 - **Allowed**: up to `limit` resolutions of one key within any `window` seconds.
 - **Trip**: the (limit+1)th occurrence while `limit` are still inside the window is
   refused (`record` returns False) and trips the key. An occurrence at time t is inside
-  the window at time now while `now - t < window`.
+  the window at time now while `now < t + window` (one spelling everywhere: in floating
+  point `now - t < window` and `now < t + window` can disagree at the boundary).
 - **Hold**: a tripped key stays tripped until a whole `window` passes in which it was not
   recorded again. Every `record` of a tripped key (the conflict seen again, still not
   fought) pushes the end of the hold to `now + window`: portguard keeps out of a fight
@@ -122,7 +123,7 @@ class FlapGuard:
 
     def _expire(self, state: _Key, now: float) -> None:
         times = state.times
-        while times and now - times[0] >= self.window:
+        while times and now >= times[0] + self.window:
             times.popleft()
 
     def _sweep(self, now: float) -> None:
@@ -132,7 +133,7 @@ class FlapGuard:
             if state.hold_until is not None:
                 if now >= state.hold_until:
                     gone.append(key)
-            elif not state.times or now - state.times[-1] >= self.window:
+            elif not state.times or now >= state.times[-1] + self.window:
                 gone.append(key)
         for key in gone:
             del self._keys[key]

@@ -81,6 +81,11 @@ class UnitLookup:
                 unit = cgroups.unit_from_path_only(proc.cgroup)
             except SystemdError:
                 unit = cgroups.unit_from_path_only(proc.cgroup)  # e.g. exited meanwhile
+            if unit is None:
+                # GetUnitByPID says NoUnitForPID for a pid reaped since /proc was read;
+                # the cgroup read then, while it held the socket, still names its unit
+                # (a live process outside any unit has none there either)
+                unit = cgroups.unit_from_path_only(proc.cgroup)
         else:
             unit = cgroups.unit_from_path_only(proc.cgroup)
         self._cache[proc.pid] = unit

@@ -9,11 +9,12 @@ would only add an outage.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 from portguard.classify import Conflict, Kind
 from portguard.config import OnForeign, Policy, Service
+from portguard.model import Proto
 
 
 class Action(enum.StrEnum):
@@ -97,12 +98,13 @@ def decide(service: Service, conflict: Conflict, *, bind_refused: bool = False) 
 
 
 def plan(service: Service, conflicts: Sequence[Conflict], *,
-         bind_refused: bool = False) -> Plan:
+         bind_refused: Collection[tuple[int, Proto]] = ()) -> Plan:
     """One step per conflict; twins are stopped once even when they hold several ports."""
     steps: list[Step] = []
     stopping: set[str] = set()
     for conflict in conflicts:
-        step = decide(service, conflict, bind_refused=bind_refused)
+        step = decide(service, conflict,
+                      bind_refused=(conflict.port, conflict.proto) in bind_refused)
         if step.action is Action.STOP and conflict.unit in stopping:
             step = step._replace(why=f"stopped with {conflict.unit} (already planned)")
             step = step._replace(action=Action.NONE)

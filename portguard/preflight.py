@@ -124,7 +124,9 @@ class Preflight:
                                 deadline=deadline,
                                 still_held=lambda c: self._still_held(c, intents))
             executor.execute(the_plan)
-            if the_plan.warned and not the_plan.acting and not the_plan.waiting:
+            if the_plan.warned and not the_plan.acting:
+                # policy warn: whatever was waited for went (else TimedOutError); the
+                # holders left are tolerated, and the service tries anyway
                 return ExitStatus.OK
             return self._verify(service, intents, ports, deadline)
         finally:
@@ -175,11 +177,12 @@ class Preflight:
         )
 
     def _observe(self, ctx: Context, intents: Sequence[conflicts.BindIntent],
-                 ports: Sequence[tuple[int, Proto]]) -> tuple[list[Conflict], bool]:
-        """Classified conflicts on the declared ports, and whether bind() is refused."""
+                 ports: Sequence[tuple[int, Proto]],
+                 ) -> tuple[list[Conflict], set[tuple[int, Proto]]]:
+        """Classified conflicts on the declared ports, and the ports bind() refuses."""
         reports = self.app.observer.ports(list(ports))
         relevant: dict[int, Holder] = {}
-        bind_refused = False
+        bind_refused: set[tuple[int, Proto]] = set()
         for intent in intents:
             rep = next(r for r in reports if (r.port, r.proto) == (intent.port, intent.proto))
             socks = [h.socket for h in rep.holders]
@@ -189,7 +192,7 @@ class Preflight:
                 if id(holder.socket) in keep:
                     relevant[id(holder)] = holder
             if verdict.free and not _probe_ok(intent):
-                bind_refused = True
+                bind_refused.add((intent.port, intent.proto))
         found = classify(ctx, relevant.values())
         if bind_refused and not found:
             raise BlockedError(f"{self.unit}: bind() is refused on a declared port but no "
@@ -237,6 +240,19 @@ class Preflight:
         if wait_until(clear, deadline, self.clock):
             self._report_clear(service, ports, "ports cleared")
             return ExitStatus.OK
+        found = _query(ports)
+        if all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free for i in intents):
+            # No live socket left, yet bind() fails: lingering sockets whose own socket did
+            # not set SO_REUSEADDR (unprobeable while a live holder shared the port). They
+            # expire on their own: this is a wait that timed out, as when it was planned.
+            detail = "; ".join(f"{s.state} {s.local_address}:{s.local_port}" for s in found
+                               if s.inode == 0) or "lingering sockets"
+            self.journal.emit(Event.TIMED_OUT, f"{self.unit}: timed out waiting for "
+                              f"lingering sockets to expire: {detail}", unit=self.unit,
+                              action="wait", result="timeout", echo=False)
+            raise TimedOutError(f"{self.unit}: bind() still refused after "
+                                f"{service.timeout:.1f}s by lingering sockets ({detail}): "
+                                "they expire on their own; try again later")
         reports = self.app.observer.ports(list(ports))
         named = [describe_holder(h) for r in reports for h in (r.live or r.holders)]
         detail = "; ".join(named) or "a socket portguard cannot see"

@@ -222,5 +222,5 @@ def test_never_more_than_limit_allowed_inside_any_window(
         assert len(g) <= 3
     for times in allowed.values():
         for i, start in enumerate(times):  # any window that opens at an allowed one
-            inside = [t for t in times[i:] if t - start < window]
+            inside = [t for t in times[i:] if t < start + window]  # the guard's spelling
             assert len(inside) <= limit

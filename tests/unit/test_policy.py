@@ -234,7 +234,8 @@ def test_plan_under_warn_lists_the_tolerated_conflicts_and_acts_on_none() -> Non
 def test_plan_passes_bind_refused_to_lingering_sockets() -> None:
     svc = service(reuse_address=True)
     assert plan(svc, [LINGERING]).steps[0].action is Action.NONE
-    assert plan(svc, [LINGERING], bind_refused=True).steps[0].action is Action.WAIT
+    refused = {(LINGERING.port, LINGERING.proto)}
+    assert plan(svc, [LINGERING], bind_refused=refused).steps[0].action is Action.WAIT
 
 
 def test_an_empty_plan_has_no_steps() -> None:
