@@ -356,7 +356,8 @@ class Daemon:
         from portguard import metrics
 
         try:
-            metrics.write_atomic(path, self.reconciler.snapshot(self.config, result, took, at))
+            metrics.write_atomic(path, self.reconciler.snapshot(
+                self.config, result, took, at, processes.own_usage()))
         except OSError as exc:
             self.metrics_error = f"{path}: {exc.strerror or exc}"
             if self.metrics_error != told:  # once per distinct failure, not every pass

@@ -20,6 +20,14 @@ The metrics (all prefixed `portguard_`; every family has HELP and TYPE lines):
 | `last_pass_duration_seconds` | gauge | | how long the last pass took |
 | `last_pass_timestamp_seconds` | gauge | | Unix time the last pass finished |
 | `services` | gauge | | services in the config |
+| `process_resident_memory_bytes` | gauge | | the daemon's resident memory |
+| `process_cpu_seconds_total` | counter | | the daemon's user + system CPU time |
+| `process_open_fds` | gauge | | the daemon's open file descriptors |
+| `process_start_time_seconds` | gauge | | Unix time the daemon started |
+
+The `process_` families are the Prometheus client libraries' standard process metrics,
+prefixed like the rest: node_exporter exports its own unprefixed `process_*` series, and a
+textfile repeating them would be rejected.
 
 `service` is the config's key (`web@.service` for a template), `unit` the unit the port
 was checked for (`web@blue.service`). `port_holder_kind` is a state set, as
@@ -42,6 +50,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
+
+from portguard.model import Usage
 
 __all__ = ["KINDS", "PortSample", "Snapshot", "render", "write_atomic"]
 
@@ -72,6 +82,7 @@ class Snapshot(NamedTuple):
     last_pass_seconds: float
     last_pass_timestamp: float  # Unix time (time.time()) at the end of the pass
     services: int
+    own: Usage | None = None  # the daemon's own cost; None: left out of the file
 
 
 _HELP = {
@@ -88,6 +99,11 @@ _HELP = {
     "last_pass_timestamp_seconds": "Unix time at which the daemon's last reconcile pass"
                                    " ended.",
     "services": "Services declared in the daemon's config.",
+    "process_resident_memory_bytes": "Resident memory of the portguard daemon in bytes.",
+    "process_cpu_seconds_total": "User and system CPU time of the portguard daemon in"
+                                 " seconds.",
+    "process_open_fds": "Open file descriptors of the portguard daemon.",
+    "process_start_time_seconds": "Unix time at which the portguard daemon started.",
 }
 
 
@@ -171,6 +187,16 @@ def render(snapshot: Snapshot) -> str:
         family = _Family(name, "gauge")
         family.add(value)
         families.append(family)
+    if snapshot.own is not None:
+        own = snapshot.own
+        for name, kind, value in (
+                ("process_resident_memory_bytes", "gauge", own.rss_bytes),
+                ("process_cpu_seconds_total", "counter", own.cpu_seconds),
+                ("process_open_fds", "gauge", own.open_fds),
+                ("process_start_time_seconds", "gauge", own.started_at)):
+            family = _Family(name, kind)
+            family.add(value)
+            families.append(family)
     return "".join(line + "\n" for family in families for line in family.lines)
 
 

@@ -98,6 +98,15 @@ class Process(NamedTuple):
         return name
 
 
+class Usage(NamedTuple):
+    """What a process costs (the daemon's account of itself, for its metrics)."""
+
+    rss_bytes: int
+    cpu_seconds: float  # user + system
+    open_fds: int
+    started_at: float  # Unix time
+
+
 class Unit(NamedTuple):
     """What systemd says about a unit (or, without D-Bus, what its cgroup implies)."""
 

@@ -22,7 +22,7 @@ from portguard.app import App
 from portguard.config import Config
 from portguard.errors import PortguardError, TimedOutError
 from portguard.journal import Event, Journal, Priority
-from portguard.model import Holder
+from portguard.model import Holder, Usage
 from portguard.policy import Action, Plan
 from portguard.preflight import Preflight, describe_holder
 from portguard.preflight_act import describe_conflict
@@ -265,16 +265,16 @@ class Reconciler:
             holder_unit=key[1] if key[1].endswith(".service") else None, action="refuse",
             result="flapping")
 
-    def snapshot(self, config: Config, result: PassResult, took: float, at: float
-                 ) -> Snapshot:
-        """The metrics file's content after a pass."""
+    def snapshot(self, config: Config, result: PassResult, took: float, at: float,
+                 own: Usage | None = None) -> Snapshot:
+        """The metrics file's content after a pass (`own`: the daemon's own cost)."""
         from portguard.metrics import Snapshot
         names = [s.name for s in config.services]
         tripped = {k[0] for k in self.flap.tripped_keys() if isinstance(k, tuple)}
         return Snapshot(result.samples, {s: self.resolved_total.get(s, 0) for s in names},
                         {s: self.refused_total.get(s, 0) for s in names},
                         {s.name: any(s.matches(u) for u in tripped) for s in config.services},
-                        took, at, len(names))
+                        took, at, len(names), own)
 
     def _samples(self, checks: Sequence[Check]) -> tuple[PortSample, ...]:
         from portguard.metrics import PortSample

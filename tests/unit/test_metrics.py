@@ -24,6 +24,7 @@ import pytest
 
 from portguard import metrics
 from portguard.metrics import KINDS, PortSample, Snapshot, render, write_atomic
+from portguard.model import Usage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -367,17 +368,36 @@ def test_prometheus_client_parses_it_too() -> None:
             pytest.fail("CI=true and prometheus_client (test extra) is not installed")
         pytest.skip("prometheus_client not installed (test extra)")
     text = render(snapshot(ports=(PortSample('a"b\\c\nd', "u.service", 1, "tcp", True,
-                                             "twin"),)))
+                                             "twin"),), own=Usage(4096, 0.5, 3, 1.5)))
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     # prometheus_client names a counter family without _total
     assert set(fams) == {"portguard_port_held", "portguard_port_holder_kind",
                          "portguard_conflicts_resolved", "portguard_refusals",
                          "portguard_flapping", "portguard_last_pass_duration_seconds",
-                         "portguard_last_pass_timestamp_seconds", "portguard_services"}
+                         "portguard_last_pass_timestamp_seconds", "portguard_services",
+                         "portguard_process_resident_memory_bytes",
+                         "portguard_process_cpu_seconds", "portguard_process_open_fds",
+                         "portguard_process_start_time_seconds"}
     assert fams["portguard_conflicts_resolved"].type == "counter"
+    assert fams["portguard_process_cpu_seconds"].type == "counter"
     (held,) = fams["portguard_port_held"].samples
     assert held.labels["service"] == 'a"b\\c\nd' and held.value == 1
     assert fams["portguard_services"].samples[0].value == 3
+
+
+def test_the_daemons_own_cost_is_its_own_families() -> None:
+    own = Usage(rss_bytes=26_607_616, cpu_seconds=1.25, open_fds=9,
+                started_at=1_763_600_000.75)
+    fams = strict_parse(render(snapshot(own=own)))
+    assert value(fams, "portguard_process_resident_memory_bytes") == 26_607_616
+    assert value(fams, "portguard_process_cpu_seconds_total") == 1.25
+    assert fams["portguard_process_cpu_seconds_total"].type == "counter"
+    assert value(fams, "portguard_process_open_fds") == 9
+    assert value(fams, "portguard_process_start_time_seconds") == 1_763_600_000.75
+    # never node_exporter's own unprefixed process_* names: the file would be rejected
+    assert not any(name.startswith("process_") for name in fams)
+    without = strict_parse(render(snapshot()))
+    assert not any(name.startswith("portguard_process_") for name in without)
 
 
 # --- write_atomic -------------------------------------------------------------------------
