@@ -6,6 +6,9 @@
     make_sandbox   factory: make_sandbox(**Sandbox kwargs) -> a started Sandbox, e.g.
                    cgroup_layout="hybrid"; all stopped after the test
     uid            a short unique string, e.g. "k3f9a2"
+    case           a cases.Case in the module's sandbox: a preflight or daemon test's
+                   config, units and journal view; its units and strays go afterwards
+    fresh_case     the same in a sandbox of the test's own (`fresh_sandbox`)
 
 See sandbox.py for the Sandbox API. Every test in this directory is marked `sandbox`.
 Where a sandbox cannot run, its tests skip with the reason; with CI=true they fail
@@ -25,6 +28,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from cases import Case
 from sandbox import Sandbox
 
 HERE = Path(__file__).parent
@@ -78,3 +82,17 @@ def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
 @pytest.fixture
 def uid() -> str:
     return secrets.token_hex(3)
+
+
+@pytest.fixture
+def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
+    c = Case(sandbox, uid)
+    yield c
+    c.cleanup()
+
+
+@pytest.fixture
+def fresh_case(fresh_sandbox: Sandbox, uid: str) -> Iterator[Case]:
+    c = Case(fresh_sandbox, uid)
+    yield c
+    c.cleanup()

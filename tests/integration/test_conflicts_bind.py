@@ -178,6 +178,9 @@ DUAL, V6ONLY = Setup("::", v6only=False), Setup("::", v6only=True)
 LO6, MAPPED = Setup("::1"), Setup("::ffff:127.0.0.1", v6only=False)
 UDP_LO4 = Setup("127.0.0.1", UDP, reuse=False)
 ME = os.geteuid()
+# joining a SO_REUSEPORT group on 127.0.0.1 as this uid
+REUSEPORT_LO4 = intent("127.0.0.1", reuse_port=True, uid=ME)
+UDP_REUSEPORT_LO4 = intent("127.0.0.1", proto=UDP, reuse_address=False, reuse_port=True, uid=ME)
 
 PAIRS: dict[str, tuple[Setup, BindIntent, bool]] = {
     # TCP listener on 127.0.0.1
@@ -228,22 +231,10 @@ PAIRS: dict[str, tuple[Setup, BindIntent, bool]] = {
         True,
     ),
     # SO_REUSEPORT groups
-    "reuseport-same-uid": (
-        LO4._replace(reuseport=True),
-        intent("127.0.0.1", reuse_port=True, uid=ME),
-        False,
-    ),
-    "reuseport-overlapping-same-uid": (
-        ANY4._replace(reuseport=True),
-        intent("127.0.0.1", reuse_port=True, uid=ME),
-        False,
-    ),
+    "reuseport-same-uid": (LO4._replace(reuseport=True), REUSEPORT_LO4, False),
+    "reuseport-overlapping-same-uid": (ANY4._replace(reuseport=True), REUSEPORT_LO4, False),
     "reuseport-one-side": (LO4._replace(reuseport=True), intent("127.0.0.1"), True),
-    "reuseport-other-uid": (
-        LO4._replace(reuseport=True, uid=NOBODY),
-        intent("127.0.0.1", reuse_port=True, uid=ME),
-        True,
-    ),
+    "reuseport-other-uid": (LO4._replace(reuseport=True, uid=NOBODY), REUSEPORT_LO4, True),
     # UDP
     "udp-vs-same": (UDP_LO4, intent("127.0.0.1", proto=UDP), True),
     "udp-vs-any4": (UDP_LO4, intent("0.0.0.0", proto=UDP), True),
@@ -261,16 +252,9 @@ PAIRS: dict[str, tuple[Setup, BindIntent, bool]] = {
         intent("127.0.0.1", proto=UDP, reuse_address=False),
         True,
     ),
-    "udp-reuseport-same-uid": (
-        UDP_LO4._replace(reuseport=True),
-        intent("127.0.0.1", proto=UDP, reuse_address=False, reuse_port=True, uid=ME),
-        False,
-    ),
+    "udp-reuseport-same-uid": (UDP_LO4._replace(reuseport=True), UDP_REUSEPORT_LO4, False),
     "udp-reuseport-other-uid": (
-        UDP_LO4._replace(reuseport=True, uid=NOBODY),
-        intent("127.0.0.1", proto=UDP, reuse_address=False, reuse_port=True, uid=ME),
-        True,
-    ),
+        UDP_LO4._replace(reuseport=True, uid=NOBODY), UDP_REUSEPORT_LO4, True),
     "udp-dual-vs-any4": (
         Setup("::", UDP, reuse=False, v6only=False),
         intent("0.0.0.0", proto=UDP),

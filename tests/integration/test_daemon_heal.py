@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterator
 
-import pytest
-from sandbox import Sandbox, listener_argv, listener_exec
-from test_daemon_lifecycle import (
+from cases import (
     CONFLICT,
     FLAPPING,
     REFUSED,
@@ -32,20 +29,14 @@ from test_daemon_lifecycle import (
     SIGNAL,
     STOP_UNIT,
     SYSTEMD_STARTED,
-    DaemonCase,
+    Case,
     before,
     config,
 )
+from sandbox import listener_argv, listener_exec
 
 
-@pytest.fixture
-def case(sandbox: Sandbox, uid: str) -> Iterator[DaemonCase]:
-    c = DaemonCase(sandbox, uid)
-    yield c
-    c.cleanup()
-
-
-def test_a_unit_in_auto_restart_behind_a_stray_is_healed(case: DaemonCase) -> None:
+def test_a_unit_in_auto_restart_behind_a_stray_is_healed(case: Case) -> None:
     sb, port = case.sb, case.port()
     web = f"heal-{case.uid}.service"
     case.config(config(port, web))
@@ -80,7 +71,7 @@ def test_a_unit_in_auto_restart_behind_a_stray_is_healed(case: DaemonCase) -> No
     sb.wait_for(lambda: "1 resolved since start" in case.status_text(), 5, "the STATUS")
 
 
-def test_a_failed_unit_whose_twin_held_its_port_is_started_again(case: DaemonCase) -> None:
+def test_a_failed_unit_whose_twin_held_its_port_is_started_again(case: Case) -> None:
     sb, port = case.sb, case.port()
     template = f"tw-{case.uid}@.service"
     a, b = f"tw-{case.uid}@a.service", f"tw-{case.uid}@b.service"
@@ -88,9 +79,7 @@ def test_a_failed_unit_whose_twin_held_its_port_is_started_again(case: DaemonCas
     case.unit(template, "--port", str(port), guarded=False)  # Restart=no
     case.units += [a, b]
     assert case.start(case.daemon_unit()).returncode == 0
-    assert case.start(a).returncode == 0
-    case.wait_listening(port, case.main_pid(a))
-    twin = case.main_pid(a)
+    twin = case.start_listening(a, port)
     case.start(b)
 
     stopped = case.record(STOP_UNIT, b, holder_unit=a)
@@ -108,7 +97,7 @@ def test_a_failed_unit_whose_twin_held_its_port_is_started_again(case: DaemonCas
     case.wait_listening(port, case.main_pid(b))
 
 
-def test_two_twins_kept_fighting_trip_the_flap_guard(case: DaemonCase) -> None:
+def test_two_twins_kept_fighting_trip_the_flap_guard(case: Case) -> None:
     sb, port = case.sb, case.port()
     template = f"fight-{case.uid}@.service"
     a, b = f"fight-{case.uid}@a.service", f"fight-{case.uid}@b.service"
@@ -124,8 +113,7 @@ def test_two_twins_kept_fighting_trip_the_flap_guard(case: DaemonCase) -> None:
                   " done; sleep 1; done'\n")
     case.units += [fighter, a, b]
     assert case.start(case.daemon_unit()).returncode == 0
-    assert case.start(a).returncode == 0
-    case.wait_listening(port, case.main_pid(a))
+    case.start_listening(a, port)
     assert case.start(fighter).returncode == 0
 
     flapping = case.daemon_record(FLAPPING, timeout=25)
@@ -144,7 +132,7 @@ def test_two_twins_kept_fighting_trip_the_flap_guard(case: DaemonCase) -> None:
     assert f"flapping, not fought: {pair[0]} vs {pair[1]}" in case.status_text()
 
 
-def test_a_foreign_holder_is_never_touched_and_refused_once(case: DaemonCase) -> None:
+def test_a_foreign_holder_is_never_touched_and_refused_once(case: Case) -> None:
     sb, port = case.sb, case.port()
     web = f"fweb-{case.uid}.service"
     case.config(config(port, web))
@@ -172,7 +160,7 @@ def test_a_foreign_holder_is_never_touched_and_refused_once(case: DaemonCase) ->
 
 
 def test_a_stray_on_the_port_of_an_inactive_unit_is_reported_not_acted_on(
-        case: DaemonCase) -> None:
+        case: Case) -> None:
     sb, port = case.sb, case.port()
     web = f"idle-{case.uid}.service"
     metrics = f"/run/pgd-{case.uid}.prom"

@@ -7,100 +7,34 @@ then a fixed config (RELOADING=1 ... READY=1; the old config keeps running), the
 `systemctl stop` (STOPPING=1, gone within a second, even in the middle of a long pass),
 and a bad config at start (exit 78, never READY).
 
-The daemon runs from a minimal unit written here (`DaemonCase.daemon_unit`), named after
-the test, with its own config; the shipped systemd/portguard.service is tested on its own.
-test_daemon_heal.py imports DaemonCase.
+The daemon runs from the shipped unit plus a test drop-in (`Case.daemon_unit`, cases.py),
+named after the test, with its own config; the shipped systemd/portguard.service is
+tested on its own.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import pytest
-from sandbox import PYTHON, REPO, Sandbox, _cursor_position
-from test_preflight import CONFLICT, REFUSED, SIGNAL, STOP_UNIT, WAIT, Case, config
-
-# MESSAGE_IDs of the daemon's events (README "Journal"), spelled out: a changed id fails.
-CONFIG_ERROR = "9619d2ce1faf4c26b65cf1b21f2153f4"
-STARTED = "50df78044c0e45c0a806b058db7cdbba"
-RELOADED = "36f10409e50641afa9fcb493fa7f1bc9"
-RELOAD_FAILED = "190d1cd15f6641c7b8935e3545c49f7f"
-RESOLVED = "6550dfb63bd24c669011ebfc5fa96e9a"
-RESTARTED = "079ab1f707a54b2f94a198fa543f532a"
-FLAPPING = "b64a90c88375492ab53c0219c80d5e57"
-DEGRADED = "71685a1b3c8a4f5b9a6f5056c192bbed"
-STOPPING = "c05b8fff3fa74d0195d2b6f875af14eb"
-SYSTEMD_STARTED = "39f53479d3a045ac8e11786248231fbf"  # systemd's "Started UNIT"
-__all__ = ["CONFLICT", "REFUSED", "SIGNAL", "STOP_UNIT", "DaemonCase", "config"]
+from cases import (
+    CONFIG_ERROR,
+    CONFLICT,
+    DEGRADED,
+    RELOAD_FAILED,
+    RELOADED,
+    RESOLVED,
+    RESTARTED,
+    STARTED,
+    STOPPING,
+    SYSTEMD_STARTED,
+    WAIT,
+    Case,
+    before,
+    config,
+)
 
 
-class DaemonCase(Case):
-    """Case (test_preflight.py) plus a daemon unit of the test's own."""
-
-    def __init__(self, sb: Sandbox, uid: str) -> None:
-        super().__init__(sb, uid)
-        self.daemon = f"pgd-{uid}.service"
-
-    def write_config(self, text: str) -> None:
-        """Any text, valid or not (Case.config insists on a valid one)."""
-        self.sb.write_file(self.cfg, text)
-
-    def daemon_unit(self, *, watchdog: float = 2, extra: str = "") -> str:
-        """The shipped systemd/portguard.service, byte for byte, plus a drop-in that runs
-        this checkout's portguard on this test's config (and a short watchdog). The
-        checkout is bound in: under /tmp (CI's clean clone) PrivateTmp= would hide it."""
-        self.sb.write_file(f"/etc/systemd/system/{self.daemon}.d/test.conf", f"""\
-[Service]
-ExecStart=
-ExecStart={PYTHON} -m portguard --config {self.cfg} daemon
-Environment=PYTHONPATH={REPO}
-BindReadOnlyPaths={REPO}
-WatchdogSec={watchdog:g}
-LimitCORE=0
-TimeoutStopSec=5
-{extra}""")
-        self.sb.write_unit(self.daemon, (Path(REPO) / "systemd" / "portguard.service").read_text())
-        self.units.append(self.daemon)
-        return self.daemon
-
-    def status_text(self) -> str:
-        return self.sb.unit_property(self.daemon, "StatusText")
-
-    def daemon_record(self, message_id: str, timeout: float = 10, **fields: str | int
-                      ) -> dict[str, Any]:
-        """The daemon's record with this MESSAGE_ID (and fields), waiting for it."""
-        want = {f"PORTGUARD_{k.upper()}": str(v) for k, v in fields.items()}
-        return self.sb.wait_journal(
-            lambda r: r.get("MESSAGE_ID") == message_id and all(
-                r.get(k) == v for k, v in want.items()),
-            "SYSLOG_IDENTIFIER=portguard", since_cursor=self.cursor, timeout=timeout)
-
-    def of(self, message_id: str, **fields: str) -> list[dict[str, Any]]:
-        want = {f"PORTGUARD_{k.upper()}": v for k, v in fields.items()}
-        return [r for r in self.records(f"MESSAGE_ID={message_id}")
-                if all(r.get(k) == v for k, v in want.items())]
-
-    def systemd_says(self, unit: str, message_id: str, timeout: float = 10) -> dict[str, Any]:
-        return self.sb.wait_journal(lambda r: r.get("MESSAGE_ID") == message_id,
-                                    f"UNIT={unit}", since_cursor=self.cursor, timeout=timeout)
-
-
-def before(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Record a went into the journal before record b (seqnum order)."""
-    return _cursor_position(a["__CURSOR"])[1] < _cursor_position(b["__CURSOR"])[1]
-
-
-@pytest.fixture
-def case(sandbox: Sandbox, uid: str) -> Iterator[DaemonCase]:
-    c = DaemonCase(sandbox, uid)
-    yield c
-    c.cleanup()
-
-
-def test_ready_only_after_the_first_pass_which_heals_what_it_finds(case: DaemonCase) -> None:
+def test_ready_only_after_the_first_pass_which_heals_what_it_finds(case: Case) -> None:
     sb, port = case.sb, case.port()
     web = f"slowweb-{case.uid}.service"
     case.config(config(port, web) + "daemon:\n  restart: true\n")
@@ -132,7 +66,7 @@ def test_ready_only_after_the_first_pass_which_heals_what_it_finds(case: DaemonC
            "last pass at " in shown, shown
 
 
-def test_status_reload_broken_then_fixed_config_and_stop(case: DaemonCase) -> None:
+def test_status_reload_broken_then_fixed_config_and_stop(case: Case) -> None:
     sb, port = case.sb, case.port()
     one = f"one-{case.uid}.service"
     case.config(config(port, one))
@@ -182,7 +116,7 @@ def test_status_reload_broken_then_fixed_config_and_stop(case: DaemonCase) -> No
     case.daemon_record(STOPPING)
 
 
-def test_a_bad_config_at_start_exits_78_before_ready(case: DaemonCase) -> None:
+def test_a_bad_config_at_start_exits_78_before_ready(case: Case) -> None:
     case.write_config("services:\n  web.service:\n    ports: [\"8080\"]\n    polcy: stop\n")
     daemon = case.daemon_unit()
     started = case.start(daemon)
@@ -194,7 +128,7 @@ def test_a_bad_config_at_start_exits_78_before_ready(case: DaemonCase) -> None:
     assert not case.of(STARTED)
 
 
-def test_stop_in_the_middle_of_a_long_pass_is_still_quick(case: DaemonCase) -> None:
+def test_stop_in_the_middle_of_a_long_pass_is_still_quick(case: Case) -> None:
     sb, port = case.sb, case.port()
     web = f"waitweb-{case.uid}.service"
     # policy wait with a long timeout: the first pass waits for the stray to go.
@@ -216,7 +150,7 @@ def test_stop_in_the_middle_of_a_long_pass_is_still_quick(case: DaemonCase) -> N
     assert sb.pid_alive(stray)  # policy wait: never touched
 
 
-def test_the_watchdog_restarts_a_daemon_whose_loop_hangs(case: DaemonCase) -> None:
+def test_the_watchdog_restarts_a_daemon_whose_loop_hangs(case: Case) -> None:
     sb = case.sb
     case.config(config(case.port(), f"wd-{case.uid}.service"))
     daemon = case.daemon_unit(watchdog=1, extra="Environment=PORTGUARD_TEST_HANG_AFTER=1\n"
@@ -235,7 +169,7 @@ def test_the_watchdog_restarts_a_daemon_whose_loop_hangs(case: DaemonCase) -> No
     assert time.monotonic() - t0 < 1.0
 
 
-def test_without_dbus_it_runs_reports_and_says_so(case: DaemonCase) -> None:
+def test_without_dbus_it_runs_reports_and_says_so(case: Case) -> None:
     sb, port = case.sb, case.port()
     web = f"nodbus-{case.uid}.service"
     case.config(config(port, web) + "daemon:\n  interval: 1s\n")

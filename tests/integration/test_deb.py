@@ -11,8 +11,8 @@ Issue 6, item 1. Once per module (so once per session: nothing else uses it):
    Debian's repositories (python3-pystemd 0.11, python3-psutil 5.9, python3-sdnotify
    0.3.1, ...) into its own archive cache: the booted root has no network.
 3. systemd 252 boots as PID 1 of fresh namespaces with that root as `/` (pivot_root), the
-   way tests/integration/sandbox.py boots one on the host's `/` (`DebRoot` below reuses
-   its whole API and changes only the boot script; see ROOT_BOOT_SCRIPT).
+   way tests/integration/sandbox.py boots one on the host's `/` (`DebRoot` reuses
+   its whole API and changes only the boot script; see debroot.py).
 4. Inside, with systemd running: `dpkg -i portguard.deb` (its dependencies are missing,
    so it stays unconfigured) and `apt-get install -f` (offline, from the cache), so the
    maintainer scripts run against a live systemd, as on a real host.
@@ -27,28 +27,23 @@ Then the tests, in file order (they share the root; the last one removes the pac
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cases import CONFLICT, SIGNAL
+from cases import RELOADED as DAEMON_RELOADED
+from cases import STARTED as DAEMON_STARTED
 from conftest import require_sandbox
-from sandbox import BASE_ENV, REPO, Sandbox, SandboxError
-
-# MESSAGE_IDs (README "Journal"), spelled out: a changed id fails.
-CONFLICT = "d74d81e4b74f43ecb06f332d7e10fca9"
-SIGNAL = "b7876e4d57b34eef99981e9da9de1233"
-DAEMON_STARTED = "50df78044c0e45c0a806b058db7cdbba"
-DAEMON_RELOADED = "36f10409e50641afa9fcb493fa7f1bc9"
+from debroot import PREPARE_SCRIPT, DebRoot, remove_stale, rmtree_layers
+from sandbox import BASE_ENV, REPO
 
 CI = os.environ.get("CI", "").lower() == "true"
 PKG_DIR = "/var/cache/portguard-test"  # inside the root: the .deb under test
@@ -58,97 +53,6 @@ DSH_STATE = "/var/lib/systemd/deb-systemd-helper-enabled/portguard.service.dsh-a
 # Debian 12's versions: the package must work with exactly these.
 DEBIAN_VERSIONS = {"python3-pystemd": "0.11.", "python3-sdnotify": "0.3.1",
                    "python3-psutil": "5.9.", "python3-yaml": "6.0"}
-# The stock targets (seeded empty by the sandbox) whose .wants/ in the root's /lib and
-# /etc would pull the host's units (udev, tmpfiles, timesyncd, getty, ...) into the boot.
-WANTS_OF = ("sysinit", "basic", "sockets", "local-fs", "local-fs-pre", "swap", "timers",
-            "paths", "slices", "network", "network-online", "multi-user", "getty",
-            "graphical", "default", "cryptsetup", "remote-fs")
-
-# Runs in a mount namespace of its own (the host's network): the overlay root, then
-# apt-get --download-only of the package's dependencies into the root's archive cache.
-PREPARE_SCRIPT = r"""
-set -eu
-L=$1; deb=$2
-R=$L/merged
-mount -t overlay portguard-debroot -o "lowerdir=/,upperdir=$L/upper,workdir=$L/work" "$R"
-mount -t proc proc "$R/proc"
-mount --rbind /dev "$R/dev"
-mount --rbind /sys "$R/sys"
-mount -t tmpfs -o mode=0755 debroot-run "$R/run"
-mount -t tmpfs -o mode=1777 debroot-tmp "$R/tmp"
-mount -t tmpfs -o mode=0755 debroot-usr-local "$R/usr/local"
-# A machine that never had portguard; invoke-rc.d/deb-systemd-invoke allowed to start
-# services (a container image's policy-rc.d forbids it); no man-db index rebuilds.
-rm -rf "$R/etc/portguard"
-rm -f "$R/usr/sbin/policy-rc.d" "$R/var/lib/man-db/auto-update"
-if chroot "$R" dpkg-query -W -f='${Status}' portguard 2>/dev/null | grep -q installed; then
-    chroot "$R" dpkg --purge portguard
-fi
-mkdir -p "$R/var/cache/portguard-test"
-cp "$deb" "$R/var/cache/portguard-test/"
-debname=/var/cache/portguard-test/${deb##*/}
-download() {
-    chroot "$R" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-        DEBIAN_FRONTEND=noninteractive ${http_proxy:+http_proxy=$http_proxy} \
-        ${https_proxy:+https_proxy=$https_proxy} \
-        apt-get install -y -q --download-only --no-install-recommends "$debname"
-}
-if ! download; then
-    echo "--- apt-get update (the package lists may be stale), then again" >&2
-    chroot "$R" apt-get update -q || true
-    download
-fi
-"""
-
-# PID 1 of the sandbox's namespaces (cwd: the sandbox's staging dir), in place of
-# sandbox.py's BOOT_SCRIPT: the same mounts, but on the overlay root, then pivot_root.
-ROOT_BOOT_SCRIPT = r"""
-set -eu
-layout=$1; shift
-L=$(cat layers); repo=$(cat repo)
-R=$L/merged
-mount -t overlay portguard-debroot -o "lowerdir=/,upperdir=$L/upper,workdir=$L/work" "$R"
-mount --rbind /dev "$R/dev"
-mount -t proc proc "$R/proc"
-mount --rbind /sys "$R/sys"
-for d in run tmp var/tmp dev/shm etc/systemd/system usr/local; do
-    mount -t tmpfs -o mode=0755,nosuid,nodev "debroot-$(basename "$d")" "$R/$d"
-done
-chmod 1777 "$R/tmp" "$R/var/tmp" "$R/dev/shm"
-case "$repo" in  # the checkout (and its venv) must not be what runs: hide it
-    /run/*|/tmp/*|/var/tmp/*|/usr/local/*) ;;
-    *) mount -t tmpfs -o mode=0755,ro debroot-repo "$R$repo" ;;
-esac
-mkdir -p "$R/run/systemd/system" "$R/run/portguard-sandbox/spawn" "$R/run/portguard-debroot/masks" \
-    "$R/etc/systemd/journald.conf.d"
-cp -a units "$R/run/portguard-sandbox/units"
-cp journald.conf "$R/etc/systemd/journald.conf.d/50-portguard-sandbox.conf"
-cp hostname "$R/etc/hostname"
-for t in $(cat wants-of); do
-    for w in "$R/lib/systemd/system/$t.target.wants/"* "$R/etc/systemd/system/$t.target.wants/"*; do
-        n=${w##*/}
-        [ -e "$w" ] || [ -L "$w" ] || continue
-        [ -e "$R/run/portguard-sandbox/units/$n" ] && continue
-        ln -sf /dev/null "$R/run/portguard-debroot/masks/$n"
-    done
-done
-touch console; mount --no-canonicalize --bind console "$R/dev/console"
-mount --bind "$R/proc/sys" "$R/proc/sys"
-mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
-mount -o remount,bind,ro "$R/proc/sys"
-umount -R "$R/sys/fs/cgroup" 2>/dev/null || true
-mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
-ip link set lo up
-mkdir "$R/run/portguard-debroot/oldroot"
-cd "$R"
-pivot_root . run/portguard-debroot/oldroot
-umount -l /run/portguard-debroot/oldroot
-rmdir /run/portguard-debroot/oldroot
-cd /
-units=/etc/systemd/system:/run/portguard-debroot/masks:/run/portguard-sandbox/units
-exec env -i container=portguard-test PATH="$PATH" LANG=C.UTF-8 \
-    SYSTEMD_UNIT_PATH=$units:/lib/systemd/system /usr/bin/systemd --unit=portguard-sandbox.target
-"""
 
 WEBD_SOURCE = """\
 import signal, socket, sys, time
@@ -161,27 +65,6 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 while True:
     time.sleep(3600)
 """
-
-
-class DebRoot(Sandbox):
-    """A Sandbox whose `/` is the overlay root in `layers` (upper/, work/, merged/)."""
-
-    def __init__(self, layers: Path, **kwargs: Any) -> None:
-        super().__init__(boot_script=ROOT_BOOT_SCRIPT, stage_files={
-            "layers": str(layers), "repo": str(REPO), "wants-of": " ".join(WANTS_OF)},
-            **kwargs)
-        self.layers = layers
-        self.install_log = ""  # dpkg -i and apt-get install -f, as they printed it
-
-    def put(self, path: str, text: str, mode: int = 0o644) -> None:
-        """Write a file anywhere in the root (root-owned), as a root shell would."""
-        self.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && umask 022 && cat >"$1" '
-                  '&& chmod "$2" "$1"', "put", path, f"{mode:o}"], input=text, check=True)
-
-    def sh(self, script: str, check: bool = True, timeout: float = 120
-           ) -> subprocess.CompletedProcess[str]:
-        return self.run(["sh", "-c", script], check=check, timeout=timeout,
-                        env={"DEBIAN_FRONTEND": "noninteractive"})
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -208,28 +91,11 @@ def deb() -> Path:
     return path
 
 
-def _remove_stale() -> None:
-    """Layer dirs of a test run that was killed (its pid is gone): nothing is mounted
-    there on the host (the mounts lived in its namespaces, which died with it)."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(tempfile.gettempdir()):
-            parts = entry.name.split("-")
-            if entry.name.startswith("portguard-debroot-") and len(parts) > 2 \
-                    and parts[2].isdigit() and not os.path.exists(f"/proc/{parts[2]}"):
-                _rmtree_layers(Path(entry.path))
-
-
-def _rmtree_layers(path: Path) -> None:
-    if os.path.ismount(path / "merged"):  # never: mounts are private; but never follow one
-        raise SandboxError(f"{path}/merged is a mount point on the host; not removing")
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def debroot(deb: Path) -> Iterator[DebRoot]:
     """The isolated root with systemd running and the package installed (dpkg -i, then
     apt-get install -f); removed with everything in it afterwards."""
-    _remove_stale()
+    remove_stale()
     layers = Path(tempfile.mkdtemp(prefix=f"portguard-debroot-{os.getpid()}-"))
     sb: DebRoot | None = None
     try:
@@ -255,7 +121,7 @@ def debroot(deb: Path) -> Iterator[DebRoot]:
     finally:
         if sb is not None:
             sb.stop()
-        _rmtree_layers(layers)
+        rmtree_layers(layers)
 
 
 def _install(sb: DebRoot, deb: Path) -> str:

@@ -1,6 +1,6 @@
 """Faults around portguard (issue 7, item 2): the system bus or the journal is gone.
 
-Each test boots a sandbox of its own (`fresh_sandbox`): it stops dbus or journald, which a
+Each test boots a sandbox of its own (`fresh_case`): it stops dbus or journald, which a
 shared sandbox must keep. Every test asserts the exit status, what is said (stderr, the
 journal or the records on stderr) and that nothing wrong was signalled: the pids that
 must survive are checked by pid.
@@ -21,8 +21,7 @@ import re
 import time
 from typing import Any
 
-from sandbox import Sandbox
-from test_preflight import (
+from cases import (
     ACTING,
     CONFLICT,
     PORTS_CLEAR,
@@ -31,6 +30,7 @@ from test_preflight import (
     Case,
     config,
 )
+from sandbox import Sandbox
 
 
 def stop_dbus(sb: Sandbox) -> None:
@@ -46,10 +46,8 @@ def no_portguard_action(case: Case) -> None:
 
 
 def test_without_dbus_who_uses_cgroups_and_a_twin_is_refused_not_killed(
-        fresh_sandbox: Sandbox, uid: str) -> None:
-    sb = fresh_sandbox
-    case = Case(sb, uid)
-    port = case.port()
+        fresh_case: Case) -> None:
+    case, sb, uid, port = fresh_case, fresh_case.sb, fresh_case.uid, fresh_case.port()
     template = f"nb-{uid}@.service"
     a, b = f"nb-{uid}@a.service", f"nb-{uid}@b.service"
     case.config(config(port, template))
@@ -104,14 +102,11 @@ def test_without_dbus_who_uses_cgroups_and_a_twin_is_refused_not_killed(
     assert all(sb.pid_alive(pid) for pid in twin_pids)
     assert REFUSED in [r["MESSAGE_ID"] for r in case.unit_journal(b)]
     no_portguard_action(case)
-    case.cleanup()
 
 
 def test_without_dbus_the_units_user_is_unknown_so_a_copy_is_not_a_stray(
-        fresh_sandbox: Sandbox, uid: str) -> None:
-    sb = fresh_sandbox
-    case = Case(sb, uid)
-    port = case.port()
+        fresh_case: Case) -> None:
+    case, sb, uid, port = fresh_case, fresh_case.sb, fresh_case.uid, fresh_case.port()
     unit = f"usr-{uid}.service"
     case.config(config(port, unit, extra=f'duplicates:\n  commands: ["*--port {port}"]'))
     case.unit(unit, "--port", str(port), extra="User=nobody\n", guarded=False)
@@ -129,7 +124,6 @@ def test_without_dbus_the_units_user_is_unknown_so_a_copy_is_not_a_stray(
     refused = case.record(REFUSED, unit, holder_pid=copy)
     assert refused["PORTGUARD_HOLDER_KIND"] == "foreign"
     no_portguard_action(case)
-    case.cleanup()
 
 
 # -- journald stopped ----------------------------------------------------------------------
@@ -168,10 +162,8 @@ def assert_signal_records(records: list[dict[str, Any]], unit: str, port: int,
 
 
 def test_without_journald_records_go_to_stderr_with_their_fields(
-        fresh_sandbox: Sandbox, uid: str) -> None:
-    sb = fresh_sandbox
-    case = Case(sb, uid)
-    port = case.port()
+        fresh_case: Case) -> None:
+    case, sb, uid, port = fresh_case, fresh_case.sb, fresh_case.uid, fresh_case.port()
     unit = f"nj-{uid}.service"
     case.config(config(port, unit))
     sb.systemctl("stop", "systemd-journald.socket", "systemd-journald.service", check=True)
@@ -190,13 +182,10 @@ def test_without_journald_records_go_to_stderr_with_their_fields(
     assert_signal_records(stderr_records(done.stderr), unit, port, stray)
 
     stray = case.spawn(port)  # again, now as the unit's ExecStartPre=
-    started = case.start(unit)
-    assert started.returncode == 0, started.stderr
-    assert case.state(unit) == "active"
+    case.start_active(unit)
     assert not sb.pid_alive(stray)
     logged = sb.read_file(err)
     assert "Traceback" not in logged
     assert_signal_records(stderr_records(logged), unit, port, stray)
     assert sb.pid_alive(bystander)
     assert sb.pid_alive(case.main_pid(unit))
-    case.cleanup()

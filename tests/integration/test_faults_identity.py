@@ -20,25 +20,16 @@ test_faults_limits.py has the faults of portguard's own means (fds, /proc).
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
+from cases import PORTS_CLEAR, REFUSED, SIGNAL, Case, config
 from sandbox import BASE_ENV, PYTHON, REPO, Sandbox, listener_argv
 from test_faults_stop import NOBODY, SYSTEM_PYTHON, Paused
-from test_preflight import PORTS_CLEAR, REFUSED, SIGNAL, Case, config
 
 IDENTITY_CHANGED = "8ad43760f38648719a0731aee8185aca"
 SIGNAL_PROCESS = "portguard.preflight_act:signal_process"
-
-
-@pytest.fixture
-def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
-    c = Case(sandbox, uid)
-    yield c
-    c.cleanup()
 
 
 def gone(sb: Sandbox, pid: int) -> bool:
@@ -51,11 +42,6 @@ def running(sb: Sandbox, pid: int) -> bool:
     process whose innermost pid namespace is a nested one)."""
     stat = sb.run(["cat", f"/proc/{pid}/stat"]).stdout
     return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def listening_pids(sb: Sandbox, port: int) -> set[int]:
-    out = sb.run(["ss", "-Htlnp", f"sport = :{port}"]).stdout
-    return {int(p) for p in re.findall(r"pid=(\d+),", out)}
 
 
 def signals_sent(case: Case, unit: str) -> list[dict[str, str]]:
@@ -86,23 +72,30 @@ def test_signal_process_refuses_a_pid_whose_start_time_changed(case: Case) -> No
     assert (outcome["result"], outcome["signalled"]) == ("identity-changed", [])
     assert f"pid {holder} is now another process" in outcome["detail"]
     time.sleep(0.3)
-    assert sb.pid_alive(holder) and listening_pids(sb, port) == {holder}
+    assert sb.pid_alive(holder) and sb.listening_pids(port) == {holder}
     # the control: with the start time it really has, the same call signals it
     done = sb.python(STALE, str(holder), str(port), "0", check=True)
     assert json.loads(done.stdout)["result"] == "exited"
     assert not sb.pid_alive(holder)
 
 
-def test_a_holder_that_exits_between_scan_and_signal_is_not_signalled(case: Case) -> None:
+def stray_gone_while_paused(case: Case, name: str) -> tuple[str, int, Paused]:
+    """A unit, a stray on its port, and preflight held just before it signals the stray,
+    which is then killed and reaped: (unit, the stray's pid, the held run)."""
     sb, port = case.sb, case.port()
-    unit = f"gone-{case.uid}.service"
+    unit = f"{name}-{case.uid}.service"
     case.config(config(port, unit))
     case.unit(unit, "--port", str(port))
     stray = case.spawn(port)
     run = Paused(sb, case.uid, SIGNAL_PROCESS, "--config", case.cfg, "preflight", unit)
-    run.wait_paused()
+    run.wait_paused()  # it inspected `stray`: pid, start time, socket
     sb.kill(stray)
     sb.wait_for(lambda: gone(sb, stray), 5, f"pid {stray} to be reaped")
+    return unit, stray, run
+
+
+def test_a_holder_that_exits_between_scan_and_signal_is_not_signalled(case: Case) -> None:
+    unit, stray, run = stray_gone_while_paused(case, "gone")
     done = run.go()
     assert done.returncode == 0, done.stdout + done.stderr
     record = case.record(SIGNAL, unit, holder_pid=stray)
@@ -139,15 +132,8 @@ def spawn_at_pid(sb: Sandbox, pid: int, argv: list[str]) -> int:
 
 
 def test_a_pid_reused_by_a_new_process_of_the_same_name_is_not_signalled(case: Case) -> None:
-    sb, port = case.sb, case.port()
-    unit = f"reuse-{case.uid}.service"
-    case.config(config(port, unit))
-    case.unit(unit, "--port", str(port))
-    stray = case.spawn(port)
-    run = Paused(sb, case.uid, SIGNAL_PROCESS, "--config", case.cfg, "preflight", unit)
-    run.wait_paused()  # it inspected `stray`: pid, start time, socket
-    sb.kill(stray)
-    sb.wait_for(lambda: gone(sb, stray), 5, f"pid {stray} to be reaped")
+    sb = case.sb
+    unit, stray, run = stray_gone_while_paused(case, "reuse")
     other = case.port()  # the same program and name, on another port
     impostor = spawn_at_pid(sb, stray, listener_argv("--port", str(other)))
     case.pids.append(impostor)
@@ -156,7 +142,7 @@ def test_a_pid_reused_by_a_new_process_of_the_same_name_is_not_signalled(case: C
 
     done = run.go()
     assert done.returncode == 0, done.stdout + done.stderr  # the port itself is free
-    assert sb.pid_alive(impostor) and listening_pids(sb, other) == {impostor}
+    assert sb.pid_alive(impostor) and sb.listening_pids(other) == {impostor}
     changed = case.record(IDENTITY_CHANGED, unit, holder_pid=stray)
     assert (changed["PORTGUARD_ACTION"], changed["PORTGUARD_RESULT"]) == \
         ("none", "identity-changed")
@@ -196,7 +182,7 @@ def test_another_users_process_named_like_the_service_is_foreign(case: Case) -> 
     refused = case.record(REFUSED, unit, holder_pid=holder)
     assert (refused["PORTGUARD_HOLDER_KIND"], refused["PORTGUARD_ACTION"]) == \
         ("foreign", "refuse")
-    assert sb.pid_alive(holder) and listening_pids(sb, port) == {holder}
+    assert sb.pid_alive(holder) and sb.listening_pids(port) == {holder}
     assert not signals_sent(case, unit)
 
 
@@ -210,7 +196,7 @@ def test_a_copy_in_another_pid_namespace_is_never_touched(case: Case) -> None:
     wrapper = sb.spawn(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--",
                         *listener_argv("--port", str(port))])
     case.pids.append(wrapper)
-    holder = sb.wait_for(lambda: next(iter(listening_pids(sb, port)), None), 10,
+    holder = sb.wait_for(lambda: next(iter(sb.listening_pids(port)), None), 10,
                          "the namespaced copy to listen")
     case.pids.append(holder)
     assert sb.run(["test", f"/proc/{holder}/ns/pid", "-ef", "/proc/1/ns/pid"]).returncode != 0
@@ -222,7 +208,7 @@ def test_a_copy_in_another_pid_namespace_is_never_touched(case: Case) -> None:
     assert (refused["PORTGUARD_HOLDER_KIND"], refused["PORTGUARD_ACTION"]) == \
         ("stray", "refuse")
     assert running(sb, holder) and running(sb, wrapper)
-    assert listening_pids(sb, port) == {holder}
+    assert sb.listening_pids(port) == {holder}
     assert not signals_sent(case, unit)
 
 
@@ -265,7 +251,7 @@ def test_a_duplicate_that_takes_the_port_again_is_reported_not_fought(case: Case
     t0 = time.monotonic()
     done = case.preflight(unit)
     took = time.monotonic() - t0
-    after = listening_pids(sb, port)
+    after = sb.listening_pids(port)
     case.pids += sorted(after)
     assert done.returncode == 1, done.stdout + done.stderr
     assert took < 6  # the 3 s budget, then it gives up: no loop

@@ -16,22 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
-import pytest
+from cases import CONFLICT, REFUSED, Case, config
 from sandbox import PYTHON, REPO, Sandbox
-from test_faults_identity import gone, listening_pids, shared_copy, signals_sent
+from test_faults_identity import gone, shared_copy, signals_sent
 from test_faults_stop import NOBODY, SITE, SYSTEM_PYTHON
-from test_preflight import CONFLICT, REFUSED, Case, config
 
 PIDFD_FAILED = re.compile(r"os\.pidfd_open\(|cannot open a pidfd")  # today's trace, or a message
-
-
-@pytest.fixture
-def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
-    c = Case(sandbox, uid)
-    yield c
-    c.cleanup()
 
 
 # -- portguard's own means fail -----------------------------------------------------------
@@ -112,7 +103,7 @@ def test_a_holder_portguard_cannot_read_is_unknown_and_refused(case: Case) -> No
     refused = case.record(REFUSED, unit, result="blocked")
     assert refused["PORTGUARD_HOLDER_KIND"] == "foreign"
     assert "PORTGUARD_HOLDER_PID" not in refused
-    assert sb.pid_alive(copy) and listening_pids(sb, port) == {copy}
+    assert sb.pid_alive(copy) and sb.listening_pids(port) == {copy}
     assert not signals_sent(case, unit)
     conflict = case.record(CONFLICT, unit, action="refuse", result="planned")
     assert "holder unknown" in conflict["MESSAGE"]

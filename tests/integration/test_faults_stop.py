@@ -24,12 +24,11 @@ import os
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from subprocess import CompletedProcess
 
 import pytest
-from sandbox import REPO, Sandbox, listener_exec
-from test_preflight import (
+from cases import (
     ACTING,
     CONFLICT,
     KILL,
@@ -40,18 +39,12 @@ from test_preflight import (
     Case,
     config,
 )
+from sandbox import REPO, Sandbox, listener_exec
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not reach the venv's interpreter
 SITE = sysconfig.get_paths()["purelib"]  # pystemd, PyYAML: world-readable, same ABI
 MANAGE_UNITS = "org.freedesktop.systemd1.manage-units"
-
-
-@pytest.fixture
-def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
-    c = Case(sandbox, uid)
-    yield c
-    c.cleanup()
 
 
 def nobody_portguard(sb: Sandbox, uid: str, *, caps: Sequence[str] = ()
@@ -150,9 +143,7 @@ def twin(case: Case, name: str, *, unit: str = "", service: str = "",
     case.sb.write_unit(template, f"[Unit]\n{unit}[Service]\n"
                                  f"ExecStart={listener_exec('--port', str(port))}\n{service}")
     case.units += [a, b]
-    assert case.start(a).returncode == 0
-    pid = case.main_pid(a)
-    case.wait_listening(port, pid)
+    case.start_listening(a, port)
     return port, a, b, case.unit_pids(a)
 
 
@@ -298,8 +289,7 @@ def test_a_twin_unloaded_between_scan_and_stopunit_counts_as_gone(case: Case) ->
     unit, legacy = f"app-{case.uid}.service", f"legacy-{case.uid}.service"
     case.config(config(port, unit, extra=f"duplicates:\n  units: [{legacy}]"))
     case.unit(legacy, "--port", str(port), guarded=False)
-    assert case.start(legacy).returncode == 0
-    case.wait_listening(port, case.main_pid(legacy))
+    case.start_listening(legacy, port)
 
     run = Paused(sb, case.uid, "portguard.units:Systemd.stop_unit",
                  "--config", case.cfg, "preflight", unit)

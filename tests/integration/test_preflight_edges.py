@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 
-import pytest
-from sandbox import PYTHON, Sandbox
-from test_preflight import (
+from cases import (
     CONFLICT,
     KILL,
     PORTS_CLEAR,
@@ -25,14 +22,7 @@ from test_preflight import (
     config,
     ids,
 )
-
-
-@pytest.fixture
-def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
-    c = Case(sandbox, uid)
-    yield c
-    c.cleanup()
-
+from sandbox import PYTHON
 
 # -- 5. holders that do not stop on SIGTERM at once ----------------------------------------
 
@@ -44,12 +34,8 @@ def test_a_holder_ignoring_sigterm_is_killed_after_kill_after(case: Case) -> Non
     case.unit(unit, "--port", str(port), "--ignore-term")
     stray = case.spawn(port, "--ignore-term")
 
-    t0 = time.monotonic()
-    started = case.start(unit)
-    took = time.monotonic() - t0
-    assert started.returncode == 0, started.stderr
+    took = case.start_active(unit)
     assert 1.0 <= took < 6
-    assert case.state(unit) == "active"
     assert not sb.pid_alive(stray)
 
     signalled = case.record(SIGNAL, unit, holder_pid=stray)
@@ -76,17 +62,12 @@ def test_a_twin_leaving_a_remnant_is_killed_with_killunit_after_kill_after(case:
     case.unit(template, "--port", str(port), "--workers", "1",
               extra="KillMode=process\nKillSignal=SIGKILL\n")
     case.units += [a, b]
-    assert case.start(a).returncode == 0
-    case.wait_listening(port, case.main_pid(a))
+    case.start_listening(a, port)
     a_pids = case.unit_pids(a)
     assert len(a_pids) == 2
 
-    t0 = time.monotonic()
-    started = case.start(b)
-    took = time.monotonic() - t0
-    assert started.returncode == 0, started.stderr
+    took = case.start_active(b)
     assert 1.0 <= took < 6
-    assert case.state(b) == "active"
     assert case.state(a) in ("inactive", "failed")
     assert not any(sb.pid_alive(p) for p in a_pids)
     assert case.record(STOP_UNIT, b, holder_unit=a)["PORTGUARD_RESULT"] == "done"
@@ -105,16 +86,10 @@ def test_a_twin_ignoring_sigterm_is_killed_after_kill_after(case: Case) -> None:
     case.config(config(port, template, extra="timeout: 4s"))  # kill_after: 1s
     case.unit(template, "--port", str(port), "--ignore-term")
     case.units += [a, b]
-    assert case.start(a).returncode == 0
-    a_pid = case.main_pid(a)
-    case.wait_listening(port, a_pid)
+    a_pid = case.start_listening(a, port)
 
-    t0 = time.monotonic()
-    started = case.start(b)
-    took = time.monotonic() - t0
-    assert started.returncode == 0, started.stderr
+    took = case.start_active(b)
     assert took < 3.5
-    assert case.state(b) == "active"
     assert not sb.pid_alive(a_pid)
     assert case.state(a) in ("inactive", "failed")
     killed = case.record(KILL, b, holder_unit=a)
@@ -137,12 +112,8 @@ def test_a_stopped_holder_gets_sigcont_and_exits_on_sigterm(case: Case) -> None:
     sb.wait_for(lambda: {case.proc_state(parent), case.proc_state(worker)} == {"T"}, 5,
                 "both to be stopped")
 
-    t0 = time.monotonic()
-    started = case.start(unit)
-    took = time.monotonic() - t0
-    assert started.returncode == 0, started.stderr
+    took = case.start_active(unit)
     assert took < 4.5
-    assert case.state(unit) == "active"
     assert not sb.pid_alive(parent) and not sb.pid_alive(worker)
 
     signalled = case.record(SIGNAL, unit, holder_pid=parent, action="signal")
@@ -228,8 +199,7 @@ def test_time_wait_does_not_block_a_service_setting_so_reuseaddr(case: Case) -> 
     assert time.monotonic() - t0 < 3
     case.record(PORTS_CLEAR, unit, result="clear")
     assert not [r for r in case.records(unit=unit) if r["MESSAGE_ID"] in (WAIT, TIMED_OUT)]
-    assert case.start(unit).returncode == 0  # and bind() agrees
-    assert case.state(unit) == "active"
+    case.start_active(unit)  # and bind() agrees
 
 
 def test_time_wait_blocks_a_service_without_so_reuseaddr_until_timeout(case: Case) -> None:

@@ -28,11 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cases import CONFLICT, PORTS_CLEAR, wait_record
 from sandbox import PYTHON, REPO, Sandbox, listener_argv, listener_exec
-
-# MESSAGE_IDs: the contract (README "Journal"), spelled out so a changed id fails here.
-PORTS_CLEAR = "718392d18d1d40e2a9e43cb92f8fe39d"
-CONFLICT = "d74d81e4b74f43ecb06f332d7e10fca9"
 
 NO_BUS = "unix:path=/nonexistent"
 _IMPORT_LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \| (.*)$")
@@ -87,15 +84,8 @@ class Scene:
         return pid
 
     def record(self, message_id: str, unit: str, **fields: str) -> dict[str, Any]:
-        want = {f"PORTGUARD_{k.upper()}": v for k, v in fields.items()}
-
-        def match(r: dict[str, Any]) -> bool:
-            return r.get("MESSAGE_ID") == message_id and all(
-                r.get(k) == v for k, v in want.items())
-
-        return self.sb.wait_journal(match, "SYSLOG_IDENTIFIER=portguard",
-                                    f"PORTGUARD_UNIT={unit}", since_cursor=self.cursor,
-                                    timeout=5)
+        return wait_record(self.sb, message_id, f"PORTGUARD_UNIT={unit}",
+                           since_cursor=self.cursor, timeout=5, **fields)
 
     def cleanup(self) -> None:
         for pid in self.pids:

@@ -6,11 +6,8 @@ See test_preflight.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
-from sandbox import Sandbox
-from test_preflight import (
+from cases import (
     ACTING,
     CONFLICT,
     KILL,
@@ -19,14 +16,6 @@ from test_preflight import (
     Case,
     config,
 )
-
-
-@pytest.fixture
-def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
-    c = Case(sandbox, uid)
-    yield c
-    c.cleanup()
-
 
 # -- 7. --dry-run ----------------------------------------------------------------------
 

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
-from sandbox import Sandbox, listener_argv
-from test_preflight import (
+from cases import (
     ACTING,
     CONFLICT,
     PORTS_CLEAR,
@@ -24,27 +21,27 @@ from test_preflight import (
     config,
     ids,
 )
-
-
-@pytest.fixture
-def case(sandbox: Sandbox, uid: str) -> Iterator[Case]:
-    c = Case(sandbox, uid)
-    yield c
-    c.cleanup()
-
+from sandbox import listener_argv
 
 # -- 4. a foreign holder ----------------------------------------------------------------
 
 
-def test_a_foreign_service_is_named_and_never_touched(case: Case) -> None:
-    sb, port = case.sb, case.port()
-    unit, other = f"app-{case.uid}.service", f"other-{case.uid}.service"
-    case.config(config(port, unit))
-    case.unit(unit, "--port", str(port))
+def foreign_service(case: Case, prefix: str, *, extra: str = "") -> tuple[int, str, str, int]:
+    """A config for `{prefix}app-UID.service` and a service it does not name,
+    `{prefix}other-UID.service`, running and listening on the app's port:
+    (port, app, other, the other's main pid)."""
+    port = case.port()
+    unit, other = f"{prefix}app-{case.uid}.service", f"{prefix}other-{case.uid}.service"
+    case.config(config(port, unit, extra=extra))
     case.unit(other, "--port", str(port), "--name", "otherd", guarded=False)
-    assert case.start(other).returncode == 0
-    holder = case.main_pid(other)
-    case.wait_listening(port, holder)
+    return port, unit, other, case.start_listening(other, port)
+
+
+
+def test_a_foreign_service_is_named_and_never_touched(case: Case) -> None:
+    sb = case.sb
+    port, unit, other, holder = foreign_service(case, "")
+    case.unit(unit, "--port", str(port))
 
     done = case.preflight(unit)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -76,13 +73,8 @@ def test_a_foreign_service_is_named_and_never_touched(case: Case) -> None:
 
 
 def test_on_foreign_wait_passes_once_the_foreign_service_stops(case: Case) -> None:
-    sb, port = case.sb, case.port()
-    unit, other = f"wapp-{case.uid}.service", f"wother-{case.uid}.service"
-    case.config(config(port, unit, extra="on_foreign: wait\ntimeout: 3s"))
-    case.unit(other, "--port", str(port), "--name", "otherd", guarded=False)
-    assert case.start(other).returncode == 0
-    holder = case.main_pid(other)
-    case.wait_listening(port, holder)
+    sb = case.sb
+    _, unit, other, holder = foreign_service(case, "w", extra="on_foreign: wait\ntimeout: 3s")
 
     stopper = threading.Timer(1.0, lambda: sb.systemctl("stop", other))
     stopper.start()
@@ -105,13 +97,8 @@ def test_on_foreign_wait_passes_once_the_foreign_service_stops(case: Case) -> No
 
 
 def test_on_foreign_wait_times_out_with_75_while_it_stays(case: Case) -> None:
-    sb, port = case.sb, case.port()
-    unit, other = f"tapp-{case.uid}.service", f"tother-{case.uid}.service"
-    case.config(config(port, unit, extra="on_foreign: wait\ntimeout: 3s"))
-    case.unit(other, "--port", str(port), "--name", "otherd", guarded=False)
-    assert case.start(other).returncode == 0
-    holder = case.main_pid(other)
-    case.wait_listening(port, holder)
+    sb = case.sb
+    _, unit, other, holder = foreign_service(case, "t", extra="on_foreign: wait\ntimeout: 3s")
 
     t0 = time.monotonic()
     done = case.preflight(unit)
@@ -194,8 +181,7 @@ def test_an_unconfigured_unit_passes_with_a_notice(case: Case) -> None:
     assert notice["PORTGUARD_RESULT"] == "pass"
 
     case.unit(unit, "--port", str(port))  # and as its ExecStartPre=: it starts
-    assert case.start(unit).returncode == 0
-    assert case.state(unit) == "active"
+    case.start_active(unit)
     # only the ExecStartPre= run: the direct one ran outside the unit
     assert ids(case.unit_journal(unit)) == [UNIT_NOT_CONFIGURED]
 
@@ -214,8 +200,7 @@ def test_127_0_0_1_does_not_block_127_0_0_2(case: Case) -> None:
     assert done.returncode == 0, done.stderr
     case.record(PORTS_CLEAR, unit, result="clear")
     assert CONFLICT not in ids(case.records(unit=unit))
-    assert case.start(unit).returncode == 0  # bind() agrees
-    assert case.state(unit) == "active"
+    case.start_active(unit)  # bind() agrees
     assert sb.pid_alive(holder)
 
 

@@ -19,20 +19,6 @@ from sandbox import Sandbox, listener_argv, listener_exec
 CONFIG = "/etc/portguard/config.yaml"
 
 
-def ss_pids(sb: Sandbox, port: int, proto: str = "tcp") -> set[int]:
-    flag = {"tcp": "-Hltnp", "udp": "-Hlunp"}[proto]
-    found: set[int] = set()
-
-    def listed() -> bool:
-        nonlocal found
-        out = sb.run(["ss", flag, "sport", "=", f":{port}"], check=True).stdout
-        found = {int(p) for p in re.findall(r"pid=(\d+),fd=\d+", out)}
-        return bool(found)
-
-    sb.wait_for(listed, 10, f"ss to list a holder of {port}/{proto}")
-    return found
-
-
 def status(sb: Sandbox, *args: str, env: dict[str, str] | None = None,
            ) -> tuple[int, str]:
     r = sb.portguard(*args, "status", env=env)
@@ -80,8 +66,8 @@ def services(sandbox: Sandbox) -> Iterator[Services]:
     sandbox.systemctl("daemon-reload", check=True)
     sandbox.systemctl("start", s.web_a, s.web_b, s.api, check=True)
     try:
-        [s.pids[9001]], [s.pids[9002]] = ss_pids(sandbox, 9001), ss_pids(sandbox, 9002)
-        [s.pids[9100]] = ss_pids(sandbox, 9100, "udp")
+        [s.pids[9001]], [s.pids[9002]] = sandbox.wait_listening(9001), sandbox.wait_listening(9002)
+        [s.pids[9100]] = sandbox.wait_listening(9100, "udp")
         sandbox.write_file(CONFIG, f"""\
 services:
   {s.web}:
@@ -160,7 +146,7 @@ def test_status_json(sandbox: Sandbox, services: Services) -> None:
 def test_status_port_held_by_a_stray(sandbox: Sandbox, services: Services) -> None:
     stray = sandbox.spawn(listener_argv("--port", "9003"))
     try:
-        assert ss_pids(sandbox, 9003) == {stray}
+        assert sandbox.wait_listening(9003) == {stray}
         code, text = status(sandbox)
         assert code == 1, text
         web = section(text, services.web)
@@ -228,8 +214,8 @@ services:
     beside = sandbox.spawn(listener_argv("--addr", "127.0.0.2", "--port", "9500"))
     over = sandbox.spawn(listener_argv("--addr", "0.0.0.0", "--port", "9501"))
     try:
-        ss_pids(sandbox, 9500)
-        ss_pids(sandbox, 9501)
+        sandbox.wait_listening(9500)
+        sandbox.wait_listening(9501)
         check = sandbox.python(  # what bind() says, the authority
             "import socket\n"
             "for port in (9500, 9501):\n"
@@ -272,7 +258,7 @@ def test_status_without_dbus(fresh_sandbox: Sandbox, uid: str) -> None:
     web, instance = f"web-{uid}@.service", f"web-{uid}@9401.service"
     sb.write_unit(web, f"[Service]\nExecStart={listener_exec('--port', '%i')}\n")
     sb.systemctl("start", instance, check=True)
-    [pid] = ss_pids(sb, 9401)
+    [pid] = sb.wait_listening(9401)
     sb.write_file(CONFIG, f"services:\n  {web}:\n    ports: [\"9401\"]\n")
     sb.systemctl("stop", "dbus.socket", "dbus.service", check=True)
 

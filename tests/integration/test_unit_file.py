@@ -10,7 +10,7 @@ DropInPaths shows the drop-in is the only one. `systemd-analyze verify` reads th
 too (it is what makes ExecStart= exist), and `systemd-analyze security` judges the unit
 systemd loaded.
 
-What the hardening must still let portguard do is proved twice. A probe (PROBE below) runs
+What the hardening must still let portguard do is proved twice. A probe (unit_probe.py) runs
 as the unit's main process, with every setting of the shipped file, and does each thing
 the daemon does that a setting could refuse: sock_diag dumps, reading another user's fd
 table and exe, a bind() probe on a privileged port, pidfd signals to another user's
@@ -40,7 +40,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sandbox import PYTHON, REPO, Sandbox
+from sandbox import LISTENER, PYTHON, REPO, Sandbox
+from unit_probe import PROBE
 
 UNIT = "portguard.service"
 SHIPPED = REPO / "systemd" / UNIT
@@ -48,7 +49,6 @@ DROPIN_DIR = f"/etc/systemd/system/{UNIT}.d"
 TEST_DROPIN = f"{DROPIN_DIR}/50-test.conf"
 METRICS_DIR = "/var/lib/prometheus/node-exporter"
 SYSTEM_PYTHON = "/usr/bin/python3"  # nobody cannot reach the venv's python under /root
-LISTENER = str(REPO / "tests/integration/listener.py")
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 MAX_EXPOSURE = 2.5
 BOUNDING_SET = {"cap_dac_read_search", "cap_kill", "cap_net_bind_service", "cap_sys_ptrace"}
@@ -68,129 +68,6 @@ HELD_TCP, HELD_PRIVILEGED, HELD_UDP, FREE_PRIVILEGED, FREE_TCP = 18080, 81, 1535
 STRAY_PORT = 19090
 PROBE_DIR = "/run/portguard-test"
 PROBE_OUT = "/run/portguard/probe.json"  # RuntimeDirectory, kept (RuntimeDirectoryPreserve)
-
-# Runs as the unit's main process; every step reports instead of raising.
-PROBE = r'''
-import json, os, signal, sys, time
-from pathlib import Path
-
-out = {}
-
-def step(name, fn):
-    try:
-        out[name] = fn()
-    except BaseException as exc:
-        out[name] = {"error": f"{type(exc).__name__}: {exc}", "errno": getattr(exc, "errno", None)}
-
-def status():
-    keep = ("Uid", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return {k: fields[k].split()[1 if k == "Uid" else 0] for k in keep}
-
-def imports():
-    import lxml.etree, pystemd.dbuslib, sdnotify  # C extensions under MemoryDenyWriteExecute=
-    return "ok"
-
-def sockdiag():
-    from portguard import sockets
-    found = sockets.query(range(1, 65536), via="netlink")
-    return sorted({f"{s.local_port}/{s.proto} uid={s.uid} cgroup={s.cgroup_id is not None}"
-                   for s in found if s.state in ("LISTEN", "UNCONN")})
-
-def who():
-    from portguard.app import App
-    from portguard.model import Proto
-    app = App()
-    specs = (x.split("/") for x in os.environ["PROBE_PORTS"].split())
-    wanted = [(int(p), Proto(q)) for p, q in specs]
-    try:
-        return {f"{r.port}/{r.proto}": [
-            {"pids": [p.pid for p in h.processes], "users": [p.user for p in h.processes],
-             "exe": [p.exe for p in h.processes], "unit": h.unit.id if h.unit else None,
-             "unknown": h.unknown_reason} for h in r.holders]
-            for r in app.observer.ports(wanted)}
-    finally:
-        app.close()
-
-def bind():
-    from portguard.conflicts import BindIntent, probe_bind
-    from portguard.model import Proto
-    res = {}
-    for spec in os.environ["PROBE_BIND"].split():
-        port, proto = spec.split("/")
-        err = probe_bind(BindIntent(None, int(port), Proto(proto)))
-        res[spec] = 0 if err is None else err.errno
-    return res
-
-def read_fds():
-    pid = int(os.environ["PROBE_STRAY"])
-    return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "exe": os.readlink(f"/proc/{pid}/exe")}
-
-def dbus():
-    from portguard.units import Systemd
-    sd = Systemd.connect()
-    unit = os.environ["PROBE_VICTIM"]
-    try:
-        stop = sd.stop_unit(unit, timeout=10)
-        stopped = sd.active_state(unit)
-        start = sd.start_unit(unit, timeout=10)
-        return [stop.result, stopped, start.result, sd.active_state(unit)]
-    finally:
-        sd.close()
-
-def lock():
-    from portguard.lock import port_locks
-    from portguard.model import Proto
-    with port_locks([(int(os.environ["PROBE_LOCK_PORT"]), Proto.TCP)], timeout=2):
-        return oct(os.stat("/run/portguard").st_mode & 0o7777)
-
-def metrics():
-    from portguard.metrics import Snapshot, write_atomic
-    path = Path(os.environ["PROBE_METRICS"])
-    write_atomic(path, Snapshot((), {}, {}, {}, 0.0, time.time(), 0))
-    return oct(path.stat().st_mode & 0o777)
-
-def journal():
-    from portguard.journal import Event, Journal
-    j = Journal(echo=False)
-    j.emit(Event.PORTS_CLEAR, "portguard unit probe", extra={"probe": os.environ["PROBE_ID"]})
-    return j._sock is not None
-
-def forbidden():
-    import socket
-    res = {}
-    for name, fn in (
-            ("write_usr", lambda: Path("/usr/portguard-probe").write_text("x")),
-            ("write_etc", lambda: Path("/etc/portguard-probe").write_text("x")),
-            ("sched_setaffinity", lambda: os.sched_setaffinity(0, {0})),
-            ("setuid", lambda: os.setuid(65534)),
-            ("af_packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW)),
-            ("mknod", lambda: os.mknod("/run/portguard/node", 0o020600, os.makedev(1, 3)))):
-        try:
-            fn()
-            res[name] = "allowed"
-        except OSError as exc:
-            res[name] = exc.errno
-    return res
-
-def pidfd_signal():
-    fd = os.pidfd_open(int(os.environ["PROBE_STRAY"]))
-    try:
-        signal.pidfd_send_signal(fd, signal.SIGTERM)
-    finally:
-        os.close(fd)
-    return "sent"
-
-for name, fn in (("status", status), ("imports", imports), ("sockdiag", sockdiag),
-                 ("who", who), ("bind", bind), ("read_fds", read_fds), ("dbus", dbus),
-                 ("lock", lock), ("metrics", metrics), ("journal", journal),
-                 ("forbidden", forbidden), ("signal", pidfd_signal)):
-    step(name, fn)
-Path(sys.argv[1]).write_text(json.dumps(out))
-import sdnotify
-sdnotify.SystemdNotifier().notify("READY=1")
-signal.pause()  # until `systemctl stop`: READY=1 must be read while we still run
-'''
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -212,20 +89,15 @@ def install_unit(sb: Sandbox, **dropins: str) -> None:
     sb.systemctl("daemon-reload", check=True)
 
 
-def listening_pids(sb: Sandbox, port: int) -> set[int]:
-    out = sb.run(["ss", "-Hltnp", f"sport = :{port}"]).stdout
-    return {int(pid) for pid in re.findall(r"pid=(\d+),", out)}
-
-
 def start_stray(sb: Sandbox, port: int, *argv: str) -> int:
     """A listener as nobody outside any unit (like one started by hand); its pid. Any
     earlier listener on the port (a failed test's stray) is killed first."""
-    for old in listening_pids(sb, port):
+    for old in sb.listening_pids(port):
         sb.kill(old)
-    sb.wait_for(lambda: not listening_pids(sb, port), 10, f"{port} to be free")
+    sb.wait_for(lambda: not sb.listening_pids(port), 10, f"{port} to be free")
     argv = argv or (SYSTEM_PYTHON, LISTENER, "--port", str(port), "--name", "strayd")
     pid = sb.spawn([*NOBODY, *argv], wait_exec=False)  # setsid, setpriv: both exec
-    sb.wait_for(lambda: pid in listening_pids(sb, port), 10, f"the stray to listen on {port}")
+    sb.wait_for(lambda: pid in sb.listening_pids(port), 10, f"the stray to listen on {port}")
     return pid
 
 
@@ -515,7 +387,7 @@ def test_the_daemon_under_the_hardened_unit_sees_holders_and_signals_a_stray(
                         "SYSLOG_IDENTIFIER=portguard", timeout=30, since_cursor=cursor)
         sb.wait_for(lambda: not sb.pid_alive(stray), 15, "the stray to be stopped")
         sb.wait_unit_state(app, "active", timeout=30)  # restart: true, over D-Bus
-        assert listening_pids(sb, stray_port) == {int(sb.unit_property(app, "MainPID"))}
+        assert sb.listening_pids(stray_port) == {int(sb.unit_property(app, "MainPID"))}
         assert sb.pid_alive(holder_pid), "a foreign holder must never be touched"
         text = sb.wait_for(lambda: sb.run(["cat", metrics]).stdout, 15, "the metrics file")
         assert text.endswith("\n") and "portguard_services 2\n" in text, text

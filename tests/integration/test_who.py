@@ -68,21 +68,6 @@ def service(exec_start: str, extra: str = "") -> str:
     return f"[Service]\nExecStart={exec_start}\n{extra}"
 
 
-def ss_pids(sb: Sandbox, port: int, proto: str = "tcp", count: int = 1) -> set[int]:
-    """Pids `ss -lnp` lists on the port, once it lists at least `count` of them."""
-    flag = {"tcp": "-Hltnp", "udp": "-Hlunp"}[proto]
-    found: set[int] = set()
-
-    def listed() -> bool:
-        nonlocal found
-        out = sb.run(["ss", flag, "sport", "=", f":{port}"], check=True).stdout
-        found = {int(p) for p in re.findall(r"pid=(\d+),fd=\d+", out)}
-        return len(found) >= count
-
-    sb.wait_for(listed, 10, f"ss to list {count} holder(s) of {port}/{proto}")
-    return found
-
-
 def who(sb: Sandbox, *args: str) -> tuple[int, list[list[str]], list[str]]:
     """Exit status, table rows (split into the 7 columns) and notes of `portguard who`."""
     r = sb.portguard("who", *args)
@@ -110,7 +95,7 @@ def holders(doc: dict[str, Any], port: int) -> list[dict[str, Any]]:
 def test_plain_unit_listener(sandbox: Sandbox, stage: Stage, uid: str) -> None:
     unit = f"x-{uid}.service"
     stage.units_started({unit: service(listener_exec("--port", "8001"))}, [unit])
-    [pid] = ss_pids(sandbox, 8001)
+    [pid] = sandbox.wait_listening(8001)
     assert pid == stage.main_pid(unit)
 
     status, rows, notes = who(sandbox, "8001")
@@ -138,7 +123,7 @@ def test_plain_unit_listener(sandbox: Sandbox, stage: Stage, uid: str) -> None:
 def test_template_instance(sandbox: Sandbox, stage: Stage, uid: str) -> None:
     template, instance = f"web-{uid}@.service", f"web-{uid}@a.service"
     stage.units_started({template: service(listener_exec("--port", "8002"))}, [instance])
-    [pid] = ss_pids(sandbox, 8002)
+    [pid] = sandbox.wait_listening(8002)
     assert pid == stage.main_pid(instance)
 
     status, rows, _ = who(sandbox, "8002")
@@ -151,7 +136,7 @@ def test_template_instance(sandbox: Sandbox, stage: Stage, uid: str) -> None:
 
 def test_process_outside_any_unit(sandbox: Sandbox, stage: Stage) -> None:
     pid = stage.spawn("--port", "8003")
-    assert ss_pids(sandbox, 8003) == {pid}
+    assert sandbox.wait_listening(8003) == {pid}
 
     status, rows, _ = who(sandbox, "8003")
     assert status == 1
@@ -169,7 +154,7 @@ def test_ipv6_listeners(sandbox: Sandbox, stage: Stage, uid: str) -> None:
         loopback: service(listener_exec("--addr", "::1", "--port", "8004")),
         wildcard: service(listener_exec("--addr", "::", "--port", "8005")),
     }, [loopback, wildcard])
-    [lo_pid], [any_pid] = ss_pids(sandbox, 8004), ss_pids(sandbox, 8005)
+    [lo_pid], [any_pid] = sandbox.wait_listening(8004), sandbox.wait_listening(8005)
 
     status, rows, _ = who(sandbox, "8004", "8005")
     assert status == 1
@@ -185,7 +170,7 @@ def test_ipv6_listeners(sandbox: Sandbox, stage: Stage, uid: str) -> None:
 def test_udp_socket(sandbox: Sandbox, stage: Stage, uid: str) -> None:
     unit = f"dns-{uid}.service"
     stage.units_started({unit: service(listener_exec("--udp", "--port", "5353"))}, [unit])
-    [pid] = ss_pids(sandbox, 5353, "udp")
+    [pid] = sandbox.wait_listening(5353, "udp")
 
     status, rows, _ = who(sandbox, "5353/udp")
     assert status == 1
@@ -203,7 +188,7 @@ def test_prefork_workers_and_their_parent(sandbox: Sandbox, stage: Stage, uid: s
     unit = f"pre-{uid}.service"
     stage.units_started({unit: service(listener_exec("--port", "8006", "--workers", "3"))},
                         [unit])
-    pids = ss_pids(sandbox, 8006, count=4)
+    pids = sandbox.wait_listening(8006, count=4)
     assert len(pids) == 4
     assert stage.main_pid(unit) in pids
 
@@ -226,7 +211,7 @@ def test_unit_running_as_another_user(sandbox: Sandbox, stage: Stage, uid: str) 
     sandbox.write_file(listener, Path(LISTENER).read_text(), mode=0o644)
     stage.units_started(
         {unit: service(f"{SYSTEM_PYTHON} {listener} --port 8007", "User=nobody\n")}, [unit])
-    [pid] = ss_pids(sandbox, 8007)
+    [pid] = sandbox.wait_listening(8007)
 
     status, rows, _ = who(sandbox, "8007")
     assert status == 1
@@ -246,7 +231,7 @@ def test_socket_activated_service(sandbox: Sandbox, stage: Stage, uid: str) -> N
         svc: f"[Service]\nUser=nobody\nExecStart={SYSTEM_PYTHON} -c '{code}'\n",
     }, [sock_unit, svc])
     service_pid = stage.main_pid(svc)
-    pids = ss_pids(sandbox, 8008, count=2)
+    pids = sandbox.wait_listening(8008, count=2)
     assert pids == {1, service_pid}
 
     status, doc = who_json(sandbox, "8008")
@@ -275,7 +260,7 @@ def test_free_ports(sandbox: Sandbox) -> None:
 
 def test_range_with_free_and_held_ports(sandbox: Sandbox, stage: Stage) -> None:
     pid = stage.spawn("--port", "7001")
-    ss_pids(sandbox, 7001)
+    sandbox.wait_listening(7001)
 
     status, rows, _ = who(sandbox, "7000-7003")
     assert status == 1
@@ -383,7 +368,7 @@ def test_dbus_unreachable_units_named_from_cgroups(fresh_sandbox: Sandbox, uid: 
         sb.write_unit(name, text, reload=False)
     sb.systemctl("daemon-reload", check=True)
     sb.systemctl("start", plain, instance, delegated, check=True)
-    pids = {port: ss_pids(sb, port) for port in (8201, 8202, 8203)}
+    pids = {port: sb.wait_listening(port) for port in (8201, 8202, 8203)}
     [inner_pid] = pids[8203]
     cgroup = f"/sys/fs/cgroup/system.slice/{delegated}"
     sb.run(["sh", "-c", f"mkdir {cgroup}/inner.service && echo {inner_pid} > "
