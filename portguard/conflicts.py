@@ -1,7 +1,7 @@
 """Which observed sockets stop a declared port's bind(), by the kernel's own rules.
 
-Everything here is a pure function of `model` values, except `probe_bind`, the one
-explicit system call. The rules follow Linux (read in 6.18, checked on it):
+Everything here is a pure function of `model` values; `portguard.probe` asks the kernel
+itself. The rules follow Linux (read in 6.18, checked on it):
 
 * TCP, `inet_csk_get_port` -> `inet_csk_bind_conflict` -> `inet_bind_conflict` (relax and
   reuseport_ok both true for an explicit bind): a socket sk2 on an overlapping address
@@ -15,7 +15,7 @@ sock_diag does not show an observed socket's SO_REUSEADDR / SO_REUSEPORT, nor (i
 `Socket`) its SO_BINDTODEVICE (sockets bound to different devices never conflict). The
 pure answer therefore rests on an assumption about the other side (`assumed_peer`);
 `Assessment.uncertain` names the sockets for which that assumption decides, and
-`probe_bind` is the final authority.
+`probe.probe_bind` is the final authority.
 
 NamedTuples and `socket.inet_pton`, not dataclasses and `ipaddress`: see `model` on
 import time; `who` on a free port must stay fast.
@@ -23,9 +23,7 @@ import time; `who` on a free port must stay fast.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import errno
 import functools
 import socket
 from typing import NamedTuple
@@ -367,54 +365,3 @@ def intents(
         BindIntent(address, port, spec.proto, reuse_address, reuse_port, v6only, uid)
         for port in spec.ports
     ]
-
-
-# --- the authority ---------------------------------------------------------------------
-
-
-def _probe(family: int, host: str, intent: BindIntent, v6only: bool | None) -> OSError | None:
-    kind = socket.SOCK_STREAM if intent.proto is Proto.TCP else socket.SOCK_DGRAM
-    try:
-        sock = socket.socket(family, kind)
-    except OSError as err:
-        return err
-    with contextlib.closing(sock):
-        try:
-            if intent.reuse_address:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if intent.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6 and v6only is not None:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
-            # getaddrinfo turns a `%scope` (link-local) into sin6_scope_id.
-            info = socket.getaddrinfo(host, intent.port, family, kind, 0, socket.AI_NUMERICHOST)
-            sock.bind(info[0][4])
-        except OSError as err:  # socket.gaierror is one too
-            return err
-    return None
-
-
-def probe_bind(intent: BindIntent) -> OSError | None:
-    """bind() (no listen()) a socket as the service would, close it, return the error.
-
-    None: the bind succeeds now. Else the OSError; its errno says what: EADDRINUSE a
-    conflict; EADDRNOTAVAIL an address not on this host (no conflict, but the service
-    fails all the same); EACCES a port under net.ipv4.ip_unprivileged_port_start without
-    CAP_NET_BIND_SERVICE; EAFNOSUPPORT no IPv6; EINVAL a v4-mapped address with v6only.
-    No listen() needed: `inet_csk_listen_start` re-runs the same conflict check, so it
-    fails only if the sockets change meanwhile (e.g. a bound, not yet listening peer
-    listens first). No address: the strictest wildcard, a dual-stack `[::]`, falling
-    back to `0.0.0.0` where IPv6 is unavailable.
-    Limits: the probe has portguard's uid, so a SO_REUSEPORT service of another uid is
-    judged a stranger to its group (EADDRINUSE); and it holds the port for microseconds.
-    """
-    if intent.address is None:
-        err = _probe(socket.AF_INET6, "::", intent, v6only=False)
-        if err is not None and err.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-            return _probe(socket.AF_INET, "0.0.0.0", intent, v6only=None)
-        return err
-    host = intent.address.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return _probe(family, host, intent, intent.v6only)

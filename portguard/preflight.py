@@ -15,7 +15,7 @@ import pwd
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from portguard import conflicts, processes, sockets
+from portguard import conflicts, probe, processes, sockets
 from portguard.actions import REAL_CLOCK, Clock, wait_until
 from portguard.classify import Conflict, Context, Kind, classify
 from portguard.config import Config, Service
@@ -348,7 +348,7 @@ def _on_port(found: Iterable[Socket], port: int, proto: Proto) -> list[Socket]:
 def _probe_ok(intent: conflicts.BindIntent) -> bool:
     """The kernel's own answer; an address this host does not have is not our conflict."""
     import errno
-    err = conflicts.probe_bind(intent)
+    err = probe.probe_bind(intent)
     return err is None or err.errno != errno.EADDRINUSE
 
 

@@ -28,9 +28,9 @@ from portguard.conflicts import (
     assess,
     blockers,
     lingering,
-    probe_bind,
 )
 from portguard.model import Proto, Socket
+from portguard.probe import probe_bind
 
 TCP, UDP = Proto.TCP, Proto.UDP
 

@@ -48,7 +48,8 @@ def who():
         app.close()
 
 def bind():
-    from portguard.conflicts import BindIntent, probe_bind
+    from portguard.conflicts import BindIntent
+    from portguard.probe import probe_bind
     from portguard.model import Proto
     res = {}
     for spec in os.environ["PROBE_BIND"].split():

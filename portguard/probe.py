@@ -1,0 +1,63 @@
+"""Ask the kernel: bind() a socket as the service would, and report what it says.
+
+The one system call behind `portguard.conflicts`' pure rules: sock_diag cannot show an
+observed socket's SO_REUSEADDR / SO_REUSEPORT / SO_BINDTODEVICE, so where those decide,
+this probe does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+
+from portguard.conflicts import BindIntent
+from portguard.model import Proto
+
+
+def _probe(family: int, host: str, intent: BindIntent, v6only: bool | None) -> OSError | None:
+    kind = socket.SOCK_STREAM if intent.proto is Proto.TCP else socket.SOCK_DGRAM
+    try:
+        sock = socket.socket(family, kind)
+    except OSError as err:
+        return err
+    with contextlib.closing(sock):
+        try:
+            if intent.reuse_address:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if intent.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and v6only is not None:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+            # getaddrinfo turns a `%scope` (link-local) into sin6_scope_id.
+            info = socket.getaddrinfo(host, intent.port, family, kind, 0, socket.AI_NUMERICHOST)
+            sock.bind(info[0][4])
+        except OSError as err:  # socket.gaierror is one too
+            return err
+    return None
+
+
+def probe_bind(intent: BindIntent) -> OSError | None:
+    """bind() (no listen()) a socket as the service would, close it, return the error.
+
+    None: the bind succeeds now. Else the OSError; its errno says what: EADDRINUSE a
+    conflict; EADDRNOTAVAIL an address not on this host (no conflict, but the service
+    fails all the same); EACCES a port under net.ipv4.ip_unprivileged_port_start without
+    CAP_NET_BIND_SERVICE; EAFNOSUPPORT no IPv6; EINVAL a v4-mapped address with v6only.
+    No listen() needed: `inet_csk_listen_start` re-runs the same conflict check, so it
+    fails only if the sockets change meanwhile (e.g. a bound, not yet listening peer
+    listens first). No address: the strictest wildcard, a dual-stack `[::]`, falling
+    back to `0.0.0.0` where IPv6 is unavailable.
+    Limits: the probe has portguard's uid, so a SO_REUSEPORT service of another uid is
+    judged a stranger to its group (EADDRINUSE); and it holds the port for microseconds.
+    """
+    if intent.address is None:
+        err = _probe(socket.AF_INET6, "::", intent, v6only=False)
+        if err is not None and err.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            return _probe(socket.AF_INET, "0.0.0.0", intent, v6only=None)
+        return err
+    host = intent.address.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return _probe(family, host, intent, intent.v6only)
