@@ -18,6 +18,7 @@ Preflight code, and the journal tells the story. Scenarios:
 from __future__ import annotations
 
 import collections
+import re
 import time
 
 from cases import (
@@ -179,5 +180,16 @@ def test_a_stray_on_the_port_of_an_inactive_unit_is_reported_not_acted_on(
     labels = f'service="{web}",unit="{web}",port="{port}",proto="tcp"'
     assert f"portguard_port_held{{{labels}}} 1" in text
     assert f'portguard_port_holder_kind{{{labels},kind="stray"}} 1' in text
+    # the daemon's account of itself agrees with the kernel's and systemd's
+    own = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"^portguard_process_(\w+) (\S+)$", text, re.MULTILINE)}
+    vm_rss = next(int(line.split()[1]) * 1024 for line in sb.read_file(
+        f"/proc/{case.main_pid(case.daemon)}/status").splitlines()
+        if line.startswith("VmRSS:"))
+    assert abs(own["resident_memory_bytes"] - vm_rss) < vm_rss * 0.25, (own, vm_rss)
+    mono = int(sb.unit_property(case.daemon, "ExecMainStartTimestampMonotonic")) / 1e6
+    started = time.time() - (time.monotonic() - mono)  # one CLOCK_MONOTONIC, no time ns
+    assert abs(own["start_time_seconds"] - started) < 2, (own, started)
+    assert 0 < own["cpu_seconds_total"] < 30 and 3 <= own["open_fds"] < 64, own
     assert sb.pid_alive(stray)
     assert len(case.records(unit=web)) == 1  # the dry run's own records stay out

@@ -8,8 +8,9 @@ must survive are checked by pid.
 - D-Bus unreachable: `who -v` / `--json` name units from cgroups and say so; a twin that
   must be stopped with StopUnit is refused (exit 1), never killed instead, whether
   preflight runs by hand or as the unit's ExecStartPre=.
-- D-Bus unreachable and a copy of the service's program running as another user than the
-  unit's: pinned as a BUG (it is signalled, as the unit's user is taken to be root).
+- D-Bus unreachable and a copy of the service's program running as root: the unit's User=
+  is unknown, so it is not a stray and is not signalled (it was, the unit's user taken to
+  be root: a bug these tests found).
 - journald stopped: preflight's records reach stderr with every field, run directly and
   as ExecStartPre=; nothing crashes.
 """

@@ -1,13 +1,13 @@
 """Faults around portguard (issue 7, item 2): portguard's own means fail.
 
 - no pidfd can be opened (RLIMIT_NOFILE, `prlimit --nofile=N:N` for growing N): nothing is
-  ever signalled; that it fails with a traceback instead of a journaled refusal is pinned
-  as a BUG;
+  ever signalled, and preflight says so in a journaled refusal (it died with a traceback:
+  a bug these tests found);
 - /proc unreadable: root without CAP_SYS_PTRACE/CAP_DAC_* cannot read a holder's fds, so
   the holder is "holder unknown (needs root)", foreign, refused (a dry run with every
   capability shows it would have been a stray); under hidepid=2 a non-root `who` still
-  lists the socket, but calls it "holder not found" (a BUG, pinned: the README promises
-  "holder unknown (needs root)").
+  lists the socket as "holder unknown (needs root)" (it said "holder not found": a bug
+  these tests found).
 
 See test_faults_identity.py for the helpers' conventions.
 """

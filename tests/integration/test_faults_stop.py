@@ -9,9 +9,9 @@ refuses the call:
 - an ExecStop= that fails, a TimeoutStopSec= that systemd enforces, a masked twin: the job
   is `done`, the port is free, exit 0;
 - RefuseManualStop= (OnlyByDependency), AccessDenied as nobody (polkit says no): exit 1 /
-  77, the twin untouched; that such a refusal leaves no journal record is pinned as a BUG;
-- the twin unloaded between the scan and StopUnit (NoSuchUnit): pinned as a BUG (exit 1
-  although the port is free; a process that exits meanwhile is "gone" and fine).
+  77, the twin untouched, the refusal journaled (it was not: a bug these tests found);
+- the twin unloaded between the scan and StopUnit (NoSuchUnit): it counts as stopped and
+  the port decides, exit 0 (it failed the start: a bug these tests found).
 
 Also the helpers the other test_faults_* files use: `Paused` (portguard stopped just
 before a given function runs, so a test can change the world between scan and act) and

@@ -135,6 +135,7 @@ def test_the_fast_path_imports_no_pystemd(scene: Scene, kind: str) -> None:
     loaded = modules(out.stderr)
     assert "portguard.preflight" in loaded, "the import log does not cover preflight"
     assert pystemd_modules(out.stderr) == []
+    assert "psutil" not in loaded  # ~20 ms; the daemon's own metrics only
     scene.record(PORTS_CLEAR, unit, action="none", result="clear")
 
 
@@ -182,6 +183,7 @@ def test_with_a_holder_and_the_bus_pystemd_is_imported(scene: Scene) -> None:
     out = scene.preflight(scene.held, importtime=True)
     assert out.returncode == 1, out.stderr
     assert "pystemd" in pystemd_modules(out.stderr)
+    assert "psutil" not in modules(out.stderr)  # not even on the slow path
     lines = said(out.stderr)
     assert not [ln for ln in lines if "D-Bus" in ln], lines
     assert lines[-1].startswith(f"portguard: {scene.held} cannot start: "
