@@ -162,7 +162,8 @@ def readable_copy() -> Iterator[Path]:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(REPO / "portguard", root / "portguard", ignore=ignore)
         (root / "scripts").mkdir()
-        shutil.copy(DEMO, root / "scripts" / "demo.py")
+        for script in DEMO.parent.glob("demo*.py"):  # demo.py and the modules it imports
+            shutil.copy(script, root / "scripts" / script.name)
         shutil.copy(REPO / "config.example.yaml", root / "config.example.yaml")
         (root / "tests" / "integration").mkdir(parents=True)
         shutil.copy(REPO / "tests" / "integration" / "sandbox.py",

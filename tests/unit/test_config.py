@@ -1,66 +1,21 @@
-"""The strict config loader: what a user sees from `check-config` and what code gets."""
+"""The strict config loader: what a user sees from `check-config` on a bad config (every
+problem with its file, line and column, exit 78), files it will not read, and ownership.
+What code gets from a good config is test_config_values.py."""
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 from pathlib import Path
-from signal import Signals
 
 import pytest
+from config_helpers import DESIGN_EXAMPLE, check, write
 
 from portguard import config
-from portguard.app import default_config_path
-from portguard.cli import main
-from portguard.config import Config, OnForeign, Policy, load, loads
+from portguard.config import load, loads
 from portguard.errors import ConfigError, ExitStatus, NotPermittedError
-from portguard.model import PortSpec, Proto
 
-REPO = Path(__file__).resolve().parents[2]
-
-# DESIGN.md's config block, verbatim.
-DESIGN_EXAMPLE = """\
-defaults:
-  policy: stop            # stop | wait | fail | warn
-  on_foreign: fail        # fail | wait
-  timeout: 30s            # whole budget of one preflight
-  kill_after: 10s         # signal -> SIGKILL
-  signal: SIGTERM
-  reuse_address: true     # the service sets SO_REUSEADDR
-protected: [sshd.service, "systemd-*.service", dbus.service]
-services:
-  web@.service:           # a template key matches every instance
-    ports: ["8080", "127.0.0.1:9090/tcp", "[::]:8443", "5353/udp", "7000-7010/tcp"]
-    policy: stop
-    duplicates:           # optional, beyond the automatic ExecStart match
-      units: ["web-legacy.service"]
-      commands: ["/opt/web/bin/webd*"]
-daemon:                   # only read by `portguard daemon`
-  interval: 30s           # reconcile at least this often (D-Bus events trigger passes too)
-  restart: true           # start a configured unit again once its port is cleared
-  flap_limit: 3           # the same conflict resolved this often within flap_window ...
-  flap_window: 10m        # ... is reported, no longer fought
-  metrics_file: /var/lib/prometheus/node-exporter/portguard.prom   # optional
-"""
-
-
-@pytest.fixture(autouse=True)
-def _not_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CI runs as root, where load() checks ownership by default; tmp files would fail it."""
-    monkeypatch.setattr(config, "_running_as_root", lambda: False)
-
-
-def write(tmp_path: Path, text: str | bytes, name: str = "config.yaml") -> Path:
-    path = tmp_path / name
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return path
-
-
-def check(path: Path, *extra: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    status = main(["--config", str(path), *extra, "check-config"], stdout=out, stderr=err)
-    return status, out.getvalue(), err.getvalue()
+pytestmark = pytest.mark.usefixtures("not_root")
 
 
 def problems(text: str) -> list[str]:
@@ -74,66 +29,73 @@ def svc(body: str) -> str:
     return f"services:\n  web:\n{body}"
 
 
+def bad_ports(ports: str, message: str) -> tuple[str, int, str]:
+    """A BAD case: `web` declares `ports: PORTS`, and the problem is on that line (3)."""
+    return svc(f"    ports: {ports}\n"), 3, message
+
+
+def bad_setting(key: str, value: str, message: str) -> tuple[str, int, str]:
+    """A BAD case: `web` declares ports [8080] and `KEY: VALUE`, the problem's line (4)."""
+    return svc(f"    ports: [8080]\n    {key}: {value}\n"), 4, message
+
+
 # (config text, line of the problem, what the message must say)
 BAD = {
     "unknown top key": ("service:\n  web: {ports: [8080]}\n", 1,
                         "unknown key 'service' (did you mean 'services'?)"),
-    "unknown service key": (
-        svc("    ports: [8080]\n    polcy: stop\n"), 4,
-        "unknown key 'polcy' in service 'web.service' (did you mean 'policy'?)"),
+    "unknown service key": bad_setting(
+        "polcy", "stop", "unknown key 'polcy' in service 'web.service' (did you mean 'policy'?)"),
     "unknown defaults key": ("defaults:\n  timout: 5s\nservices: {}\n", 2,
                              "unknown key 'timout' in defaults (did you mean 'timeout'?)"),
     "unknown daemon key": ("services: {}\ndaemon:\n  intervall: 5s\n", 3,
                            "(did you mean 'interval'?)"),
-    "unknown duplicates key": (svc("    ports: [8080]\n    duplicates: {cmds: [x]}\n"), 4,
-                               "unknown key 'cmds' in duplicates (did you mean 'commands'?)"),
+    "unknown duplicates key": bad_setting(
+        "duplicates", "{cmds: [x]}", "unknown key 'cmds' in duplicates (did you mean 'commands'?)"),
     "duplicate key": (svc("    ports: [8080]\n    policy: stop\n    policy: wait\n"), 5,
                       "duplicate key 'policy' (first at line 4)"),
     "service twice": ("services:\n  web: {ports: [1]}\n  web.service: {ports: [2]}\n", 3,
                       "service 'web.service' is declared twice (first at line 2)"),
-    "yes as policy": (svc("    ports: [8080]\n    policy: yes\n"), 4,
-                      "policy: 'yes' is a YAML 1.1 boolean"),
-    "off as on_foreign": (svc("    ports: [8080]\n    on_foreign: off\n"), 4,
-                          "on_foreign: 'off' is a YAML 1.1 boolean"),
-    "on as port": (svc("    ports: [on]\n"), 3, "port: 'on' is a YAML 1.1 boolean"),
-    "yes as boolean": (svc("    ports: [8080]\n    reuse_address: yes\n"), 4,
-                       "reuse_address: 'yes' is a YAML 1.1 boolean that YAML 1.2 reads as a"
-                       " string; write true or false"),
+    "yes as policy": bad_setting("policy", "yes", "policy: 'yes' is a YAML 1.1 boolean"),
+    "off as on_foreign": bad_setting("on_foreign", "off",
+                                     "on_foreign: 'off' is a YAML 1.1 boolean"),
+    "on as port": bad_ports("[on]", "port: 'on' is a YAML 1.1 boolean"),
+    "yes as boolean": bad_setting("reuse_address", "yes",
+                                  "reuse_address: 'yes' is a YAML 1.1 boolean that YAML 1.2 reads"
+                                  " as a string; write true or false"),
     "quoted boolean": ("services: {}\ndaemon:\n  restart: \"true\"\n", 3,
                        "restart: expected true or false without quotes"),
     "sexagesimal port": (svc("    ports:\n      - 22:22\n"), 4,
                          "'22:22' is a YAML 1.1 base-60 number (it reads as 1342)"),
-    "octal port": (svc("    ports: [0700]\n"), 3, "'0700' has a leading zero"),
-    "hex port": (svc("    ports: [0x50]\n"), 3, "'0x50' is a hexadecimal"),
-    "underscore port": (svc("    ports: [8_080]\n"), 3, "'8_080' has underscores"),
-    "float port": (svc("    ports: [80.0]\n"), 3, "'80.0' is not a whole number"),
-    "fullwidth digits": (svc("    ports: [\uff18\uff10\uff18\uff10]\n"), 3,
-                         "non-ASCII digit '\uff18' (U+FF18 FULLWIDTH DIGIT EIGHT)"),
-    "arabic-indic digits": (svc('    ports: ["\u0668\u0660\u0668\u0660/udp"]\n'), 3,
-                            "non-ASCII digit '\u0668' (U+0668 ARABIC-INDIC DIGIT EIGHT)"),
-    "port 0": (svc("    ports: [0]\n"), 3, "port 0 is out of range 1-65535"),
-    "port 65536": (svc('    ports: ["127.0.0.1:65536"]\n'), 3, "port 65536 is out of range"),
-    "reversed range": (svc('    ports: ["7010-7000/tcp"]\n'), 3,
-                       "range 7010-7000 is reversed; write 7000-7010"),
-    "huge range": (svc('    ports: ["1-65535"]\n'), 3, "range spans 65535 ports"),
-    "unbracketed ipv6": (svc('    ports: ["::1:8080"]\n'), 3, "IPv6 addresses go in brackets"),
+    "octal port": bad_ports("[0700]", "'0700' has a leading zero"),
+    "hex port": bad_ports("[0x50]", "'0x50' is a hexadecimal"),
+    "underscore port": bad_ports("[8_080]", "'8_080' has underscores"),
+    "float port": bad_ports("[80.0]", "'80.0' is not a whole number"),
+    "fullwidth digits": bad_ports("[\uff18\uff10\uff18\uff10]",
+                                  "non-ASCII digit '\uff18' (U+FF18 FULLWIDTH DIGIT EIGHT)"),
+    "arabic-indic digits": bad_ports('["\u0668\u0660\u0668\u0660/udp"]',
+                                     "non-ASCII digit '\u0668' (U+0668 ARABIC-INDIC DIGIT EIGHT)"),
+    "port 0": bad_ports("[0]", "port 0 is out of range 1-65535"),
+    "port 65536": bad_ports('["127.0.0.1:65536"]', "port 65536 is out of range"),
+    "reversed range": bad_ports('["7010-7000/tcp"]',
+                                "range 7010-7000 is reversed; write 7000-7010"),
+    "huge range": bad_ports('["1-65535"]', "range spans 65535 ports"),
+    "unbracketed ipv6": bad_ports('["::1:8080"]', "IPv6 addresses go in brackets"),
     "unquoted ipv6": (svc("    ports:\n      - [::1]:8080\n"), 4,
                       'YAML syntax error: while parsing a flow node'),
-    "zone id": (svc('    ports: ["[fe80::1%eth0]:80"]\n'), 3, "zone ids (%eth0) are not supported"),
-    "host name": (svc('    ports: ["localhost:80"]\n'), 3, "host names are not resolved"),
-    "bad protocol": (svc('    ports: ["53/sctp"]\n'), 3, "unknown protocol 'sctp'"),
+    "zone id": bad_ports('["[fe80::1%eth0]:80"]', "zone ids (%eth0) are not supported"),
+    "host name": bad_ports('["localhost:80"]', "host names are not resolved"),
+    "bad protocol": bad_ports('["53/sctp"]', "unknown protocol 'sctp'"),
     "overlap": (svc('    ports:\n      - "8080"\n      - "127.0.0.1:8080"\n'), 5,
                 "port '127.0.0.1:8080' overlaps '8080' (line 4) of the same service"),
-    "range overlap": (svc('    ports: ["7000-7010/tcp", 7005]\n'), 3,
-                      "port '7005' overlaps '7000-7010/tcp'"),
-    "tag": (svc("    ports: [!!str 8080]\n"), 3, "YAML tag '!!str' refused"),
-    "local tag": (svc("    ports: [8080]\n    policy: !foo stop\n"), 4, "YAML tag '!foo' refused"),
-    "python tag": (svc("    ports: [8080]\n    signal: !!python/name:os.system x\n"), 4,
-                   "YAML tag '!!python/name:os.system' refused"),
+    "range overlap": bad_ports('["7000-7010/tcp", 7005]', "port '7005' overlaps '7000-7010/tcp'"),
+    "tag": bad_ports("[!!str 8080]", "YAML tag '!!str' refused"),
+    "local tag": bad_setting("policy", "!foo stop", "YAML tag '!foo' refused"),
+    "python tag": bad_setting("signal", "!!python/name:os.system x",
+                              "YAML tag '!!python/name:os.system' refused"),
     "alias": ("defaults: {policy: &p stop}\nservices:\n  web: {ports: [1], policy: *p}\n", 3,
               "alias '*p' refused: anchors and aliases are not supported"),
-    "ports not a list": (svc('    ports: "8080"\n'), 3,
-                         "ports: expected a list such as [\"8080\", \"127.0.0.1:9090/tcp\"]"),
+    "ports not a list": bad_ports(
+        '"8080"', "ports: expected a list such as [\"8080\", \"127.0.0.1:9090/tcp\"]"),
     "services a list": ("services:\n  - web\n", 2, "services: expected a mapping"),
     "protected a string": ("protected: sshd\nservices: {}\n", 1, "protected: expected a list"),
     "port a mapping": (svc("    ports:\n      - {port: 80}\n"), 4,
@@ -145,28 +107,26 @@ BAD = {
     "syntax error": (svc("    ports: [8080]\n   policy: stop\n"), 4, "YAML syntax error"),
     "tab": ("services:\n\tweb: {ports: [1]}\n", 2, "(indent with spaces, not tabs)"),
     "two documents": ("services: {}\n---\nservices: {}\n", 2, "expected a single document"),
-    "bad policy": (svc("    ports: [8080]\n    policy: stopp\n"), 4,
-                   "policy: unknown value 'stopp' (did you mean 'stop'?); expected one of"
-                   " stop, wait, fail, warn"),
-    "bad on_foreign": (svc("    ports: [8080]\n    on_foreign: stop\n"), 4,
-                       "expected one of fail, wait"),
-    "unknown signal": (svc("    ports: [8080]\n    signal: SIGTREM\n"), 4,
-                       "unknown signal 'SIGTREM' (did you mean 'SIGTERM'?)"),
-    "signal number": (svc("    ports: [8080]\n    signal: 15\n"), 4,
-                      "signal numbers differ between architectures; write the name"),
-    "stopping signal": (svc("    ports: [8080]\n    signal: STOP\n"), 4,
-                        "SIGSTOP suspends a process"),
-    "bad duration": (svc("    ports: [8080]\n    timeout: 30x\n"), 4,
-                     "timeout: '30x' is not a duration; write 250ms, 10s, 2m, 1h"),
-    "duration unit hint": (svc("    ports: [8080]\n    timeout: 2min\n"), 4, "write 'm' for 'min'"),
+    "bad policy": bad_setting("policy", "stopp",
+                              "policy: unknown value 'stopp' (did you mean 'stop'?); expected one"
+                              " of stop, wait, fail, warn"),
+    "bad on_foreign": bad_setting("on_foreign", "stop", "expected one of fail, wait"),
+    "unknown signal": bad_setting("signal", "SIGTREM",
+                                  "unknown signal 'SIGTREM' (did you mean 'SIGTERM'?)"),
+    "signal number": bad_setting("signal", "15",
+                                 "signal numbers differ between architectures; write the name"),
+    "stopping signal": bad_setting("signal", "STOP", "SIGSTOP suspends a process"),
+    "bad duration": bad_setting("timeout", "30x",
+                                "timeout: '30x' is not a duration; write 250ms, 10s, 2m, 1h"),
+    "duration unit hint": bad_setting("timeout", "2min", "write 'm' for 'min'"),
     "negative duration": ("defaults:\n  kill_after: -5s\nservices: {}\n", 2,
                           "kill_after: '-5s' is negative"),
     "zero duration": ("services: {}\ndaemon:\n  interval: 0\n", 3, "interval: '0' is zero"),
-    "too long duration": (svc("    ports: [8080]\n    timeout: 25h\n"), 4, "longer than one day"),
-    "sexagesimal duration": (svc("    ports: [8080]\n    timeout: 1:30\n"), 4,
-                             "'1:30' is a YAML 1.1 base-60 number (it reads as 90)"),
+    "too long duration": bad_setting("timeout", "25h", "longer than one day"),
+    "sexagesimal duration": bad_setting("timeout", "1:30",
+                                        "'1:30' is a YAML 1.1 base-60 number (it reads as 90)"),
     "no ports": (svc("    policy: stop\n"), 2, "service 'web.service' has no 'ports'"),
-    "empty ports": (svc("    ports: []\n"), 3, "ports: empty list"),
+    "empty ports": bad_ports("[]", "ports: empty list"),
     "null service": ("services:\n  web:\n", 2, "service 'web.service' has no settings"),
     "socket unit": ("services:\n  web.socket: {ports: [1]}\n", 2, "is a .socket unit"),
     "suffix typo": ("services:\n  web.serivce: {ports: [1]}\n", 2, "(did you mean '.service'?)"),
@@ -207,45 +167,6 @@ def test_bad_config_loads_reports_file_line_col(text: str, line: int, message: s
     assert int(col) >= 1
 
 
-def test_design_example_loads_with_the_documented_values() -> None:
-    cfg = loads(DESIGN_EXAMPLE)
-    assert cfg.path is None
-    assert cfg.defaults == config.Defaults(Policy.STOP, OnForeign.FAIL, 30.0, 10.0,
-                                           Signals.SIGTERM, True)
-    assert cfg.protected == ("sshd.service", "systemd-*.service", "dbus.service")
-    (web,) = cfg.services
-    assert (web.name, web.is_template, web.line) == ("web@.service", True, 10)
-    assert [(p.first, p.last, p.proto, p.address, p.text) for p in web.ports] == [
-        (8080, 8080, Proto.TCP, None, "8080"),
-        (9090, 9090, Proto.TCP, "127.0.0.1", "127.0.0.1:9090/tcp"),
-        (8443, 8443, Proto.TCP, "::", "[::]:8443"),
-        (5353, 5353, Proto.UDP, None, "5353/udp"),
-        (7000, 7010, Proto.TCP, None, "7000-7010/tcp"),
-    ]
-    assert {p.line for p in web.ports} == {11}
-    assert web.duplicates == config.Duplicates(("web-legacy.service",), ("/opt/web/bin/webd*",))
-    assert cfg.service_for("web@blue.service") is web
-    assert cfg.service_for("web@blue") is web
-    assert cfg.service_for("web-legacy.service") is None
-    assert cfg.daemon == config.DaemonSettings(
-        30.0, True, 3, 600.0, Path("/var/lib/prometheus/node-exporter/portguard.prom"))
-    assert cfg.is_protected("systemd-journald.service")
-    assert not cfg.is_protected("web@blue.service")
-
-
-def test_service_settings_override_defaults_and_inherit_the_rest() -> None:
-    cfg = loads("defaults: {policy: wait, timeout: 5s, signal: INT, reuse_address: false}\n"
-                "services:\n"
-                "  a: {ports: [1]}\n"
-                "  b: {ports: [2], policy: warn, timeout: 250ms, kill_after: 1.5,"
-                " on_foreign: wait, signal: SIGHUP, reuse_address: true}\n")
-    a, b = cfg.services
-    assert (a.policy, a.timeout, a.kill_after, a.signal, a.reuse_address) == (
-        Policy.WAIT, 5.0, 10.0, Signals.SIGINT, False)
-    assert (b.policy, b.on_foreign, b.timeout, b.kill_after, b.signal, b.reuse_address) == (
-        Policy.WARN, OnForeign.WAIT, 0.25, 1.5, Signals.SIGHUP, True)
-
-
 def test_check_config_prints_ok_on_a_good_file(tmp_path: Path) -> None:
     path = write(tmp_path, DESIGN_EXAMPLE)
     assert check(path) == (0, f"OK: {path}\n", "")
@@ -273,20 +194,6 @@ def test_check_config_json_lists_the_errors(tmp_path: Path) -> None:
     status, out, _ = check(path, "--json")
     assert status == 78
     assert '"ok": false' in out and f"{path}:2:1: unknown key 'bogus'" in out
-
-
-def test_config_example_loads_and_documents_every_key() -> None:
-    path = REPO / "config.example.yaml"
-    cfg = load(path, check_owner=False)
-    text = path.read_text()
-    keys = ["defaults", "policy", "on_foreign", "timeout", "kill_after", "signal",
-            "reuse_address", "protected", "services", "ports", "duplicates", "units",
-            "commands", "daemon", "interval", "restart", "flap_limit", "flap_window",
-            "metrics_file"]
-    assert [k for k in keys if f"{k}:" not in text] == []
-    assert cfg.path == path
-    assert cfg.service_for("web@blue").ports[0].first == 8080
-    assert all(s.ports for s in cfg.services)
 
 
 def test_large_file_is_refused_before_parsing(tmp_path: Path) -> None:
@@ -342,110 +249,6 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
 
 def test_deep_nesting_is_refused_not_crashed() -> None:
     assert problems("services: " + "[" * 5000 + "]" * 5000 + "\n")[0].endswith("nesting too deep")
-
-
-def test_empty_sections_count_as_absent() -> None:
-    cfg = loads("defaults:\n#  policy: wait\nprotected:\nservices:\n  web:\n"
-                "    ports: [8080]\n    duplicates:\ndaemon: ~\n")
-    assert cfg == Config(None, services=cfg.services)
-    assert cfg.services[0].duplicates == config.Duplicates()
-
-
-def test_different_services_may_share_ports() -> None:
-    cfg = loads("services:\n  web@blue: {ports: [8080]}\n  web@green: {ports: [8080]}\n"
-                "  legacy: {ports: ['0.0.0.0:8080']}\n")
-    assert [s.ports[0].first for s in cfg.services] == [8080, 8080, 8080]
-
-
-def test_one_service_may_declare_separate_ipv4_and_ipv6_listeners() -> None:
-    cfg = loads("services:\n  web: {ports: ['0.0.0.0:443', '[::]:443', '127.0.0.1:80',"
-                " '127.0.0.2:80', 53/udp, 53/tcp]}\n")
-    assert [str(p) for p in cfg.services[0].ports] == [
-        "0.0.0.0:443", "[::]:443", "127.0.0.1:80", "127.0.0.2:80", "53/udp", "53/tcp"]
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("8080", PortSpec(8080, 8080, Proto.TCP, None)),
-    ("8080/udp", PortSpec(8080, 8080, Proto.UDP, None)),
-    ("127.0.0.1:8080", PortSpec(8080, 8080, Proto.TCP, "127.0.0.1")),
-    ("[::1]:8080/tcp", PortSpec(8080, 8080, Proto.TCP, "::1")),
-    ("[0:0::1]:8080", PortSpec(8080, 8080, Proto.TCP, "::1")),  # normalised
-    ("[::]:8443", PortSpec(8443, 8443, Proto.TCP, "::")),
-    ("0.0.0.0:80", PortSpec(80, 80, Proto.TCP, "0.0.0.0")),
-    ("7000-7010/tcp", PortSpec(7000, 7010, Proto.TCP, None)),
-    ("127.0.0.1:7000-7010", PortSpec(7000, 7010, Proto.TCP, "127.0.0.1")),
-])
-def test_port_specs(text: str, expected: PortSpec) -> None:
-    (spec,) = loads(f"services:\n  web:\n    ports: ['{text}']\n").services[0].ports
-    assert (spec.first, spec.last, spec.proto, spec.address) == (
-        expected.first, expected.last, expected.proto, expected.address)
-    assert (spec.text, spec.line) == (text, 3)
-
-
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("250ms", 0.25), ("10s", 10.0), ("2m", 120.0), ("1h", 3600.0), ("30", 30.0),
-    ("1.5", 1.5), ("'45'", 45.0), ("0.5s", 0.5), ("24h", 86400.0),
-])
-def test_durations(text: str, seconds: float) -> None:
-    assert loads(f"defaults: {{timeout: {text}}}\nservices: {{}}\n").defaults.timeout == seconds
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("SIGTERM", Signals.SIGTERM), ("TERM", Signals.SIGTERM), ("SIGINT", Signals.SIGINT),
-    ("HUP", Signals.SIGHUP), ("SIGQUIT", Signals.SIGQUIT), ("USR1", Signals.SIGUSR1),
-    ("SIGUSR2", Signals.SIGUSR2), ("SIGKILL", Signals.SIGKILL), ("WINCH", Signals.SIGWINCH),
-])
-def test_signals_by_name(text: str, expected: Signals) -> None:
-    assert loads(f"defaults: {{signal: {text}}}\nservices: {{}}\n").defaults.signal is expected
-
-
-def test_builtin_defaults_when_nothing_is_set() -> None:
-    cfg = loads("services: {}\n")
-    assert cfg == Config(None, config.Defaults(), (), (), config.DaemonSettings())
-    assert (cfg.defaults.policy, cfg.defaults.on_foreign, cfg.defaults.timeout,
-            cfg.defaults.kill_after, cfg.defaults.signal, cfg.defaults.reuse_address) == (
-        "stop", "fail", 30.0, 10.0, Signals.SIGTERM, True)
-    assert (cfg.daemon.interval, cfg.daemon.restart, cfg.daemon.flap_limit,
-            cfg.daemon.flap_window, cfg.daemon.metrics_file) == (30.0, True, 3, 600.0, None)
-
-
-def test_template_matching_and_suffix_normalisation() -> None:
-    cfg = loads("services:\n  web@: {ports: [1]}\n  web@blue: {ports: [2]}\n"
-                "  api: {ports: [3]}\n  worker.service: {ports: [4]}\n")
-    assert [s.name for s in cfg.services] == [
-        "web@.service", "web@blue.service", "api.service", "worker.service"]
-    template, blue, api, worker = cfg.services
-    assert cfg.service_for("web@blue") is blue  # the exact key wins over the template
-    assert cfg.service_for("web@green.service") is template
-    assert cfg.service_for("web@.service") is template
-    assert cfg.service_for("api") is api and cfg.service_for("api.service") is api
-    assert cfg.service_for("worker") is worker
-    assert cfg.service_for("api.socket") is None
-    assert cfg.service_for("web") is None
-    assert cfg.service_for("webx@green") is None
-    assert (template.is_template, blue.is_template) == (True, False)
-    assert template.instance_glob == "web@*.service" and api.instance_glob == "api.service"
-    assert template.matches("web@green") and not template.matches("webby@green.service")
-    assert api.matches("api") and not api.matches("api@x.service")
-
-
-def test_protected_globs() -> None:
-    cfg = loads("protected: [sshd, 'systemd-*', '*.socket', 'db@*']\nservices: {}\n")
-    assert cfg.protected == ("sshd.service", "systemd-*.service", "*.socket", "db@*.service")
-    assert cfg.is_protected("sshd") and cfg.is_protected("sshd.service")
-    assert cfg.is_protected("systemd-journald") and cfg.is_protected("cups.socket")
-    assert cfg.is_protected("db@main.service")
-    assert not cfg.is_protected("nginx.service") and not cfg.is_protected("systemd-x.timer")
-    assert cfg.is_protected("init.scope") and cfg.is_protected("portguard")  # always
-
-
-def test_default_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PORTGUARD_CONFIG", "/srv/pg.yaml")
-    assert default_config_path() == Path("/srv/pg.yaml")
-    monkeypatch.setenv("PORTGUARD_CONFIG", "")
-    assert default_config_path() == Path("/etc/portguard/config.yaml")
-    monkeypatch.delenv("PORTGUARD_CONFIG")
-    assert default_config_path() == Path("/etc/portguard/config.yaml")
 
 
 # -- ownership ---------------------------------------------------------------------------

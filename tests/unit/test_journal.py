@@ -13,9 +13,9 @@ import select
 import socket
 import struct
 import syslog
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 
@@ -321,21 +321,25 @@ def test_malformed_journal_stream_is_not_the_journal(
         assert not stderr_is_journal(stream)
 
 
-def test_journal_stream_of_another_file_is_not_ours(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    other = tmp_path / "other"
-    other.write_text("")
-    monkeypatch.setenv("JOURNAL_STREAM", journal_stream_of(other))
-    with (tmp_path / "mine").open("w") as stream:
-        assert not stderr_is_journal(stream)
+def closed_file(path: Path) -> TextIO:
+    stream = path.open("w")
+    stream.close()
+    return stream
 
 
-def test_stream_without_a_file_descriptor_is_not_the_journal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "f"
+@pytest.mark.parametrize("stream_for", [
+    pytest.param(lambda path: (path.parent / "mine").open("w"), id="another file"),
+    pytest.param(lambda path: io.StringIO(), id="no file descriptor"),
+    pytest.param(closed_file, id="closed file descriptor"),
+])
+def test_a_stream_that_is_not_the_file_journal_stream_names_is_not_the_journal(
+        stream_for: Callable[[Path], TextIO], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "journal-stream"
     path.write_text("")
     monkeypatch.setenv("JOURNAL_STREAM", journal_stream_of(path))
-    assert not stderr_is_journal(io.StringIO())
-    closed = path.open("w")
-    closed.close()
-    assert not stderr_is_journal(closed)
+    stream = stream_for(path)
+    try:
+        assert not stderr_is_journal(stream)
+    finally:
+        stream.close()

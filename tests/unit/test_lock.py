@@ -65,6 +65,15 @@ def is_free(directory: Path, port: int, proto: Proto = TCP) -> bool:
     return True
 
 
+def reap(child: subprocess.Popen[str]) -> None:
+    """SIGKILL `child` (by its pid) if it still runs; leaving `with child` closes its
+    pipes and waits for it."""
+    if child.poll() is None:
+        os.kill(child.pid, signal.SIGKILL)
+    with child:
+        pass
+
+
 @pytest.fixture
 def guard_in_child(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """Another guard holding the lock on 8080/tcp in tmp_path; killed (by pid) after."""
@@ -77,12 +86,7 @@ def guard_in_child(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
         assert child.stdout.readline() == "locked\n"
         yield child
     finally:
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=10)
-        for stream in (child.stdin, child.stdout):
-            if stream is not None:
-                stream.close()
+        reap(child)
 
 
 def test_the_lock_file_names_the_port_and_the_holders_pid(tmp_path: Path) -> None:
@@ -343,9 +347,4 @@ def test_an_unprivileged_user_cannot_hold_up_a_guard(shared_dir: Path) -> None:
             pass
         assert answer.startswith("refused")
     finally:
-        if squatter.poll() is None:
-            os.kill(squatter.pid, signal.SIGKILL)
-        squatter.wait(timeout=10)
-        for stream in (squatter.stdin, squatter.stdout):
-            if stream is not None:
-                stream.close()
+        reap(squatter)

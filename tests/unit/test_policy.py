@@ -79,20 +79,16 @@ def test_lingering_ignores_the_policy(policy: Policy) -> None:
 # -- foreign holders: on_foreign only --------------------------------------------------
 
 @pytest.mark.parametrize("policy", list(Policy))
-def test_foreign_is_refused_under_on_foreign_fail_whatever_the_policy(
-        policy: Policy) -> None:
-    step = decide(service(policy=policy, on_foreign=OnForeign.FAIL), FOREIGN)
-    assert step.action is Action.REFUSE
-    assert step.why == "portguard never stops another program (on_foreign: fail)"
+@pytest.mark.parametrize(("on_foreign", "action", "why"), [
+    (OnForeign.FAIL, Action.REFUSE, "portguard never stops another program (on_foreign: fail)"),
+    (OnForeign.WAIT, Action.WAIT, "portguard never stops another program; on_foreign: wait"),
+], ids=["refused under fail", "waited for under wait"])
+def test_foreign_gets_what_on_foreign_says_whatever_the_policy(
+        policy: Policy, on_foreign: OnForeign, action: Action, why: str) -> None:
+    step = decide(service(policy=policy, on_foreign=on_foreign), FOREIGN)
+    assert step.action is action
+    assert step.why == why
     assert not step.tolerated  # policy warn does not soften a foreign holder
-
-
-@pytest.mark.parametrize("policy", list(Policy))
-def test_foreign_is_waited_for_under_on_foreign_wait_whatever_the_policy(
-        policy: Policy) -> None:
-    step = decide(service(policy=policy, on_foreign=OnForeign.WAIT), FOREIGN)
-    assert step.action is Action.WAIT
-    assert step.why == "portguard never stops another program; on_foreign: wait"
 
 
 def test_foreign_is_never_stopped_even_when_it_is_a_unit() -> None:
