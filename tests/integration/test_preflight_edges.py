@@ -127,14 +127,14 @@ def test_a_stopped_holder_gets_sigcont_and_exits_on_sigterm(case: Case) -> None:
 
 # Leaves a TIME_WAIT socket on the port: the server side closes first (active close),
 # then the client; the listener goes too. sys.argv: port, 1|0 (SO_REUSEADDR on the
-# listener; a TIME_WAIT socket keeps its socket's flag).
+# listener; a TIME_WAIT socket keeps its socket's flag), address.
 TIME_WAIT_CODE = """
 import socket, sys
-port, reuse = int(sys.argv[1]), sys.argv[2] == "1"
+port, reuse, host = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
-srv.bind(("127.0.0.1", port)); srv.listen()
-cli = socket.create_connection(("127.0.0.1", port))
+srv.bind((host, port)); srv.listen()
+cli = socket.create_connection((host, port))
 conn, _ = srv.accept()
 conn.close()
 cli.recv(1)
@@ -181,8 +181,8 @@ def lingering(case: Case, port: int) -> list[str]:
     return [line.split()[0] for line in out.splitlines()]
 
 
-def make_time_wait(case: Case, port: int, *, reuse: bool) -> None:
-    case.sb.python(TIME_WAIT_CODE, str(port), "1" if reuse else "0", check=True)
+def make_time_wait(case: Case, port: int, *, reuse: bool, host: str = "127.0.0.1") -> None:
+    case.sb.python(TIME_WAIT_CODE, str(port), "1" if reuse else "0", host, check=True)
     case.sb.wait_for(lambda: lingering(case, port) == ["TIME-WAIT"], 5, "a TIME_WAIT")
 
 
@@ -237,6 +237,28 @@ def test_time_wait_of_a_socket_without_so_reuseaddr_blocks_everyone(case: Case) 
     assert conflict["PORTGUARD_ACTION"] == "wait"
     assert "SO_REUSEADDR" in conflict["MESSAGE"]
     case.record(TIMED_OUT, unit)
+
+
+def test_a_time_wait_beside_a_live_holder_that_outlasts_it_is_a_timed_out_wait(
+        case: Case) -> None:
+    # Found by the soak. While the stray listens, the TIME_WAIT's own SO_REUSEADDR cannot
+    # be probed; the stray goes, and bind() is still refused by the TIME_WAIT alone. That
+    # is a wait that ran out (75, "try again later"), not a block (1) by an unseen holder.
+    sb, port = case.sb, case.port()
+    unit = f"twlive-{case.uid}.service"
+    case.config(config(port, unit, extra="timeout: 1500ms"))
+    make_time_wait(case, port, reuse=False, host="127.0.0.2")  # its socket: no SO_REUSEADDR
+    case.unit(unit, "--port", str(port), "--addr", "127.0.0.1")
+    stray = case.spawn(port, "--addr", "127.0.0.1")  # beside it: the addresses differ
+
+    done = case.preflight(unit)
+    assert done.returncode == 75, done.stdout + done.stderr
+    assert not sb.pid_alive(stray)
+    case.record(SIGNAL, unit, holder_pid=stray)
+    timed_out = case.record(TIMED_OUT, unit, result="timeout")
+    assert f"TIME_WAIT 127.0.0.2:{port}" in timed_out["MESSAGE"]
+    assert "lingering sockets" in done.stderr and "try again later" in done.stderr
+    assert lingering(case, port) == ["TIME-WAIT"]
 
 
 def test_a_lingering_fin_wait2_is_waited_out(case: Case) -> None:

@@ -17,6 +17,7 @@ from cases import (
     TIMED_OUT,
     UNIT_NOT_CONFIGURED,
     WAIT,
+    WARNED,
     Case,
     config,
     ids,
@@ -113,6 +114,38 @@ def test_on_foreign_wait_times_out_with_75_while_it_stays(case: Case) -> None:
     assert timed_out["PORTGUARD_RESULT"] == "timeout"
     assert sb.pid_alive(holder)
     assert case.state(other) == "active"
+
+
+def test_policy_warn_passes_once_the_holder_it_waits_for_goes(case: Case) -> None:
+    # Found by the soak: under `warn` a wait for a foreign holder was followed by another
+    # wait, for the holders `warn` tolerates, until the whole budget was spent.
+    sb, port = case.sb, case.port()
+    unit, other = f"wwarn-{case.uid}.service", f"wwother-{case.uid}.service"
+    case.config(f"services:\n  {unit}:\n    ports: [\"{port}\"]\n    policy: warn\n"
+                "    on_foreign: wait\n    timeout: 5s\n")
+    case.unit(unit, "--port", str(port), "--addr", "127.0.0.1")
+    stray = case.spawn(port, "--addr", "127.0.0.1")  # tolerated: the unit's own argv
+    case.unit(other, "--port", str(port), "--addr", "127.0.0.2", "--name", "otherd",
+              guarded=False)
+    holder = case.start_listening(other, port)
+
+    stopper = threading.Timer(1.0, lambda: sb.systemctl("stop", other))
+    stopper.start()
+    t0 = time.monotonic()
+    try:
+        done = case.preflight(unit)
+    finally:
+        stopper.join()
+    took = time.monotonic() - t0
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 0.9 < took < 3.5  # not the 5 s budget
+    case.record(WAIT, unit, result="waiting", holder_pid=holder)
+    case.record(WAIT, unit, result="gone")
+    tolerated = case.record(WARNED, unit, holder_pid=stray)
+    assert (tolerated["PORTGUARD_HOLDER_KIND"], tolerated["PORTGUARD_ACTION"],
+            tolerated["PORTGUARD_RESULT"]) == ("stray", "none", "tolerated")
+    assert sb.pid_alive(stray)
+    assert not [r for r in case.records() if r["MESSAGE_ID"] in ACTING]
 
 
 # -- 11. protected units -----------------------------------------------------------------
