@@ -234,6 +234,15 @@ def test_plan_passes_bind_refused_to_lingering_sockets() -> None:
     assert plan(svc, [LINGERING], bind_refused=refused).steps[0].action is Action.WAIT
 
 
+def test_bind_refused_is_judged_per_port() -> None:
+    # Found by the soak: one port's refused bind() made every port's TIME_WAIT a wait.
+    svc = service(reuse_address=True)
+    other = conflict(Kind.LINGERING, port=8443, state="TIME_WAIT", pids=())
+    steps = plan(svc, [LINGERING, other], bind_refused={(8443, other.proto)}).steps
+    assert [(s.conflict.port, s.action) for s in steps] == [(8080, Action.NONE),
+                                                            (8443, Action.WAIT)]
+
+
 def test_an_empty_plan_has_no_steps() -> None:
     assert plan(service(), []) == Plan(())
 
