@@ -14,11 +14,11 @@ interpreter sits under /root, 0700, and the repository may too).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
@@ -51,14 +51,21 @@ JOURNAL_ROWS = {
 }
 
 
+RUNTIME_PACKAGES = ("yaml", "pystemd", "lxml", "psutil", "sdnotify")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip where this host cannot run the test; under CI=true that is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def require_sandbox() -> None:
     """As conftest.require_sandbox: skip where no sandbox runs, fail under CI=true."""
     reason = Sandbox.unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the systemd sandbox cannot run: {reason}", pytrace=False)
-    pytest.skip(f"systemd sandbox unavailable: {reason}")
+    if reason is not None:
+        skip_or_fail(f"the systemd sandbox cannot run: {reason}")
 
 
 def leftovers(pid: int) -> list[str]:
@@ -168,6 +175,17 @@ def readable_copy() -> Iterator[Path]:
         (root / "tests" / "integration").mkdir(parents=True)
         shutil.copy(REPO / "tests" / "integration" / "sandbox.py",
                     root / "tests" / "integration" / "sandbox.py")
+        # portguard's dependencies too: a clean clone's .venv may sit under a directory
+        # nobody cannot enter (mktemp -d is 0700)
+        for name in RUNTIME_PACKAGES:
+            spec = importlib.util.find_spec(name)
+            assert spec is not None and spec.origin, name
+            origin = Path(spec.origin)
+            if origin.name == "__init__.py":
+                shutil.copytree(origin.parent, root / "site" / name, ignore=ignore)
+            else:
+                (root / "site").mkdir(exist_ok=True)
+                shutil.copy(origin, root / "site" / origin.name)
         for path in root.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         yield root
@@ -176,16 +194,16 @@ def readable_copy() -> Iterator[Path]:
 
 
 def test_without_root_it_says_what_it_needs_and_shows_status(readable_copy: Path) -> None:
-    site = sysconfig.get_paths()["purelib"]  # PyYAML, psutil, pystemd (world-readable)
-    env = {**BASE_ENV, "PYTHONPATH": f"{readable_copy}:{site}"}
+    env = {**BASE_ENV, "PYTHONPATH": f"{readable_copy}:{readable_copy / 'site'}"}
     if os.geteuid() == 0:
         if not os.access(DEBIAN_PYTHON, os.X_OK) or shutil.which("setpriv") is None:
-            pytest.skip(f"needs {DEBIAN_PYTHON} and setpriv to run as nobody")
+            skip_or_fail(f"needs {DEBIAN_PYTHON} and setpriv to run as nobody")
         argv = [*NOBODY, DEBIAN_PYTHON]
-        probe = subprocess.run([*argv, "-c", "import yaml, psutil, portguard.config"],
+        probe = subprocess.run([*argv, "-c", f"import {', '.join(RUNTIME_PACKAGES)}, "
+                                "portguard.config"],
                                env=env, cwd="/", capture_output=True, text=True, check=False)
         if probe.returncode != 0:
-            pytest.skip(f"nobody cannot import portguard's dependencies: {probe.stderr}")
+            skip_or_fail(f"nobody cannot import portguard's dependencies: {probe.stderr}")
     else:
         argv = [PYTHON]
     t0 = time.monotonic()
