@@ -6,6 +6,7 @@ units the config does not name, and bind() address overlap. See test_preflight.p
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -37,6 +38,19 @@ def foreign_service(case: Case, prefix: str, *, extra: str = "") -> tuple[int, s
     case.unit(other, "--port", str(port), "--name", "otherd", guarded=False)
     return port, unit, other, case.start_listening(other, port)
 
+
+
+def preflight_while_stopping(case: Case, unit: str, other: str, *, after: float
+                             ) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`preflight UNIT` while the test stops OTHER `after` seconds in: (result, seconds)."""
+    stopper = threading.Timer(after, lambda: case.sb.systemctl("stop", other))
+    stopper.start()
+    t0 = time.monotonic()
+    try:
+        done = case.preflight(unit)
+    finally:
+        stopper.join()
+    return done, time.monotonic() - t0
 
 
 def test_a_foreign_service_is_named_and_never_touched(case: Case) -> None:
@@ -74,17 +88,9 @@ def test_a_foreign_service_is_named_and_never_touched(case: Case) -> None:
 
 
 def test_on_foreign_wait_passes_once_the_foreign_service_stops(case: Case) -> None:
-    sb = case.sb
     _, unit, other, holder = foreign_service(case, "w", extra="on_foreign: wait\ntimeout: 3s")
 
-    stopper = threading.Timer(1.0, lambda: sb.systemctl("stop", other))
-    stopper.start()
-    t0 = time.monotonic()
-    try:
-        done = case.preflight(unit)
-    finally:
-        stopper.join()
-    took = time.monotonic() - t0
+    done, took = preflight_while_stopping(case, unit, other, after=1.0)
     assert done.returncode == 0, done.stdout + done.stderr
     assert 0.9 < took < 3.5
     waiting = case.record(WAIT, unit, result="waiting")
@@ -129,14 +135,7 @@ def test_policy_warn_passes_once_the_holder_it_waits_for_goes(case: Case) -> Non
               guarded=False)
     holder = case.start_listening(other, port)
 
-    stopper = threading.Timer(1.0, lambda: sb.systemctl("stop", other))
-    stopper.start()
-    t0 = time.monotonic()
-    try:
-        done = case.preflight(unit)
-    finally:
-        stopper.join()
-    took = time.monotonic() - t0
+    done, took = preflight_while_stopping(case, unit, other, after=1.0)
     assert done.returncode == 0, done.stdout + done.stderr
     assert 0.9 < took < 3.5  # not the 5 s budget
     case.record(WAIT, unit, result="waiting", holder_pid=holder)
