@@ -18,7 +18,8 @@ from sandbox import Sandbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import soak
+from soaklib.runner import run
+from soaklib.world import DEFAULT_SEED, MADE
 
 SCENARIOS = 40
 
@@ -26,15 +27,14 @@ SCENARIOS = 40
 def test_forty_random_scenarios_touch_only_permitted_targets_and_clear_the_rest(
         fresh_sandbox: Sandbox) -> None:
     said: list[str] = []
-    rep = soak.run(fresh_sandbox, range(SCENARIOS), soak.DEFAULT_SEED, lanes=2,
-                   log=said.append)
+    rep = run(fresh_sandbox, range(SCENARIOS), DEFAULT_SEED, lanes=2, log=said.append)
     assert len(rep.outcomes) == SCENARIOS
     assert not rep.errors, "scenarios not set up:\n" + "\n".join(
         f"{o.sc.describe()}: {o.error}" for o in rep.errors)
     assert not rep.violations, "\n".join(said)
     # not vacuous: the mix really covers every kind of holder, and portguard acted
     made = collections.Counter(h.made for o in rep.outcomes for h in o.sc.holders)
-    assert set(made) == set(soak.MADE), made
+    assert set(made) == set(MADE), made
     assert {o.exit for o in rep.outcomes} >= {0, 1, 75}
     assert sum(o.signalled for o in rep.outcomes) > 0
     assert sum(o.stopped_units for o in rep.outcomes) > 0

@@ -1,0 +1,1 @@
+"""bench/daemon_cost.py's parts: the load and the measuring, the report."""

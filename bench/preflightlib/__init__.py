@@ -1,0 +1,1 @@
+"""bench/preflight_bench.py's parts: the scene, stages, proofs, the report."""
