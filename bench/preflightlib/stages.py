@@ -27,7 +27,7 @@ wrap("portguard.preflight", "Preflight._fast_path_clear", "fast-path checks, in 
 wrap("portguard.processes", "populated_cgroups", "  cgroup tree walk (starting twins)",
      "cgroup walks (count)")
 wrap("portguard.sockets", "query", "  sock_diag query", "sock_diag queries (count)")
-wrap("portguard.conflicts", "probe_bind", "  bind() probes", "bind() probes (count)")
+wrap("portguard.probe", "probe_bind", "  bind() probes", "bind() probes (count)")
 wrap("portguard.journal", "Journal.emit", "journal record(s) sent", "journal records (count)")
 wrap("portguard.app", "App.close", "close (journal socket)")
 T3, C3 = clock(), cpu_clock()
