@@ -181,22 +181,20 @@ def render(snapshot: Snapshot) -> str:
         for service in sorted(values):
             family.add(values[service], ("service", service))
         families.append(family)
-    for name, value in (("last_pass_duration_seconds", snapshot.last_pass_seconds),
-                        ("last_pass_timestamp_seconds", snapshot.last_pass_timestamp),
-                        ("services", snapshot.services)):
-        family = _Family(name, "gauge")
-        family.add(value)
-        families.append(family)
+    singles: list[tuple[str, str, float]] = [
+        ("last_pass_duration_seconds", "gauge", snapshot.last_pass_seconds),
+        ("last_pass_timestamp_seconds", "gauge", snapshot.last_pass_timestamp),
+        ("services", "gauge", snapshot.services)]
     if snapshot.own is not None:
         own = snapshot.own
-        for name, kind, value in (
-                ("process_resident_memory_bytes", "gauge", own.rss_bytes),
-                ("process_cpu_seconds_total", "counter", own.cpu_seconds),
-                ("process_open_fds", "gauge", own.open_fds),
-                ("process_start_time_seconds", "gauge", own.started_at)):
-            family = _Family(name, kind)
-            family.add(value)
-            families.append(family)
+        singles += [("process_resident_memory_bytes", "gauge", own.rss_bytes),
+                    ("process_cpu_seconds_total", "counter", own.cpu_seconds),
+                    ("process_open_fds", "gauge", own.open_fds),
+                    ("process_start_time_seconds", "gauge", own.started_at)]
+    for name, kind, value in singles:
+        family = _Family(name, kind)
+        family.add(value)
+        families.append(family)
     return "".join(line + "\n" for family in families for line in family.lines)
 
 

@@ -153,15 +153,20 @@ def test_no_restart_unless_configured_or_for_a_unit_that_restarts_itself(
     assert world.started == []
 
 
+def refused_at_every_pass(r: Reconciler, cfg: Config, w: World, passes: int) -> None:
+    """`passes` passes, a second apart, each ending with the one conflict refused."""
+    for _ in range(passes):
+        [o] = run(r, cfg, w)
+        assert o.state == "refused"
+        w.now += 1
+
+
 def test_a_refusal_is_journaled_once_not_at_every_pass(cfg: Config, world: World) -> None:
     j = Capture()
     r = make(world, j)
     twin_fight(world)
     world.answer = BlockedError("tw@b.service cannot start: protected")
-    for _ in range(4):
-        [o] = run(r, cfg, world)
-        assert o.state == "refused"
-        world.now += 1
+    refused_at_every_pass(r, cfg, world, 4)
     assert len(world.preflights) == 1
     [refused] = j.of(Event.REFUSED)  # Preflight wrote none here: the daemon did
     assert refused.fields["PORTGUARD_ACTION"] == "refuse"
@@ -221,10 +226,7 @@ def test_a_bug_for_one_unit_is_journaled_once_and_the_guard_goes_on(
     r = make(world, j)
     twin_fight(world)
     world.answer = RuntimeError("boom")
-    for _ in range(3):
-        [o] = run(r, cfg, world)
-        assert o.state == "refused"
-        world.now += 1
+    refused_at_every_pass(r, cfg, world, 3)
     [error] = j.of(Event.REFUSED)
     assert "RuntimeError('boom')" in error.message
     world.answer = ExitStatus.OK
