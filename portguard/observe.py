@@ -101,7 +101,7 @@ class Observer:
     """Answers "who holds these ports?" from the kernel, /proc and systemd."""
 
     def __init__(self, unit_lookup: UnitLookup, *,
-                 query: Callable[[Sequence[int], Iterable[Proto]], list[Socket]] | None = None,
+                 query: sockets.Query | None = None,
                  ) -> None:
         self.unit_lookup = unit_lookup
         self._query = query or sockets.query
@@ -109,12 +109,7 @@ class Observer:
     def ports(self, wanted: Sequence[tuple[int, Proto]],
               suspects: Iterable[int] = ()) -> list[PortReport]:
         """One report per (port, proto), in the order asked."""
-        by_proto: dict[Proto, list[int]] = {}
-        for port, proto in wanted:
-            by_proto.setdefault(proto, []).append(port)
-        found: list[Socket] = []
-        for proto, ports in by_proto.items():
-            found.extend(self._query(sorted(set(ports)), (proto,)))
+        found = sockets.on_ports(wanted, self._query)
         named = [s for s in found if _worth_naming(s, found)]
         owners = processes.find_owners(named, suspects=suspects)
         reports = []

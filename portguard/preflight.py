@@ -84,7 +84,7 @@ class Preflight:
                          ports: Sequence[tuple[int, Proto]]) -> bool:
         if self._starting_twins(service):
             return False
-        found = _query(ports)
+        found = sockets.on_ports(ports)
         for intent in intents:
             if not conflicts.assess(intent, _on_port(found, intent.port, intent.proto)).free:
                 return False
@@ -205,7 +205,7 @@ class Preflight:
         if conflict.holder is None:  # a twin claiming the port: held while it is up
             return self._twin_up(conflict.unit)
         sock = conflict.holder.socket
-        current = _on_port(_query([(sock.local_port, sock.proto)]), sock.local_port,
+        current = _on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)
         if conflict.kind is Kind.LINGERING:
             # No identity to follow: kernel-owned sockets have no inode and change state
@@ -233,14 +233,14 @@ class Preflight:
                 ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
         """The ports must be free now: sockets say so and a bind() probe agrees."""
         def clear() -> bool:
-            found = _query(ports)
+            found = sockets.on_ports(ports)
             return all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free
                        and _probe_ok(i) for i in intents)
 
         if wait_until(clear, deadline, self.clock):
             self._report_clear(service, ports, "ports cleared")
             return ExitStatus.OK
-        found = _query(ports)
+        found = sockets.on_ports(ports)
         if all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free for i in intents):
             # No live socket left, yet bind() fails: lingering sockets whose own socket did
             # not set SO_REUSEADDR (unprobeable while a live holder shared the port). They
@@ -329,16 +329,6 @@ def _uid_of(user: str) -> int | None:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         return None
-
-
-def _query(ports: Iterable[tuple[int, Proto]]) -> list[Socket]:
-    by_proto: dict[Proto, list[int]] = {}
-    for port, proto in ports:
-        by_proto.setdefault(proto, []).append(port)
-    found: list[Socket] = []
-    for proto, nums in by_proto.items():
-        found.extend(sockets.query(sorted(set(nums)), (proto,)))
-    return found
 
 
 def _on_port(found: Iterable[Socket], port: int, proto: Proto) -> list[Socket]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Literal
 
 from portguard.model import Proto, Socket
@@ -258,3 +258,20 @@ def _proc_address(hexwords: str, family: int) -> str:
         int(hexwords[i : i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(hexwords), 8)
     )
     return socket.inet_ntop(family, raw)
+
+
+Query = Callable[[Sequence[int], Iterable[Proto]], list[Socket]]
+
+
+def on_ports(wanted: Iterable[tuple[int, Proto]], via: Query | None = None) -> list[Socket]:
+    """Every socket on these (port, proto) pairs: one `query` per protocol (`via`: the
+    query to use, `query` itself unless a test passes another)."""
+    by_proto: dict[Proto, list[int]] = {}
+    for port, proto in wanted:
+        by_proto.setdefault(proto, []).append(port)
+    ask = via or query
+    found: list[Socket] = []
+    for proto, ports in by_proto.items():
+        found.extend(ask(sorted(set(ports)), (proto,)))
+    return found
+
