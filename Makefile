@@ -3,10 +3,14 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit integration bench clean docs docs-check deb soak
+.PHONY: setup setup-all demo test lint typecheck unit integration bench clean docs docs-check deb soak
 
 setup:
 	@./scripts/bootstrap
+
+# make test also needs the real daemons, podman, ansible and promtool (scripts/bootstrap).
+setup-all:
+	@./scripts/bootstrap --all
 
 demo: setup
 	@$(PY) scripts/demo.py
@@ -14,6 +18,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy portguard
+	$(VENV)/bin/lint-imports
 
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -21,7 +26,7 @@ unit: setup
 integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: lint
+test: setup-all lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: setup

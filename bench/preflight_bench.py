@@ -52,7 +52,7 @@ from sandbox import Sandbox, SandboxError
 
 def code_state() -> str:
     """Commit, uncommitted files in portguard/, and a hash of the modules preflight loads."""
-    files = host.loaded_modules(("portguard.cli", "portguard.preflight"))
+    files = host.loaded_modules(("portguard.cli", "portguard.commands.preflight"))
     return host.code_state(files, f"the {len(files)} modules preflight loads")
 
 

@@ -37,8 +37,9 @@ from wholib.report import OWN_HEADING, render, verdict_text, verdicts
 from wholib.scenario import run_scenario
 
 TOOLS = ("ss", "fuser", "lsof")  # psmisc and lsof: scripts/bootstrap installs them
-WHO_MODULES = ("portguard.cli", "portguard.observe", "portguard.report", "portguard.units",
-               "portguard.configtypes")  # and whatever they import at module level
+WHO_MODULES = ("portguard.cli", "portguard.commands.who", "portguard.observe.observer",
+               "portguard.report.tables", "portguard.observe.units",
+               "portguard.config.values")  # and whatever they import at module level
 
 
 def code_state() -> str:

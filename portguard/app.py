@@ -13,14 +13,14 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from portguard.journal import Journal
+from portguard.report.journal import Journal
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from portguard.config import Config
-    from portguard.observe import Observer
-    from portguard.units import Systemd
+    from portguard.config.schema import Config
+    from portguard.observe.observer import Observer
+    from portguard.observe.units import Systemd
 
 DEFAULT_CONFIG_FILE = "/etc/portguard/config.yaml"
 
@@ -33,7 +33,7 @@ def default_config_path() -> Path:
 
 
 def _connect_systemd() -> Systemd:
-    from portguard.units import Systemd
+    from portguard.observe.units import Systemd
     return Systemd.connect()
 
 
@@ -56,7 +56,7 @@ class App:
     @property
     def observer(self) -> Observer:
         if self._observer is None:
-            from portguard.observe import Observer, UnitLookup
+            from portguard.observe.observer import Observer, UnitLookup
             connect = self.connect_systemd if self.unit_states else None
             self._observer = Observer(UnitLookup(connect))
         return self._observer
@@ -65,7 +65,7 @@ class App:
     def config(self) -> Config:
         """The validated config, loaded on first use (commands like `who` need none)."""
         if self._config is None:
-            from portguard.config import load
+            from portguard.config.schema import load
             self._config = load(self.config_path)
         return self._config
 

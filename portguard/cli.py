@@ -12,38 +12,24 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from portguard import __version__
 from portguard.app import App
-from portguard.errors import ConfigError, ExitStatus, PortguardError, UsageError
+from portguard.errors import ExitStatus, PortguardError, UsageError
+from portguard.report.output import Output
 
 if TYPE_CHECKING:
-    from portguard.model import Proto
+    pass
 
-# Command modules are imported inside the handlers: `who` on a free port must not pay
-# for YAML, D-Bus or dataclasses (see portguard/model.py).
-
-
-class Output:
-    """Where a command writes: stdout for results, stderr for diagnostics."""
-
-    def __init__(self, out: TextIO, err: TextIO, *, json: bool = False,
-                 verbosity: int = 0) -> None:
-        self.out = out
-        self.err = err
-        self.json = json
-        self.verbosity = verbosity  # -1 quiet, 0 normal, 1+ verbose
-
-    def result(self, text: str) -> None:
-        print(text, file=self.out)
-
-    def document(self, doc: dict[str, Any]) -> None:
-        import json
-        json.dump(doc, self.out, indent=2, sort_keys=False)
-        self.out.write("\n")
-
-    def error(self, text: str) -> None:
-        print(text, file=self.err)
 
 
 Handler = Callable[[argparse.Namespace, App, Output], ExitStatus]
+
+
+def _handler(name: str) -> Handler:
+    """`module:function` in portguard.commands, imported only for the command that runs:
+    `who` on a free port must not pay for YAML, D-Bus or dataclasses."""
+    import importlib
+    module, function = name.split(":")
+    found: Handler = getattr(importlib.import_module(f"portguard.commands.{module}"), function)
+    return found
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -82,25 +68,6 @@ class _HelpExit(Exception):
         self.status = status
 
 
-def cmd_check_config(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
-    path = app.config_path
-    try:
-        cfg = app.config
-    except ConfigError as exc:
-        if out.json:
-            out.document({"ok": False, "path": str(path), "errors": exc.problems})
-        else:
-            for problem in exc.problems:
-                out.error(problem)
-            out.error(f"FAILED: {path}: {len(exc.problems)} error(s)")
-        return exc.exit_status
-    if out.json:
-        out.document({"ok": True, "path": str(path), "services": len(cfg.services)})
-    else:
-        out.result(f"OK: {path}")
-    return ExitStatus.OK
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="portguard",
@@ -122,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="validate the config file, like nginx -t",
         description="Validate the config; print OK: PATH or every error as FILE:LINE: message.",
     )
-    check.set_defaults(handler=cmd_check_config)
+    check.set_defaults(handler="check_config:run")
 
     who = commands.add_parser(
         "who", help="who holds these ports",
@@ -131,14 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     who.add_argument("ports", nargs="+", metavar="PORT[/PROTO]",
                      help="e.g. 8080, 5353/udp, 7000-7010/tcp (tcp when no protocol)")
-    who.set_defaults(handler=cmd_who)
+    who.set_defaults(handler="who:run")
 
     status = commands.add_parser(
         "status", help="every configured service: ports, holders, unit state",
         description="Show every configured service: its ports, their holders, and the "
         "state of its unit(s). Exit 0 when no declared port is held by another process.",
     )
-    status.set_defaults(handler=cmd_status)
+    status.set_defaults(handler="status:run")
 
     pre = commands.add_parser(
         "preflight", help="clear UNIT's declared ports by policy (the ExecStartPre= entry)",
@@ -149,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("unit", metavar="UNIT", help="the unit being started (%%n)")
     pre.add_argument("--dry-run", action="store_true",
                      help="print and journal what would be done; touch nothing")
-    pre.set_defaults(handler=cmd_preflight)
+    pre.set_defaults(handler="preflight:run")
 
     daemon = commands.add_parser(
         "daemon", help="the long-lived guard (portguard.service runs it)",
@@ -158,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "systemd through sd_notify (Type=notify); SIGHUP re-reads the config. Exit 0 on "
         "SIGTERM, 78 when the config is bad at start.",
     )
-    daemon.set_defaults(handler=cmd_daemon)
+    daemon.set_defaults(handler="daemon:run")
 
     for name, verb in (("install", "add"), ("uninstall", "remove")):
         sub = commands.add_parser(
@@ -167,76 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(one drop-in covers every instance of a template) and reload systemd.",
         )
         sub.add_argument("unit", metavar="UNIT", help="e.g. web.service or web@.service")
-        sub.set_defaults(handler=cmd_install if name == "install" else cmd_uninstall)
+        sub.set_defaults(handler="install:run" if name == "install" else "install:run_uninstall")
     return parser
-
-
-def cmd_preflight(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
-    from portguard.preflight import Preflight
-    status = ExitStatus.OK
-    try:
-        status = Preflight(app, args.unit, dry_run=args.dry_run).run()
-        return status
-    except PortguardError as exc:
-        status = exc.exit_status
-        raise
-    finally:
-        if out.json:
-            out.document({"unit": args.unit, "exit_status": int(status),
-                          "dry_run": args.dry_run,
-                          "records": [r.all_fields() for r in app.journal.history]})
-
-
-def cmd_daemon(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
-    from portguard.daemon import Daemon
-    return Daemon(app).run()
-
-
-def cmd_install(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
-    from portguard import install
-    return install.install(args.unit, app, out)
-
-
-def cmd_uninstall(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
-    from portguard import install
-    return install.uninstall(args.unit, app, out)
-
-
-def parse_port_args(texts: Sequence[str]) -> list[tuple[int, Proto]]:
-    """`8080`, `5353/udp`, `7000-7010/tcp` -> (port, proto) pairs, in order, no repeats."""
-    from portguard.configtypes import port_spec
-    wanted: dict[tuple[int, Proto], None] = {}
-    for text in texts:
-        try:
-            spec = port_spec(text)
-        except ValueError as exc:
-            raise UsageError(f"bad port '{text}': {exc}") from None
-        for port in spec.ports:
-            wanted[(port, spec.proto)] = None
-    return list(wanted)
-
-
-def cmd_who(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
-    from portguard import report
-    # The table shows each holder's unit, which its cgroup names exactly; only --json and
-    # -v show the unit's state, which takes systemd's D-Bus API (and ~30 ms of imports).
-    app.unit_states = out.json or out.verbosity > 0
-    reports = app.observer.ports(parse_port_args(args.ports))
-    if out.json:
-        out.document({"ports": [report.port_doc(r) for r in reports]})
-    else:
-        out.result(report.table(reports))
-    return ExitStatus.BLOCKED if any(r.live for r in reports) else ExitStatus.OK
-
-
-def cmd_status(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
-    from portguard import status
-    result = status.collect(app.config, app.observer, app.connect_systemd)
-    if out.json:
-        out.document(status.document(result))
-    else:
-        out.result(status.text(result))
-    return ExitStatus.BLOCKED if status.any_held(result) else ExitStatus.OK
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
@@ -254,8 +153,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         return int(exc.exit_status)
     out = Output(out_stream, err_stream, json=args.json,
                  verbosity=-1 if args.quiet else args.verbose)
-    handler: Handler = args.handler
-    from portguard.journal import Journal
+    handler = _handler(args.handler)
+    from portguard.report.journal import Journal
     journal = Journal(echo=False if args.quiet or args.json else None,
                       verbose=args.verbose > 0, stream=err_stream)
     app = App(args.config or None, journal=journal)

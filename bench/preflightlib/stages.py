@@ -17,25 +17,26 @@ clock, cpu_clock = time.perf_counter, time.process_time
 T0, C0 = clock(), cpu_clock()
 from portguard import cli
 T1, C1 = clock(), cpu_clock()
-from portguard import preflight
+from portguard.commands import preflight
 T2, C2 = clock(), cpu_clock()
 WITH_CPU = True
 """ + WRAP_CODE + r"""
 wrap("portguard.cli", "build_parser", "argparse: build the parser")
-wrap("portguard.config", "load", "config: read, parse (YAML), validate")
-wrap("portguard.preflight", "Preflight._fast_path_clear", "fast-path checks, in all")
-wrap("portguard.processes", "populated_cgroups", "  cgroup tree walk (starting twins)",
+wrap("portguard.config.schema", "load", "config: read, parse (YAML), validate")
+wrap("portguard.commands.preflight", "Preflight._fast_path_clear", "fast-path checks, in all")
+wrap("portguard.observe.processes", "populated_cgroups", "  cgroup tree walk (starting twins)",
      "cgroup walks (count)")
-wrap("portguard.sockets", "query", "  sock_diag query", "sock_diag queries (count)")
-wrap("portguard.probe", "probe_bind", "  bind() probes", "bind() probes (count)")
-wrap("portguard.journal", "Journal.emit", "journal record(s) sent", "journal records (count)")
+wrap("portguard.observe.sockets", "query", "  sock_diag query", "sock_diag queries (count)")
+wrap("portguard.decide.bind_probe", "probe_bind", "  bind() probes", "bind() probes (count)")
+wrap("portguard.report.journal", "Journal.emit", "journal record(s) sent",
+     "journal records (count)")
 wrap("portguard.app", "App.close", "close (journal socket)")
 T3, C3 = clock(), cpu_clock()
 rc = cli.main(sys.argv[1:], stdout=io.StringIO(), stderr=io.StringIO())
 T4, C4 = clock(), cpu_clock()
 for key, (a, b, c, d) in {
         "import portguard.cli (argparse, journal, app, errors)": (T0, T1, C0, C1),
-        "import portguard.preflight (config, yaml, classify, units, ...)": (T1, T2, C1, C2),
+        "import portguard.commands.preflight (config, yaml, classify, units...)": (T1, T2, C1, C2),
         "cli.main() in all": (T3, T4, C3, C4)}.items():
     acc[key], cpu[key] = (b - a) * 1000, (d - c) * 1000
 acc["pystemd imported"] = int(any(m == "pystemd" or m.startswith("pystemd.")

@@ -15,28 +15,28 @@ T0 = time.perf_counter()
 import importlib, io, json, sys
 from portguard import cli
 T1 = time.perf_counter()
-from portguard import observe
+from portguard.observe import observer as observe
 T2 = time.perf_counter()
-from portguard import report
+from portguard.report import tables as report
 T3 = time.perf_counter()
 clock, cpu_clock, WITH_CPU = time.perf_counter, time.process_time, False
 """ + WRAP_CODE + r"""
-wrap("portguard.sockets", "query", "sock_diag query")
-wrap("portguard.processes", "find_owners", "find_owners (all rings)")
-wrap("portguard.processes", "CgroupTree.path_of", "  cgroup id -> path")
-wrap("portguard.processes", "pids_of_uid", "  uid ring: list pids")
-wrap("portguard.processes", "all_pids", "  full ring: list pids")
-wrap("portguard.processes", "socket_fds", "  fd tables read", "fd tables (count)")
-wrap("portguard.processes", "read_process", "  read_process", "processes read (count)")
-wrap("portguard.observe", "UnitLookup._bus", "D-Bus connect (incl. pystemd import)")
-wrap("portguard.units", "Systemd.unit_for_pid", "D-Bus unit_for_pid calls")
-wrap("portguard.report", "table", "render table")
+wrap("portguard.observe.sockets", "query", "sock_diag query")
+wrap("portguard.observe.processes", "find_owners", "find_owners (all rings)")
+wrap("portguard.observe.processes", "CgroupTree.path_of", "  cgroup id -> path")
+wrap("portguard.observe.processes", "pids_of_uid", "  uid ring: list pids")
+wrap("portguard.observe.processes", "all_pids", "  full ring: list pids")
+wrap("portguard.observe.processes", "socket_fds", "  fd tables read", "fd tables (count)")
+wrap("portguard.observe.processes", "read_process", "  read_process", "processes read (count)")
+wrap("portguard.observe.observer", "UnitLookup._bus", "D-Bus connect (incl. pystemd import)")
+wrap("portguard.observe.units", "Systemd.unit_for_pid", "D-Bus unit_for_pid calls")
+wrap("portguard.report.tables", "table", "render table")
 T4 = time.perf_counter()
 rc = cli.main(sys.argv[1:], stdout=io.StringIO(), stderr=io.StringIO())
 T5 = time.perf_counter()
 acc["import portguard.cli (and its imports)"] = (T1 - T0) * 1000
-acc["import portguard.observe (sockets, processes, units, ...)"] = (T2 - T1) * 1000
-acc["import portguard.report"] = (T3 - T2) * 1000
+acc["import portguard.observe.observer (sockets, processes, units, ...)"] = (T2 - T1) * 1000
+acc["import portguard.report.tables"] = (T3 - T2) * 1000
 acc["cli.main() in all (lazy imports included)"] = (T5 - T4) * 1000
 acc["exit status"] = rc
 print(json.dumps({"stages": acc, "missing": missing}))

@@ -19,7 +19,7 @@ from typing import Any
 from sandbox import PYTHON, REPO, Sandbox, _cursor_position, listener_argv, listener_exec
 
 # MESSAGE_IDs: the contract (README "Journal"), spelled out here rather than imported, so
-# a changed id in portguard/journal.py fails these tests.
+# a changed id in portguard/report/journal.py fails these tests.
 PORTS_CLEAR = "718392d18d1d40e2a9e43cb92f8fe39d"
 UNIT_NOT_CONFIGURED = "55b39072bbbf4ee39245c02d398d6a82"
 CONFLICT = "d74d81e4b74f43ecb06f332d7e10fca9"

@@ -20,9 +20,9 @@ from typing import NamedTuple
 
 import pytest
 
-from portguard import processes
-from portguard.actions import SignalOutcome, signal_process
+from portguard.act.signals import SignalOutcome, signal_process
 from portguard.model import Process
+from portguard.observe import processes
 
 # Modes: "plain" (default dispositions), "ignore-term", "handler" (SIGTERM runs a python
 # handler, which only runs while the process runs, then exits 0), "report" (prints the

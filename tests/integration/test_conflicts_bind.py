@@ -1,4 +1,4 @@
-"""The pure bind() rules of portguard.conflicts, checked against real bind() on this kernel.
+"""The pure bind() rules of portguard.decide.conflicts, checked against real bind() on this kernel.
 
 In-process, loopback only, no systemd, no root needed (one case wants root to create a
 socket under another uid). Each case takes a port the kernel itself reports free on every
@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import pytest
 
-from portguard.conflicts import (
+from portguard.decide.bind_probe import probe_bind
+from portguard.decide.conflicts import (
     BindIntent,
     PeerOptions,
     assess,
@@ -30,7 +31,6 @@ from portguard.conflicts import (
     lingering,
 )
 from portguard.model import Proto, Socket
-from portguard.probe import probe_bind
 
 TCP, UDP = Proto.TCP, Proto.UDP
 

@@ -200,7 +200,7 @@ def test_without_root_it_says_what_it_needs_and_shows_status(readable_copy: Path
             skip_or_fail(f"needs {DEBIAN_PYTHON} and setpriv to run as nobody")
         argv = [*NOBODY, DEBIAN_PYTHON]
         probe = subprocess.run([*argv, "-c", f"import {', '.join(RUNTIME_PACKAGES)}, "
-                                "portguard.config"],
+                                "portguard.config.schema"],
                                env=env, cwd="/", capture_output=True, text=True, check=False)
         if probe.returncode != 0:
             skip_or_fail(f"nobody cannot import portguard's dependencies: {probe.stderr}")

@@ -29,7 +29,7 @@ from sandbox import BASE_ENV, PYTHON, REPO, Sandbox, listener_argv
 from test_faults_stop import NOBODY, SYSTEM_PYTHON, Paused
 
 IDENTITY_CHANGED = "8ad43760f38648719a0731aee8185aca"
-SIGNAL_PROCESS = "portguard.preflight_act:signal_process"
+SIGNAL_PROCESS = "portguard.commands.preflight_execute:signal_process"
 
 
 def gone(sb: Sandbox, pid: int) -> bool:
@@ -53,7 +53,8 @@ def signals_sent(case: Case, unit: str) -> list[dict[str, str]]:
 
 STALE = r"""
 import json, signal, sys, time
-from portguard import actions, processes, sockets
+from portguard.act import signals as actions
+from portguard.observe import processes, sockets
 pid, port, skew = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 [sock] = [s for s in sockets.query([port], ("tcp",)) if s.state == "LISTEN"]
 inspected = processes.read_process(pid)

@@ -4,7 +4,7 @@ When every declared port is free, `portguard preflight UNIT` answers from sock_d
 cgroup tree and bind() probes alone. Shown here from the outside, on a real systemd 252:
 
 - `python -X importtime -m portguard preflight UNIT` exits 0 and its import log has no
-  pystemd module (while it does list portguard.preflight, so the log covers the command);
+  pystemd module (while it does list portguard.commands.preflight, so the log covers the command);
 - with the system bus unreachable (`DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent`) it
   still exits 0, tells the person the ports are free, and journals PORTS_CLEAR;
 - the controls, which make those two mean something: once a holder is present, the same
@@ -133,7 +133,7 @@ def test_the_fast_path_imports_no_pystemd(scene: Scene, kind: str) -> None:
     [line] = said(out.stderr)
     assert is_clear_line(line, unit), line
     loaded = modules(out.stderr)
-    assert "portguard.preflight" in loaded, "the import log does not cover preflight"
+    assert "portguard.commands.preflight" in loaded, "the import log does not cover preflight"
     assert pystemd_modules(out.stderr) == []
     assert "psutil" not in loaded  # ~20 ms; the daemon's own metrics only
     scene.record(PORTS_CLEAR, unit, action="none", result="clear")

@@ -60,7 +60,7 @@ echo '%{python3_sitelib}/%1/' > %{pyproject_files} \
 echo '%{python3_sitelib}/%1-%{version}.dist-info/' >> %{pyproject_files}
 %_stub_env PYTHONPATH=%{buildroot}%{python3_sitelib} PYTHONDONTWRITEBYTECODE=1
 %py3_test_envvars %{_stub_env} PYTEST_DEBUG_TEMPROOT=%{_builddir}
-%pyproject_check_import %{py3_test_envvars} %{python3} -c 'import portguard.cli, portguard.daemon'
+%pyproject_check_import %{py3_test_envvars} %{python3} -c 'import portguard.cli, portguard.commands.daemon'
 %pytest %{py3_test_envvars} %{python3} -m pytest -p no:cacheprovider --collect-only -q
 %_docdir_fmt %%{NAME}
 """
@@ -345,7 +345,7 @@ def test_payload_is_the_tree(payload: Path) -> None:
 
 
 def test_payload_config_guards_nothing(payload: Path) -> None:
-    from portguard import config
+    from portguard.config import schema as config
 
     path = payload / "etc/portguard/config.yaml"
     text = path.read_text()

@@ -21,7 +21,7 @@ from sandbox import (
     listener_exec,
 )
 
-from portguard.journal import Event
+from portguard.report.journal import Event
 
 CONFLICT_FIELDS = {
     "PORTGUARD_UNIT": "web@b.service",
@@ -39,7 +39,7 @@ def emit_code(message: str, *, after: str = "") -> str:
     """Python source that emits one CONFLICT record with every DESIGN field."""
     return (
         "import sys\n"
-        "from portguard.journal import Journal, Event\n"
+        "from portguard.report.journal import Journal, Event\n"
         f"Journal().emit(Event.CONFLICT, {message!r}, unit='web@b.service', port=8080,"
         " proto='tcp', holder_pid=123, holder_unit='web@a.service', holder_kind='twin',"
         " action='refuse', result='blocked')\n"

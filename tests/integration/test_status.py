@@ -204,7 +204,7 @@ srv.close()
 
 def test_status_judges_holders_by_the_declared_address(sandbox: Sandbox, uid: str) -> None:
     # DESIGN case 6: 127.0.0.2:P does not block 127.0.0.1:P; 0.0.0.0:P does. (preflight
-    # decides with the same rules, portguard.conflicts: status must not contradict it.)
+    # decides with the same rules, portguard.decide.conflicts: status must not contradict it.)
     path = f"/etc/portguard/addr-{uid}.yaml"
     sandbox.write_file(path, f"""\
 services:

@@ -1,4 +1,4 @@
-"""portguard.units' job and state API against a real systemd 252 (the sandbox), over D-Bus.
+"""portguard.observe.units' job and state API against a real systemd 252 (the sandbox), over D-Bus.
 
 What is checked here, and the pystemd behaviour it rests on (pystemd 0.11 and 0.15 share
 the same dbuslib; see the last section):
@@ -42,7 +42,7 @@ from portguard.errors import ExitStatus
 PRELUDE = """\
 import json, sys
 from portguard.errors import PortguardError
-from portguard.units import JobResult, Systemd
+from portguard.observe.units import JobResult, Systemd
 sd = Systemd.connect()
 U = sys.argv[1:]
 def show(f):
@@ -277,8 +277,8 @@ def nobody_python(sb: Sandbox) -> tuple[list[str], dict[str, str]]:
     """
     site = sysconfig.get_paths()["purelib"]
     env = {"PYTHONPATH": f"{REPO}:{site}"}
-    probe = sb.run([*NOBODY, DEBIAN_PYTHON, "-c", "import pystemd.dbuslib, portguard.units"],
-                   env=env)
+    probe = sb.run([*NOBODY, DEBIAN_PYTHON, "-c",
+                    "import pystemd.dbuslib, portguard.observe.units"], env=env)
     if probe.returncode != 0:
         pytest.skip(f"nobody cannot import pystemd with {DEBIAN_PYTHON}: {probe.stderr}")
     return [*NOBODY, DEBIAN_PYTHON], env

@@ -1,4 +1,4 @@
-"""portguard.units' job loop on a fake bus: orderings a real systemd will not produce on
+"""portguard.observe.units' job loop on a fake bus: orderings a real systemd will not produce on
 demand (a JobRemoved dispatched before the method returns, or queued behind others; a job
 that vanishes silently; EINTR; a lost bus) and the errors it maps. In-process, no sandbox.
 
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from pystemd.dbusexc import DBusError
 
-from portguard import units
 from portguard.errors import ExitStatus, NotPermittedError, TimedOutError
-from portguard.units import JobResult, Systemd, SystemdError, SystemdUnavailable
+from portguard.observe import units
+from portguard.observe.units import JobResult, Systemd, SystemdError, SystemdUnavailable
 
 JOB = b"/org/freedesktop/systemd1/job/7"
 

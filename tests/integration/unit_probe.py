@@ -27,7 +27,7 @@ def imports():
     return "ok"
 
 def sockdiag():
-    from portguard import sockets
+    from portguard.observe import sockets
     found = sockets.query(range(1, 65536), via="netlink")
     return sorted({f"{s.local_port}/{s.proto} uid={s.uid} cgroup={s.cgroup_id is not None}"
                    for s in found if s.state in ("LISTEN", "UNCONN")})
@@ -48,8 +48,8 @@ def who():
         app.close()
 
 def bind():
-    from portguard.conflicts import BindIntent
-    from portguard.probe import probe_bind
+    from portguard.decide.conflicts import BindIntent
+    from portguard.decide.bind_probe import probe_bind
     from portguard.model import Proto
     res = {}
     for spec in os.environ["PROBE_BIND"].split():
@@ -63,7 +63,7 @@ def read_fds():
     return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "exe": os.readlink(f"/proc/{pid}/exe")}
 
 def dbus():
-    from portguard.units import Systemd
+    from portguard.observe.units import Systemd
     sd = Systemd.connect()
     unit = os.environ["PROBE_VICTIM"]
     try:
@@ -75,19 +75,19 @@ def dbus():
         sd.close()
 
 def lock():
-    from portguard.lock import port_locks
+    from portguard.act.lock import port_locks
     from portguard.model import Proto
     with port_locks([(int(os.environ["PROBE_LOCK_PORT"]), Proto.TCP)], timeout=2):
         return oct(os.stat("/run/portguard").st_mode & 0o7777)
 
 def metrics():
-    from portguard.metrics import Snapshot, write_atomic
+    from portguard.report.metrics import Snapshot, write_atomic
     path = Path(os.environ["PROBE_METRICS"])
     write_atomic(path, Snapshot((), {}, {}, {}, 0.0, time.time(), 0))
     return oct(path.stat().st_mode & 0o777)
 
 def journal():
-    from portguard.journal import Event, Journal
+    from portguard.report.journal import Event, Journal
     j = Journal(echo=False)
     j.emit(Event.PORTS_CLEAR, "portguard unit probe", extra={"probe": os.environ["PROBE_ID"]})
     return j._sock is not None

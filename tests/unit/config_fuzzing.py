@@ -16,8 +16,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from portguard import configtypes as ct
-from portguard.config import Config, loads
+from portguard.config import values as ct
+from portguard.config.schema import Config, loads
 from portguard.errors import ConfigError
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

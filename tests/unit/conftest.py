@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fakeproc import FakeProc, ListdirSpy
 
-from portguard import config
+from portguard.config import schema as config
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import socket
 
-from portguard.journal import Event, Journal, Record
+from portguard.commands.daemon_survey import Facts
 from portguard.model import Process, Proto, Socket, Unit
-from portguard.reconcile import Facts
+from portguard.report.journal import Event, Journal, Record
 
 CONFIG = """\
 defaults: {kill_after: 1s, timeout: 2s}

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from portguard.classify import Conflict, Context, Kind, classify, classify_holder
-from portguard.config import ALWAYS_PROTECTED, Service, loads
+from portguard.config.schema import ALWAYS_PROTECTED, Service, loads
+from portguard.decide.classify import Conflict, Context, Kind, classify, classify_holder
 from portguard.model import Holder, Process, Proto, Socket, Unit
 
 CONFIG = loads("""\

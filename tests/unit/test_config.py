@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from config_helpers import DESIGN_EXAMPLE, check, write
 
-from portguard import config
-from portguard.config import load, loads
+from portguard.config import schema as config
+from portguard.config.schema import load, loads
 from portguard.errors import ConfigError, ExitStatus, NotPermittedError
 
 pytestmark = pytest.mark.usefixtures("not_root")

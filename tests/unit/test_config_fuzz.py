@@ -1,7 +1,7 @@
 """Config fuzzing (issue 7, item 1): no document crashes the loader, every error names a
 line of the document, every accepted config survives `status --json` unchanged.
 
-Three kinds of input, all through `portguard.config`:
+Three kinds of input, all through `portguard.config.schema`:
 
 - documents shaped like the schema (the real keys and random ones, values of the right
   kind, of a near miss and of the wrong type, block or flow style, plain or quoted),
@@ -53,11 +53,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from portguard import cli
-from portguard import configtypes as ct
 from portguard.app import App
-from portguard.config import MAX_BYTES, Config, load, loads
+from portguard.commands import who
+from portguard.config import values as ct
+from portguard.config.schema import MAX_BYTES, Config, load, loads
 from portguard.errors import ConfigError, UsageError
-from portguard.units import SystemdUnavailable
+from portguard.observe.units import SystemdUnavailable
 
 pytestmark = pytest.mark.usefixtures("not_root")
 BOMB_SECONDS = 2.0  # wall time a refused bomb may take (each takes well under 1 s here)
@@ -93,7 +94,7 @@ def test_port_strings_parse_or_raise_valueerror(text: str) -> None:
     except ValueError as exc:
         assert str(exc)
         with pytest.raises(UsageError):  # `who` refuses it as usage, not with a trace
-            cli.parse_port_args([text])
+            who.parse_port_args([text])
         return
     assert 1 <= spec.first <= spec.last <= 65535
     assert spec.last - spec.first < ct.MAX_RANGE_PORTS
@@ -140,13 +141,13 @@ def status_json(path: Path) -> tuple[int, dict[str, Any]]:
     """`portguard --config PATH --json status`, in-process: D-Bus unreachable, no sockets.
 
     cli.main() builds its App itself; the fake systemd goes in through the App class it
-    calls, the empty socket table through portguard.sockets.query (the Observer's default).
+    calls, the empty socket table through portguard.observe.sockets.query (the Observer's default).
     """
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cli, "App", lambda path, journal: App(path, journal=journal,
                                                           connect_systemd=no_systemd))
-        mp.setattr("portguard.sockets.query", lambda ports, protos=(), **kw: [])
+        mp.setattr("portguard.observe.sockets.query", lambda ports, protos=(), **kw: [])
         status = cli.main(["--config", str(path), "--json", "status"], stdout=out, stderr=err)
     assert not err.getvalue(), err.getvalue()
     return status, json.loads(out.getvalue())

@@ -9,9 +9,9 @@ from signal import Signals
 import pytest
 from config_helpers import DESIGN_EXAMPLE, REPO
 
-from portguard import config
 from portguard.app import default_config_path
-from portguard.config import Config, OnForeign, Policy, load, loads
+from portguard.config import schema as config
+from portguard.config.schema import Config, OnForeign, Policy, load, loads
 from portguard.model import PortSpec, Proto
 
 pytestmark = pytest.mark.usefixtures("not_root")

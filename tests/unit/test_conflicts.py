@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import pytest
 
-from portguard.conflicts import (
+from portguard.decide.conflicts import (
     BindIntent,
     PeerOptions,
     Verdict,

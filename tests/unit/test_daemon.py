@@ -14,12 +14,9 @@ import pytest
 from daemon_facts import CONFIG, Capture, facts, proc, sock, unit
 
 from portguard.app import App
-from portguard.config import Config, loads
-from portguard.daemon import DEBOUNCE, Daemon, Schedule, UnitFilter, status_line
-from portguard.jobs import unit_from_object_path
-from portguard.model import Holder, Unit
-from portguard.notify import Keeper
-from portguard.reconcile import (
+from portguard.commands.daemon import DEBOUNCE, Daemon, Schedule, UnitFilter, status_line
+from portguard.commands.daemon_heal import Interrupted, Outcome
+from portguard.commands.daemon_survey import (
     Facts,
     analyse,
     before_main,
@@ -27,7 +24,10 @@ from portguard.reconcile import (
     holder_identity,
     wants_port,
 )
-from portguard.resolve import Interrupted, Outcome
+from portguard.config.schema import Config, loads
+from portguard.model import Holder, Unit
+from portguard.observe.bus_signals import unit_from_object_path
+from portguard.report.notify import Keeper
 
 
 def verdicts(cfg: Config, f: Facts) -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portguard.flap import FlapGuard
+from portguard.decide.flap import FlapGuard
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""portguard.install without root or systemd: names, paths, the drop-in, idempotence.
+"""portguard.commands.install without root or systemd: names, paths, the drop-in, idempotence.
 
 The drop-in base is pointed at tmp_path, root is faked, and systemd is a small fake with
 what install needs (load_state, unit_file_state, reload, close). The real thing, in a
@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from portguard import __version__, install
+from portguard import __version__
 from portguard.app import App
-from portguard.cli import Output
+from portguard.commands import install
+from portguard.commands.install import DEFAULT_CONFIG
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
-from portguard.install import DEFAULT_CONFIG
-from portguard.journal import Journal
+from portguard.report.journal import Journal
+from portguard.report.output import Output
 
 COMMAND = ["/usr/bin/portguard"]
 

@@ -1,4 +1,4 @@
-"""portguard.journal without a journal: the native protocol against a fake journald.
+"""portguard.report.journal without a journal: the native protocol against a fake journald.
 
 The fake journal is an AF_UNIX datagram socket bound in tmp_path; the datagrams it
 receives are parsed with an independent reader of https://systemd.io/JOURNAL_NATIVE_PROTOCOL/.
@@ -19,8 +19,8 @@ from typing import Any, TextIO
 
 import pytest
 
-from portguard import journal
-from portguard.journal import (
+from portguard.report import journal
+from portguard.report.journal import (
     IDENTIFIER,
     Event,
     Journal,

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from portguard.act.lock import lock_path, port_locks
 from portguard.errors import ExitStatus, NotPermittedError, TimedOutError
-from portguard.lock import lock_path, port_locks
 from portguard.model import Proto
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ TCP, UDP = Proto.TCP, Proto.UDP
 # it until its stdin closes.
 GUARD = """\
 import sys
-from portguard.lock import port_locks
+from portguard.act.lock import port_locks
 from portguard.model import Proto
 with port_locks([(int(sys.argv[2]), Proto(sys.argv[3]))], timeout=5, directory=sys.argv[1]):
     print("locked", flush=True)

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from promtext import Family, FormatError, strict_parse
 
-from portguard import metrics
-from portguard.metrics import KINDS, PortSample, Snapshot, render, write_atomic
 from portguard.model import Usage
+from portguard.report import metrics
+from portguard.report.metrics import KINDS, PortSample, Snapshot, render, write_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -310,7 +310,7 @@ def test_leftovers_of_a_dead_writer_are_removed_others_kept(tmp_path: Path) -> N
 WRITER = """\
 import sys, time
 from pathlib import Path
-from portguard.metrics import PortSample, Snapshot, write_atomic
+from portguard.report.metrics import PortSample, Snapshot, write_atomic
 small = Snapshot((), {}, {}, {}, 0.1, 1.0, 0)
 ports = tuple(PortSample(f"svc{i}.service", f"svc{i}.service", 1000 + i, "tcp", bool(i % 2),
                          "twin" if i % 2 else "") for i in range(3000))

@@ -1,4 +1,4 @@
-"""portguard.notify against a real AF_UNIX datagram socket standing in for $NOTIFY_SOCKET.
+"""portguard.report.notify against a real AF_UNIX datagram socket standing in for $NOTIFY_SOCKET.
 
 systemd reads each notification datagram as UTF-8 text of `KEY=VALUE` lines. sdnotify
 (the dependency underneath) encodes with latin-1 and silently drops what it cannot encode;
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import sdnotify
 
-from portguard.notify import Notifier, watchdog_interval
+from portguard.report.notify import Notifier, watchdog_interval
 
 STATUS = "watching 3 services — 0 conflicts ✓"
 

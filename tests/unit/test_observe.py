@@ -1,4 +1,4 @@
-"""portguard.observe with its three sources faked: sockets (a `query` function), /proc (a
+"""portguard.observe.observer with its three sources faked: sockets (a `query` function), /proc (a
 fake tree in tmp_path, searched by the real processes.find_owners) and systemd (a fake
 `connect` returning an object with `unit_for_pid` and `close`).
 
@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from portguard import processes, report
 from portguard.model import Proto, Socket, Unit
-from portguard.observe import Observer, PortReport, UnitLookup
-from portguard.units import SystemdError, SystemdUnavailable
+from portguard.observe import processes
+from portguard.observe.observer import Observer, PortReport, UnitLookup
+from portguard.observe.units import SystemdError, SystemdUnavailable
+from portguard.report import tables as report
 
 AF_INET, AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
 TCP, UDP = Proto.TCP, Proto.UDP

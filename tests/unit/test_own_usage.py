@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from portguard import processes
+from portguard.observe import processes
 
 
 def _btime() -> float:

@@ -13,10 +13,10 @@ from signal import Signals
 
 import pytest
 
-from portguard.classify import Conflict, Kind
-from portguard.config import OnForeign, Policy, Service, loads
+from portguard.config.schema import OnForeign, Policy, Service, loads
+from portguard.decide.classify import Conflict, Kind
+from portguard.decide.policy import Action, Plan, decide, plan
 from portguard.model import Holder, Process, Proto, Socket
-from portguard.policy import Action, Plan, decide, plan
 
 WEB: Service = loads("services:\n  web@.service:\n    ports: ['8080', '9090']\n").services[0]
 

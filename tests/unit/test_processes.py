@@ -1,4 +1,4 @@
-"""portguard.processes reading one process, its cgroup and its fds, and the cgroup2
+"""portguard.observe.processes reading one process, its cgroup and its fds, and the cgroup2
 tree, against a fake /proc and cgroup tree (fakeproc.py) built in tmp_path. The owner
 search over many processes is test_processes_owners.py."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fakeproc import NOBODY, FakeProc, ListdirSpy, cg_id
 
-from portguard import processes
-from portguard.processes import CgroupTree, ProcessGone
+from portguard.observe import processes
+from portguard.observe.processes import CgroupTree, ProcessGone
 
 # --- start_time / read_process ------------------------------------------------------
 

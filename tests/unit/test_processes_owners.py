@@ -1,4 +1,4 @@
-"""portguard.processes.find_owners: who holds each socket, searched in rings (suspects,
+"""portguard.observe.processes.find_owners: who holds each socket, searched in rings (suspects,
 the socket's cgroup, its uid, then every process), against a fake /proc and cgroup tree
 (fakeproc.py). ListdirSpy records which fd tables each search listed: the rings exist to
 list as few as they can."""
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from fakeproc import NOBODY, FakeProc, ListdirSpy, cg_id, tcp
 
-from portguard import processes
 from portguard.model import Process
-from portguard.processes import CgroupTree, ProcessGone
+from portguard.observe import processes
+from portguard.observe.processes import CgroupTree, ProcessGone
 
 # --- find_owners: the rings -------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""portguard.report: the table people read and the JSON scripts parse, from fixed facts."""
+"""portguard.report.tables: the table people read and the JSON scripts parse, from fixed facts."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from portguard import report
 from portguard.model import Holder, Process, Proto, Socket, Unit
-from portguard.observe import PortReport
+from portguard.observe.observer import PortReport
+from portguard.report import tables as report
 
 AF_INET, AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
 TCP, UDP = Proto.TCP, Proto.UDP

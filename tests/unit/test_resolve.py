@@ -1,5 +1,5 @@
-"""The daemon's reconciler (portguard.resolve) across passes, with a fake Preflight, fake
-observations and a fake clock: what it resolves, refuses, restarts and journals, and its
+"""The daemon's healer (portguard.commands.daemon_heal) across passes, with a fake Preflight,
+fake observations and a fake clock: what it resolves, refuses, restarts and journals, and its
 flap guard. The real thing runs in tests/integration/test_daemon_heal.py.
 """
 
@@ -11,19 +11,19 @@ from typing import Any
 import pytest
 from daemon_facts import CONFIG, Capture, facts, proc, sock, unit
 
-from portguard import resolve
 from portguard.app import App
-from portguard.classify import Conflict, Kind
-from portguard.config import Config, loads
-from portguard.errors import BlockedError, ExitStatus
-from portguard.flap import FlapGuard
-from portguard.journal import Event
-from portguard.model import Holder, Proto, Unit
-from portguard.policy import Action, Plan, Step
-from portguard.reconcile import (
+from portguard.commands import daemon_heal as resolve
+from portguard.commands.daemon_heal import Interrupted, Outcome, Reconciler
+from portguard.commands.daemon_survey import (
     analyse,
 )
-from portguard.resolve import Interrupted, Outcome, Reconciler
+from portguard.config.schema import Config, loads
+from portguard.decide.classify import Conflict, Kind
+from portguard.decide.flap import FlapGuard
+from portguard.decide.policy import Action, Plan, Step
+from portguard.errors import BlockedError, ExitStatus
+from portguard.model import Holder, Proto, Unit
+from portguard.report.journal import Event
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""portguard.units (and portguard.cgroups, where its pure part moved) without a bus:
+"""portguard.observe.units (and portguard.observe.cgroups, where its pure part moved) without a bus:
 what cgroup paths and argv say, D-Bus error names, and replies from a fake bus.
 
 The cgroup paths are the ones systemd and the container runtimes create (systemd's
@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from pystemd.dbusexc import DBusError
 
-from portguard import cgroups, units
-from portguard.cgroups import container_from_cgroup, docker_proxy_target, unit_from_cgroup
 from portguard.errors import ExitStatus, NotPermittedError
 from portguard.model import Unit
-from portguard.units import Systemd, SystemdError, SystemdUnavailable, dbus_error_name
+from portguard.observe import cgroups, units
+from portguard.observe.cgroups import container_from_cgroup, docker_proxy_target, unit_from_cgroup
+from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable, dbus_error_name
 
 DOCKER_ID = "3f2a9c1b2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
 

@@ -1,7 +1,7 @@
 """Resolve what a pass found, by reusing Preflight; remember what outlives a pass.
 
-For a unit whose verdict is `act` (see portguard.reconcile), the flap guard is asked first
-with (unit, holder identity) for each holder: a pair resolved `flap_limit` times within
+For a unit whose verdict is `act` (see portguard.commands.daemon_survey), the flap guard is
+asked first with (unit, holder identity) for each holder: a pair resolved `flap_limit` times within
 `flap_window` is not fought (DAEMON_FLAPPING, once) until the window has passed. Then
 `Preflight(app, unit).run()`: the same classification, policy, locks and actions as the
 `ExecStartPre=` guard; a PortguardError is a refusal, journaled once for the same unit and
@@ -19,21 +19,28 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from portguard.app import App
-from portguard.config import Config
+from portguard.commands.daemon_survey import (
+    Check,
+    analyse,
+    flap_keys,
+    holder_identity,
+    observe,
+    wants_port,
+)
+from portguard.commands.preflight import Preflight, describe_holder
+from portguard.commands.preflight_execute import describe_conflict
+from portguard.config.schema import Config
+from portguard.decide.policy import Action, Plan
 from portguard.errors import PortguardError, TimedOutError
-from portguard.journal import Event, Journal, Priority
 from portguard.model import Holder, Usage
-from portguard.policy import Action, Plan
-from portguard.preflight import Preflight, describe_holder
-from portguard.preflight_act import describe_conflict
-from portguard.reconcile import Check, analyse, flap_keys, holder_identity, observe, wants_port
-from portguard.units import Systemd
+from portguard.observe.units import Systemd
+from portguard.report.journal import Event, Journal, Priority
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from portguard.flap import FlapGuard
-    from portguard.metrics import PortSample, Snapshot
+    from portguard.decide.flap import FlapGuard
+    from portguard.report.metrics import PortSample, Snapshot
 
 _DONE = {Action.STOP: "stopped", Action.SIGNAL: "signalled", Action.WAIT: "waited out"}
 Told = tuple[str, str, frozenset[str]]  # (verdict, unit or service, holder identities)
@@ -268,7 +275,7 @@ class Reconciler:
     def snapshot(self, config: Config, result: PassResult, took: float, at: float,
                  own: Usage | None = None) -> Snapshot:
         """The metrics file's content after a pass (`own`: the daemon's own cost)."""
-        from portguard.metrics import Snapshot
+        from portguard.report.metrics import Snapshot
         names = [s.name for s in config.services]
         tripped = {k[0] for k in self.flap.tripped_keys() if isinstance(k, tuple)}
         return Snapshot(result.samples, {s: self.resolved_total.get(s, 0) for s in names},
@@ -277,7 +284,7 @@ class Reconciler:
                         took, at, len(names), own)
 
     def _samples(self, checks: Sequence[Check]) -> tuple[PortSample, ...]:
-        from portguard.metrics import PortSample
+        from portguard.report.metrics import PortSample
         out = []
         for check in checks:
             for p in check.ports:

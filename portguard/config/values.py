@@ -1,4 +1,4 @@
-"""The config's value grammars and the strict YAML layer under portguard.config.
+"""The config's value grammars and the strict YAML layer under portguard.config.schema.
 
 Values are read from composed YAML nodes (which keep their positions), never from objects
 YAML 1.1's resolver built: `no`, `0700`, `22:22`, `8_080` mean different things to different

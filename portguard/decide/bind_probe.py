@@ -1,6 +1,6 @@
 """Ask the kernel: bind() a socket as the service would, and report what it says.
 
-The one system call behind `portguard.conflicts`' pure rules: sock_diag cannot show an
+The one system call behind `portguard.decide.conflicts`' pure rules: sock_diag cannot show an
 observed socket's SO_REUSEADDR / SO_REUSEPORT / SO_BINDTODEVICE, so where those decide,
 this probe does.
 """
@@ -11,7 +11,7 @@ import contextlib
 import errno
 import socket
 
-from portguard.conflicts import BindIntent
+from portguard.decide.conflicts import BindIntent
 from portguard.model import Proto
 
 

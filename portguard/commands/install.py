@@ -49,12 +49,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from portguard import __version__
 from portguard.app import DEFAULT_CONFIG_FILE
-from portguard.configtypes import mangle_unit, service_name
+from portguard.config.values import mangle_unit, service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 
 if TYPE_CHECKING:
+    import argparse
+
     from portguard.app import App
-    from portguard.cli import Output
+    from portguard.report.output import Output
 
 DEFAULT_CONFIG = Path(DEFAULT_CONFIG_FILE)
 DROPIN_BASE = Path("/etc/systemd/system")  # tests point this at a tmp_path
@@ -65,7 +67,7 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class UnitFiles(Protocol):
-    """What install needs of portguard.units.Systemd (tests pass a fake)."""
+    """What install needs of portguard.observe.units.Systemd (tests pass a fake)."""
 
     def load_state(self, unit: str) -> str: ...
 
@@ -311,3 +313,13 @@ def uninstall(unit: str, app: App, out: Output) -> ExitStatus:
         return _report(out, name, path, changed=True, said="uninstalled", notes=[still])
 
     return _with_systemd(app, act)
+
+
+def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    """`portguard install UNIT`."""
+    return install(args.unit, app, out)
+
+
+def run_uninstall(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    """`portguard uninstall UNIT`."""
+    return uninstall(args.unit, app, out)

@@ -12,8 +12,8 @@ import enum
 from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
-from portguard.classify import Conflict, Kind
-from portguard.config import OnForeign, Policy, Service
+from portguard.config.schema import OnForeign, Policy, Service
+from portguard.decide.classify import Conflict, Kind
 from portguard.model import Proto
 
 

@@ -10,9 +10,9 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
-from portguard import cgroups, processes, sockets
 from portguard.model import Holder, Process, Proto, Socket, Unit
-from portguard.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.observe import cgroups, processes, sockets
+from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 
 # States of a socket that is on its way out: no process holds it any more, or the
 # process is only draining it. They block a bind() only without SO_REUSEADDR.

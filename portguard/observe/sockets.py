@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Literal
 
 from portguard.model import Proto, Socket
-from portguard.netlink import (
+from portguard.observe.netlink import (
     NETLINK_SOCK_DIAG,
     KernelError,
     SocketQueryError,
@@ -182,7 +182,7 @@ def _log_fallback(reason: str, pairs: Iterable[tuple[int, Proto]]) -> None:
     import logging
 
     files = ", ".join(_proc_file(family, proto) for family, proto in pairs)
-    logging.getLogger("portguard.sockets").debug("%s; reading %s instead", reason, files)
+    logging.getLogger("portguard.observe.sockets").debug("%s; reading %s instead", reason, files)
 
 
 def _proc_file(family: int, proto: Proto) -> str:

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from portguard import processes
 from portguard.errors import NotPermittedError
 from portguard.model import Process
+from portguard.observe import processes
 
 _POLL = 0.05
 

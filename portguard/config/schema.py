@@ -1,7 +1,7 @@
 """The config file: its schema, its dataclasses, and the checks on the file itself.
 
 `load` reports every problem it finds as `FILE:LINE:COL: message` in one ConfigError;
-value grammars and the strict YAML layer live in portguard.configtypes.
+value grammars and the strict YAML layer live in portguard.config.values.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from signal import Signals
 
 import yaml
 
-from portguard import configtypes as ct
-from portguard import strictyaml as sy
+from portguard.config import strictyaml as sy
+from portguard.config import values as ct
 from portguard.errors import ConfigError, NotPermittedError
 from portguard.model import PortSpec
 

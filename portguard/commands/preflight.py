@@ -15,21 +15,26 @@ import pwd
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from portguard import conflicts, probe, processes, sockets
-from portguard.actions import REAL_CLOCK, Clock, wait_until
-from portguard.classify import Conflict, Context, Kind, classify
-from portguard.config import Config, Service
-from portguard.configtypes import mangle_unit
-from portguard.errors import BlockedError, ExitStatus, TimedOutError
-from portguard.journal import Event
-from portguard.lock import LockTimedOut, port_locks
+from portguard.act.lock import LockTimedOut, port_locks
+from portguard.act.signals import REAL_CLOCK, Clock, wait_until
+from portguard.commands.preflight_execute import Executor, describe_conflict
+from portguard.config.schema import Config, Service
+from portguard.config.values import mangle_unit
+from portguard.decide import bind_probe as probe
+from portguard.decide import conflicts
+from portguard.decide.classify import Conflict, Context, Kind, classify
+from portguard.decide.policy import Action, Plan, plan
+from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Socket, Unit, format_ports
-from portguard.policy import Action, Plan, plan
-from portguard.preflight_act import Executor, describe_conflict
-from portguard.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.observe import processes, sockets
+from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.report.journal import Event
 
 if TYPE_CHECKING:
+    import argparse
+
     from portguard.app import App
+    from portguard.report.output import Output
 
 ALWAYS_PROTECTED = ("init.scope", "portguard.service")
 
@@ -343,3 +348,19 @@ def _probe_ok(intent: conflicts.BindIntent) -> bool:
 
 
 __all__ = ["Preflight", "TimedOutError", "advice", "describe_holder"]
+
+
+def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    """`portguard preflight UNIT [--dry-run]`; with --json, the decisions as one document."""
+    status = ExitStatus.OK
+    try:
+        status = Preflight(app, args.unit, dry_run=args.dry_run).run()
+        return status
+    except PortguardError as exc:
+        status = exc.exit_status
+        raise
+    finally:
+        if out.json:
+            out.document({"unit": args.unit, "exit_status": int(status),
+                          "dry_run": args.dry_run,
+                          "records": [r.all_fields() for r in app.journal.history]})

@@ -9,13 +9,13 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
-from portguard.actions import Clock, SignalOutcome, signal_process, wait_until
-from portguard.classify import Conflict
-from portguard.config import Service
+from portguard.act.signals import Clock, SignalOutcome, signal_process, wait_until
+from portguard.config.schema import Service
+from portguard.decide.classify import Conflict
+from portguard.decide.policy import Action, Plan, Step
 from portguard.errors import BlockedError, PortguardError, TimedOutError
-from portguard.journal import Event, Journal
-from portguard.policy import Action, Plan, Step
-from portguard.units import JOB_GONE, JobResult, Systemd, SystemdError
+from portguard.observe.units import JOB_GONE, JobResult, Systemd, SystemdError
+from portguard.report.journal import Event, Journal
 
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 

@@ -14,9 +14,9 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from portguard.config import Service
+from portguard.config.schema import Service
 from portguard.model import INTERPRETERS, Holder, Process, Proto, Unit
-from portguard.observe import LINGERING_STATES
+from portguard.observe.observer import LINGERING_STATES
 
 
 class Kind(enum.StrEnum):

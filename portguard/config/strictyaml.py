@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import yaml
 
-from portguard.configtypes import BOOL_TRAPS, TRUE_FALSE, hint
+from portguard.config.values import BOOL_TRAPS, TRUE_FALSE, hint
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)

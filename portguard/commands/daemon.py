@@ -4,7 +4,8 @@ One thread, one `selectors` loop over the D-Bus fd (systemd's JobRemoved and uni
 PropertiesChanged signals: a change of a configured unit schedules a pass, DEBOUNCE
 later), a self-pipe from `signal.set_wakeup_fd` (SIGHUP reload, SIGTERM/SIGINT stop) and
 timers (a pass every `daemon.interval`, WATCHDOG=1 every WATCHDOG_USEC/2). Passes are
-portguard.reconcile (observe, analyse) and portguard.resolve (act through Preflight).
+portguard.commands.daemon_survey (observe, analyse) and
+portguard.commands.daemon_heal (act through Preflight).
 
 sd_notify: READY=1 after a valid config and the first pass; STATUS= after every pass;
 SIGHUP: RELOADING=1, re-read, a bad config kept out, READY=1; SIGTERM: STOPPING=1, exit 0
@@ -26,16 +27,22 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from portguard import processes
 from portguard.app import App
-from portguard.config import Config, load
+from portguard.config.schema import Config, load
 from portguard.errors import ConfigError, ExitStatus, NotPermittedError, PortguardError
-from portguard.flap import FlapGuard
-from portguard.journal import Event
-from portguard.notify import Keeper, Notifier
-from portguard.resolve import Interrupted, Outcome, PassResult, Reconciler
-from portguard.units import Systemd, SystemdUnavailable
+from portguard.observe import processes
+
+if TYPE_CHECKING:
+    import argparse
+
+    from portguard.report.output import Output
+from portguard.commands.daemon_heal import Interrupted, Outcome, PassResult, Reconciler
+from portguard.decide.flap import FlapGuard
+from portguard.observe.units import Systemd, SystemdUnavailable
+from portguard.report.journal import Event
+from portguard.report.notify import Keeper, Notifier
 
 DEBOUNCE = 0.2  # seconds from a unit's change to the pass it triggers
 PASS_BOUND = 30.0  # seconds the observing part of a pass may take (D-Bus call timeout 25 s)
@@ -353,7 +360,7 @@ class Daemon:
         told, self.metrics_error = self.metrics_error, ""
         if path is None:
             return
-        from portguard import metrics
+        from portguard.report import metrics
 
         try:
             metrics.write_atomic(path, self.reconciler.snapshot(
@@ -404,3 +411,8 @@ class Daemon:
                 os.close(fd)
             self._wake = None
         self.notifier.close()
+
+
+def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    """`portguard daemon`: until SIGTERM."""
+    return Daemon(app).run()

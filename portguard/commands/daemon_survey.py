@@ -12,7 +12,7 @@ foreign program: only Preflight's classification tells them apart), and its verd
 
 - `act`: the unit **wants its port** (failed; activating, auto-restart included) and is
   blocked (by a twin, an other, lingering sockets, or a remnant in its own cgroup while
-  its main process is not running). portguard.resolve runs Preflight for it.
+  its main process is not running). portguard.commands.daemon_heal runs Preflight for it.
 - `report`: the unit does not want its port, and an other holds it, or a twin holds it
   while the unit itself is active (twins at once). Told, never acted on.
 - `ok`: nothing to do (its own port, or a twin holding the port of a stopped instance).
@@ -28,12 +28,13 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from portguard import cgroups, conflicts, processes, sockets
-from portguard.classify import is_outside_service
-from portguard.config import Config, Service
+from portguard.config.schema import Config, Service
+from portguard.decide import conflicts
+from portguard.decide.classify import is_outside_service
 from portguard.model import Holder, Process, Proto, Socket, Unit
-from portguard.observe import LINGERING_STATES
-from portguard.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.observe import cgroups, processes, sockets
+from portguard.observe.observer import LINGERING_STATES
+from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 
 BEFORE_MAIN = ("auto-restart", "condition", "start-pre")  # activating sub-states
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from portguard.model import Holder, Process
-from portguard.observe import LINGERING_STATES, PortReport
+from portguard.observe.observer import LINGERING_STATES, PortReport
 
 
 def endpoint(address: str, port: int, family: int) -> str:

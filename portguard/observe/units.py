@@ -12,8 +12,8 @@ Jobs (`stop_unit`, `start_unit`) are followed through the Manager's JobRemoved s
 the pystemd quirks that shapes (a callback pystemd does not keep alive, `process()` that
 hides whether it did anything, error names lost on bus-level failures) are described in
 tests/integration/test_units_dbus.py, which checks them against systemd 252. The signal
-callbacks themselves live in portguard.jobs; `watch_units`, `fileno` and `dispatch` let
-`portguard daemon` wait for unit changes in its own select loop.
+callbacks themselves live in portguard.observe.bus_signals; `watch_units`, `fileno` and
+`dispatch` let `portguard daemon` wait for unit changes in its own select loop.
 """
 
 from __future__ import annotations
@@ -23,13 +23,23 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from portguard.cgroups import (  # re-exported: they used to live here
+from portguard.errors import TimedOutError
+from portguard.model import Unit
+from portguard.observe.bus_signals import (
+    JOB_GONE,
+    PINNED,
+    REMEMBERED,
+    JobResult,
+    Listener,
+    SignalHub,
+)
+from portguard.observe.cgroups import (  # re-exported: they used to live here
     container_from_cgroup,
     docker_proxy_target,
     unit_from_cgroup,
     unit_from_path_only,
 )
-from portguard.dbuserrors import (  # re-exported: part of this module's API
+from portguard.observe.dbus_errors import (  # re-exported: part of this module's API
     _CALL_TIMEOUT,
     _NO_OBJECT,
     _NOT_FOUND,
@@ -43,9 +53,6 @@ from portguard.dbuserrors import (  # re-exported: part of this module's API
     _s,
     dbus_error_name,
 )
-from portguard.errors import TimedOutError
-from portguard.jobs import JOB_GONE, PINNED, REMEMBERED, JobResult, Listener, SignalHub
-from portguard.model import Unit
 
 __all__ = ["JOB_GONE", "Bus", "JobResult", "Systemd", "SystemdError", "SystemdUnavailable",
            "container_from_cgroup", "dbus_error_name", "docker_proxy_target",

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from portguard import conflicts, report
-from portguard.config import Config, Service
+from portguard.config.schema import Config, Service
+from portguard.decide import conflicts
+from portguard.errors import ExitStatus
 from portguard.model import Holder, PortSpec, Unit
-from portguard.observe import Observer, PortReport
-from portguard.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.observe.observer import Observer, PortReport
+from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.report import tables as report
+
+if TYPE_CHECKING:
+    import argparse
+
+    from portguard.app import App
+    from portguard.report.output import Output
 
 
 class PortState(NamedTuple):
@@ -126,3 +134,13 @@ def text(states: Sequence[ServiceState]) -> str:
             if held:
                 out.extend("    " + line for line in report.table(held).splitlines())
     return "\n".join(out)
+
+
+def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
+    """`portguard status`: exit 0 when no declared port is held by another process."""
+    result = collect(app.config, app.observer, app.connect_systemd)
+    if out.json:
+        out.document(document(result))
+    else:
+        out.result(text(result))
+    return ExitStatus.BLOCKED if any_held(result) else ExitStatus.OK

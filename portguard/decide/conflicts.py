@@ -1,6 +1,6 @@
 """Which observed sockets stop a declared port's bind(), by the kernel's own rules.
 
-Everything here is a pure function of `model` values; `portguard.probe` asks the kernel
+Everything here is a pure function of `model` values; `portguard.decide.bind_probe` asks the kernel
 itself. The rules follow Linux (read in 6.18, checked on it):
 
 * TCP, `inet_csk_get_port` -> `inet_csk_bind_conflict` -> `inet_bind_conflict` (relax and

@@ -1,8 +1,8 @@
 """systemd's signals on one bus connection: JobRemoved and unit PropertiesChanged.
 
-Split from portguard.units, which owns the connection and turns pystemd's errors into
+Split from portguard.observe.units, which owns the connection and turns pystemd's errors into
 ours; this module only builds, pins and counts the signal callbacks (it imports neither
-pystemd nor portguard.units). Two users:
+pystemd nor portguard.observe.units). Two users:
 
 - job waits (`Systemd.stop_unit`/`start_unit`): every JobRemoved since the first match is
   kept, by job path, in `SignalHub.finished` (bounded), because a job's JobRemoved may be
