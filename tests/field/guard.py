@@ -61,6 +61,8 @@ class Guard:
         return out
 
     def signalled(self) -> set[int]:
-        """Pids portguard journaled a signal to (SIGNAL or KILL records)."""
+        """Pids portguard journaled sending a signal to (SIGNAL or KILL records whose
+        action is signal or kill; "exited before it could be signalled" is not one)."""
         return {int(r["PORTGUARD_HOLDER_PID"]) for r in self.records()
-                if r.get("MESSAGE_ID") in (SIGNAL, KILL)}
+                if r.get("MESSAGE_ID") in (SIGNAL, KILL)
+                and r.get("PORTGUARD_ACTION") in ("signal", "kill")}

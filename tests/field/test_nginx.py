@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from daemons import Field
-from guard import REFUSED, Guard
+from guard import CONFLICT, REFUSED, Guard
 
 DAEMONS_USED = ["nginx", "lighttpd"]
 NGINX = "nginx.service"
@@ -44,3 +44,35 @@ def test_another_daemon_on_80_is_foreign_named_and_left_alone(field: Field, guar
         assert guard.signalled() == set()
     finally:
         field.stop("lighttpd.service")
+
+
+def hand_started_nginx(field: Field) -> tuple[int, set[int]]:
+    """`/usr/sbin/nginx` from a root shell, outside any unit: it daemonizes; its master
+    (root) retitles itself and its workers run as www-data. (master pid, all pids)."""
+    field.spawn_by_hand("/usr/sbin/nginx")
+    held = field.wait_holders(80)
+    masters = [p for p, user in field.users(held).items() if user == "root"]
+    assert len(masters) == 1, field.ps(held)
+    master = masters[0]
+    assert "nginx: master process /usr/sbin/nginx" in field.ps({master})
+    assert set(field.users(held).values()) == {"root", "www-data"}
+    return master, field.tree(master)
+
+
+def test_hand_started_nginx_is_a_stray_stopped_for_nginx_service(field: Field, guard: Guard
+                                                                 ) -> None:
+    master, by_hand = hand_started_nginx(field)
+    field.start(NGINX)
+    assert field.is_active(NGINX) == "active"
+    ours = field.unit_pids(NGINX)
+    after = field.holders(80)
+    assert after and set(after) <= ours, field.ps(after)
+    assert not any(field.sb.pid_alive(p) for p in by_hand), field.ps(by_hand)
+    # the master was signalled (through a pidfd); its workers went with it
+    assert guard.signalled() == {master}
+    decided = guard.records(CONFLICT, unit=NGINX)
+    assert len(decided) == 1, [r["MESSAGE"] for r in decided]  # IPv4 + IPv6: one record
+    assert decided[0]["PORTGUARD_HOLDER_KIND"] == "stray"
+    assert decided[0]["PORTGUARD_HOLDER_PID"] == str(master)
+    assert "(nginx, user root)" in decided[0]["MESSAGE"]
+    assert "nginx.service's program started outside any unit" in decided[0]["MESSAGE"]
