@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 from typing import Any
@@ -39,9 +40,15 @@ class Guard:
         return self.sb.portguard("--config", self.cfg, *args, timeout=60)
 
     def install(self, unit: str) -> None:
+        """`portguard install UNIT` inside: the drop-in must land in the sandbox's private
+        /etc/systemd/system, never in the host's."""
+        dropin = f"/etc/systemd/system/{unit}.d/portguard.conf"
+        on_host = os.path.exists(dropin)
         done = self.run("install", unit)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"/etc/systemd/system/{unit}.d/portguard.conf" in done.stdout
+        assert dropin in done.stdout
+        assert "ExecStartPre=+" in self.sb.read_file(dropin)
+        assert os.path.exists(dropin) == on_host, f"install wrote the host's {dropin}"
         self.installed.append(unit)
 
     def uninstall(self) -> None:

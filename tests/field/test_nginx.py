@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from daemons import Field
-from guard import CONFLICT, REFUSED, Guard
+from guard import CONFLICT, PORTS_CLEAR, REFUSED, Guard
 
 DAEMONS_USED = ["nginx", "lighttpd"]
 NGINX = "nginx.service"
@@ -50,13 +50,9 @@ def hand_started_nginx(field: Field) -> tuple[int, set[int]]:
     """`/usr/sbin/nginx` from a root shell, outside any unit: it daemonizes; its master
     (root) retitles itself and its workers run as www-data. (master pid, all pids)."""
     field.spawn_by_hand("/usr/sbin/nginx")
-    held = field.wait_holders(80)
-    masters = [p for p, user in field.users(held).items() if user == "root"]
-    assert len(masters) == 1, field.ps(held)
-    master = masters[0]
+    master, pids = field.wait_master(80)
     assert "nginx: master process /usr/sbin/nginx" in field.ps({master})
-    assert set(field.users(held).values()) == {"root", "www-data"}
-    return master, field.tree(master)
+    return master, pids
 
 
 def test_hand_started_nginx_is_a_stray_stopped_for_nginx_service(field: Field, guard: Guard
@@ -76,3 +72,41 @@ def test_hand_started_nginx_is_a_stray_stopped_for_nginx_service(field: Field, g
     assert decided[0]["PORTGUARD_HOLDER_PID"] == str(master)
     assert "(nginx, user root)" in decided[0]["MESSAGE"]
     assert "nginx.service's program started outside any unit" in decided[0]["MESSAGE"]
+
+
+def test_no_remnant_when_the_master_is_killed_the_next_start_is_clear(field: Field,
+                                                                      guard: Guard) -> None:
+    """Remnant (DESIGN case 1) does not happen to nginx under its packaged unit: with
+    KillMode=mixed systemd SIGKILLs the workers as soon as the master dies."""
+    field.start(NGINX)
+    master, _ = field.wait_master(80)
+    field.sb.kill(master)
+    field.sb.wait_for(lambda: not field.holders(80), 10, "the workers to be killed")
+    assert field.is_active(NGINX) == "failed"
+    assert "Killing process" in field.status(NGINX)
+    field.start(NGINX)
+    assert field.is_active(NGINX) == "active"
+    assert guard.records(PORTS_CLEAR, unit=NGINX)
+    assert guard.records(CONFLICT, unit=NGINX) == []
+
+
+def test_orphaned_workers_of_a_hand_started_nginx_are_never_touched(field: Field,
+                                                                    guard: Guard) -> None:
+    """The master of a hand-started nginx SIGKILLed: its www-data workers keep :80,
+    outside any unit. Judged by themselves they run as another user than nginx.service:
+    foreign, refused, not signalled."""
+    master, pids = hand_started_nginx(field)
+    workers = pids - {master}
+    field.sb.kill(master)
+    try:
+        field.sb.wait_for(lambda: set(field.holders(80)) == workers, 10, "orphaned workers")
+        assert field.start(NGINX, check=False).returncode != 0
+        assert set(field.holders(80)) == workers
+        refused = guard.records(REFUSED, unit=NGINX)
+        assert len(refused) == 1, [r["MESSAGE"] for r in refused]
+        assert refused[0]["PORTGUARD_HOLDER_KIND"] == "foreign"
+        assert "as user www-data, not the unit's user" in refused[0]["MESSAGE"]
+        assert guard.signalled() == set()
+    finally:
+        for pid in workers:  # ours: started by this test
+            field.sb.kill(pid)

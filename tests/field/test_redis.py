@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from daemons import Field
-from guard import CONFLICT, Guard, STOP_UNIT
+from guard import CONFLICT, STOP_UNIT, Guard
 
 DAEMONS_USED = ["redis"]
 TEMPLATE = "redis-server@.service"
