@@ -209,9 +209,11 @@ def display_name(exe_path: str, cmdline: Sequence[str], exe: FileId | None,
                  proc_root: str = "") -> str:
     """The program's name as its administrator knows it: argv[0]'s name when that is a
     symlink to the executable (redis-server, not redis-check-rdb); else the executable's
-    name; "" when neither is known."""
+    name (an interpreter's too: its script is named beside it); "" when neither is known."""
     name = basename(exe_path)
     first = cmdline[0].split(" ", 1)[0] if cmdline else ""
+    if is_interpreter(exe_path):  # python3.11 app.py: the script names it (Process.program)
+        return name
     if first.startswith("/") and basename(first) != name and exe is not None and \
             file_id(proc_root + first) == exe:
         return basename(first)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sandbox import Sandbox
@@ -73,3 +75,17 @@ class Guard:
         return {int(r["PORTGUARD_HOLDER_PID"]) for r in self.records()
                 if r.get("MESSAGE_ID") in (SIGNAL, KILL)
                 and r.get("PORTGUARD_ACTION") in ("signal", "kill")}
+
+
+@contextmanager
+def guarding(sb: Sandbox, unit: str, port: int, *, stop: str | None = None
+             ) -> Iterator[Guard]:
+    """`unit` declared on `port` with policy stop and installed; afterwards the units
+    matching `stop` (default: unit) are stopped and the drop-in removed."""
+    g = Guard(sb, f"{unit}:\n  ports: ['{port}']\n  policy: stop")
+    g.install(unit)
+    try:
+        yield g
+    finally:
+        sb.systemctl("stop", stop or unit, timeout=60)
+        g.uninstall()

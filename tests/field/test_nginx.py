@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from daemons import Field
-from guard import CONFLICT, PORTS_CLEAR, REFUSED, Guard
+from guard import CONFLICT, PORTS_CLEAR, REFUSED, Guard, guarding
 
 DAEMONS_USED = ["nginx", "lighttpd"]
 NGINX = "nginx.service"
@@ -16,11 +16,8 @@ NGINX = "nginx.service"
 @pytest.fixture
 def guard(field: Field) -> Iterator[Guard]:
     field.install("nginx")
-    g = Guard(field.sb, f"{NGINX}:\n  ports: ['80']\n  policy: stop")
-    g.install(NGINX)
-    yield g
-    field.stop(NGINX)
-    g.uninstall()
+    with guarding(field.sb, NGINX, 80) as g:
+        yield g
 
 
 def test_another_daemon_on_80_is_foreign_named_and_left_alone(field: Field, guard: Guard

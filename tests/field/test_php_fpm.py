@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from daemons import Field
-from guard import CONFLICT, REFUSED, Guard
+from guard import CONFLICT, REFUSED, Guard, guarding
 
 DAEMONS_USED = ["php-fpm", "nginx"]
 UNIT = "php8.2-fpm.service"
@@ -23,11 +23,8 @@ def guard(field: Field) -> Iterator[Guard]:
     www = Path(POOL_D, "www.conf").read_text()
     field.config(POOL_D, {"www.conf": www.replace("\nlisten = /run/php/php8.2-fpm.sock",
                                                   f"\nlisten = {PORT}")})
-    g = Guard(field.sb, f"{UNIT}:\n  ports: ['{PORT}']\n  policy: stop")
-    g.install(UNIT)
-    yield g
-    field.stop(UNIT)
-    g.uninstall()
+    with guarding(field.sb, UNIT, PORT) as g:
+        yield g
 
 
 def test_hand_started_php_fpm_is_a_stray_stopped_with_its_pool(field: Field, guard: Guard

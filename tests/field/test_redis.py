@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from daemons import Field
-from guard import CONFLICT, STOP_UNIT, Guard
+from guard import CONFLICT, STOP_UNIT, Guard, guarding
 
 DAEMONS_USED = ["redis"]
 TEMPLATE = "redis-server@.service"
@@ -25,13 +25,10 @@ def instance_conf(name: str, *, daemonize: bool = False) -> str:
 
 
 @pytest.fixture
-def guard(field: Field, uid: str) -> Iterator[Guard]:
+def guard(field: Field) -> Iterator[Guard]:
     field.install("redis")
-    g = Guard(field.sb, f"{TEMPLATE}:\n  ports: ['{PORT}']\n  policy: stop")
-    g.install(TEMPLATE)
-    yield g
-    field.sb.systemctl("stop", "redis-server@*.service")
-    g.uninstall()
+    with guarding(field.sb, TEMPLATE, PORT, stop="redis-server@*.service") as g:
+        yield g
 
 
 def test_twin_instances_on_one_port_the_second_stops_the_first(field: Field, guard: Guard,
