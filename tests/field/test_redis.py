@@ -4,6 +4,7 @@ heavy sandboxing; /usr/bin/redis-server is a symlink to redis-check-rdb; listens
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def test_hand_started_redis_is_a_stray_named_redis_server(field: Field, guard: G
     assert set(field.users(held).values()) == {"redis"}
     who = guard.run("who", str(PORT))
     assert "redis-server" in who.stdout and "redis-check-rdb" not in who.stdout, who.stdout
+    doc = json.loads(guard.run("--json", "who", str(PORT)).stdout)
+    assert {h["program"] for h in doc["ports"][0]["holders"]} == {"redis-server"}
     field.start(unit)
     assert field.is_active(unit) == "active"
     after = field.wait_holders(PORT, gone=set(held))
