@@ -157,13 +157,13 @@ def test_a_journal_field_or_event_must_be_documented_with_its_priority() -> None
 def test_a_metric_or_module_must_be_documented(tmp_path: Path) -> None:
     assert drift.metric_problems(["portguard_new_total"], page("metrics.md")) == [
         "docs/metrics.md: metric 'portguard_new_total' is not documented"]
-    for name in ("cli.py", "observe/__init__.py", "observe/containers.py"):
+    for name in ("cli.py", "observe/__init__.py", "observe/teleport.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("")
     modules = drift.package_modules(tmp_path)
-    assert modules == ["cli", "observe/containers"]
+    assert modules == ["cli", "observe/teleport"]
     assert drift.module_problems(modules, page("architecture.md")) == [
-        "docs/architecture.md: module portguard/observe/containers.py is not in the module map"]
+        "docs/architecture.md: module portguard/observe/teleport.py is not in the module map"]
 
 
 def test_a_test_the_docs_name_must_exist() -> None:
