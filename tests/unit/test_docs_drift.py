@@ -70,7 +70,8 @@ def test_the_exit_code_table_is_errors_py() -> None:
     block = page("commands.md").split("<!-- BEGIN exit-codes", 1)[1].split(
         "<!-- END exit-codes -->", 1)[0]
     rows = re.findall(r"^\| (\d+) \| `(\w+)` \|", block, re.MULTILINE)
-    assert [(int(code), name) for code, name in rows] == [(int(s), s.name) for s in ExitStatus]
+    assert [(int(code), name) for code, name in rows] == \
+        sorted((int(s), s.name) for s in ExitStatus)
 
 
 def test_make_docs_check_lists_a_command_the_docs_lack(tmp_path: Path) -> None:
