@@ -240,9 +240,8 @@ def test_man_page_exit_status_is_the_enum() -> None:
     source = MAN.read_text()
     block = source.split(".SH EXIT STATUS\n", 1)[1].split("\n.SH ", 1)[0]
     codes = [int(code) for code in re.findall(r"^\.B (\d+)$", block, re.MULTILINE)]
-    assert codes == sorted(int(status) for status in ExitStatus)
-    # The contract (docs/commands.md): 3 is `why`'s alone.
-    assert {0, 1, 2, 75, 77, 78} <= set(codes) <= {0, 1, 2, 3, 75, 77, 78}
+    assert codes == [int(status) for status in ExitStatus]
+    assert codes == [0, 1, 2, 75, 77, 78]  # DESIGN.md's contract
 
 
 def test_man_page_has_what_the_parser_cannot_know() -> None:
