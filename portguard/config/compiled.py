@@ -56,9 +56,15 @@ def cache_file(config_path: str) -> str | None:
 
 def store(config_path: str, source: bytes, cfg: Config) -> None:
     """Write the compiled form of `cfg`, validated from `source`; quietly skip when not
-    root or when /run/portguard cannot hold it (the fast path then just loads the YAML)."""
+    root, when the config is not root's alone, or when /run/portguard cannot hold it (the
+    fast path then just loads the YAML)."""
     target = cache_file(config_path)
     if target is None or not _root():
+        return
+    try:
+        if not trust.trusted(config_path, os.stat(config_path)):
+            return  # never compiled, so never trusted: e.g. a test's config under /tmp
+    except OSError:
         return
     services: dict[str, tuple[Any, ...]] = {}
     for service in cfg.services:
