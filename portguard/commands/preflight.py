@@ -10,7 +10,6 @@ locks in /run/portguard, so two guards never act on one port at once.
 
 from __future__ import annotations
 
-import os
 import pwd
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -24,10 +23,10 @@ from portguard.config.schema import Config, Service
 from portguard.config.unitnames import mangle_unit
 from portguard.decide import conflicts
 from portguard.decide.classify import Conflict, Context, Kind, classify
-from portguard.decide.policy import Action, Plan, plan
+from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Unit
-from portguard.observe import processes, sockets
+from portguard.observe import processes, programs, sockets
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 from portguard.report.journal import Event
 
@@ -106,7 +105,7 @@ class Preflight:
             if not the_plan.steps:
                 self._report_clear(service, ports, "all declared ports are free")
                 return ExitStatus.OK
-            for step in the_plan.steps:
+            for step in distinct(the_plan.steps):
                 self._record_decision(step.conflict, step.action, step.why)
             if the_plan.refused:
                 return self._refuse(service, the_plan)
@@ -150,11 +149,8 @@ class Preflight:
                             twins.append(systemd.describe(uid))
                         except SystemdError:
                             continue  # unloaded meanwhile
-        if unit_info is not None and unit_info.exec_start:
-            # Compare against the program both as written and with symlinks resolved.
-            resolved = tuple((os.path.realpath(line[0]), *line[1:])
-                             for line in unit_info.exec_start)
-            unit_info = unit_info._replace(exec_start=unit_info.exec_start + resolved)
+        found = [programs.of_exec_start(line) for line in
+                 (unit_info.exec_start if unit_info is not None else ())]
         return Context(
             unit=self.unit,
             service=service,
@@ -166,6 +162,7 @@ class Preflight:
             own_pids=processes.ancestors(),
             own_pid_namespace=processes.pid_namespace(),
             claiming_twins=tuple(twins),
+            unit_programs=tuple(p for p in found if p is not None),
         )
 
     def _observe(self, ctx: Context, intents: Sequence[conflicts.BindIntent],
@@ -266,7 +263,7 @@ class Preflight:
 
     def _refuse(self, service: Service, the_plan: Plan) -> ExitStatus:
         lines = []
-        for step in the_plan.refused:
+        for step in distinct(the_plan.refused):
             c = step.conflict
             lines.append(f"{c.port}/{c.proto} is held by {describe_conflict(c)}; "
                          f"{step.why}. {advice(service, c)}")
@@ -294,6 +291,23 @@ def _twin_globs(service: Service) -> list[str]:
     if service.is_template:
         globs.append(service.instance_glob)
     return globs
+
+
+def distinct(steps: Iterable[Step]) -> list[Step]:
+    """One step per holder and port, for records and messages: a daemon listening on
+    0.0.0.0:P and [::]:P is two sockets (two conflicts, two steps), but one holder a person
+    hears about once. The first step is kept (a twin's StopUnit over "already planned")."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for step in steps:
+        c = step.conflict
+        key = (c.port, c.proto, c.kind, c.unit, c.pids)
+        if c.pids or c.unit:  # sockets nobody owns (TIME_WAIT) are each their own
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(step)
+    return out
 
 
 def describe_holder(holder: Holder) -> str:

@@ -58,6 +58,7 @@ def _process_fields(proc: Process) -> dict[str, Any]:
         "user": proc.user or None,
         "cmdline": list(proc.cmdline),
         "exe": proc.exe or None,
+        "program": proc.program,  # as its admin knows it: redis-server, not redis-check-rdb
         "start_time": proc.start_time,
         "fds": list(proc.fds),
     }
