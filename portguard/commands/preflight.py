@@ -149,37 +149,7 @@ class Preflight:
             return None
 
     def _context(self, cfg: Config, service: Service, systemd: Systemd | None) -> Context:
-        unit_info: Unit | None = None
-        twins: list[Unit] = []
-        if systemd is not None:
-            unit_info = systemd.describe(self.unit)
-            globs = [*service.duplicates.units]
-            if service.is_template:
-                globs.append(service.instance_glob)
-            if globs:
-                for uid in systemd.list_units(globs):
-                    if uid != self.unit:
-                        try:
-                            twins.append(systemd.describe(uid))
-                        except SystemdError:
-                            continue  # unloaded meanwhile
-        if unit_info is not None and unit_info.exec_start:
-            # Compare against the program both as written and with symlinks resolved.
-            resolved = tuple((os.path.realpath(line[0]), *line[1:])
-                             for line in unit_info.exec_start)
-            unit_info = unit_info._replace(exec_start=unit_info.exec_start + resolved)
-        return Context(
-            unit=self.unit,
-            service=service,
-            unit_info=unit_info,
-            # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
-            # unless systemd could say whose it is (classify: unknown user -> foreign).
-            unit_uid=_uid_of(unit_info.user) if unit_info is not None else None,
-            protected_units=(*ALWAYS_PROTECTED, *cfg.protected),
-            own_pids=processes.ancestors(),
-            own_pid_namespace=processes.pid_namespace(),
-            claiming_twins=tuple(twins),
-        )
+        return service_context(self.unit, service, systemd, cfg.protected)
 
     def _observe(self, ctx: Context, intents: Sequence[conflicts.BindIntent],
                  ports: Sequence[tuple[int, Proto]],
@@ -304,6 +274,43 @@ class Preflight:
                           unit=self.unit, action="none", result="clear")
 
 
+def service_context(unit: str, service: Service, systemd: Systemd | None,
+                    protected: Sequence[str]) -> Context:
+    """What classification needs about `unit` (`portguard why` builds one too): its unit
+    and ExecStart= from systemd, its twins that are up, portguard's own pids."""
+    unit_info: Unit | None = None
+    twins: list[Unit] = []
+    if systemd is not None:
+        unit_info = systemd.describe(unit)
+        globs = [*service.duplicates.units]
+        if service.is_template:
+            globs.append(service.instance_glob)
+        if globs:
+            for uid in systemd.list_units(globs):
+                if uid != unit:
+                    try:
+                        twins.append(systemd.describe(uid))
+                    except SystemdError:
+                        continue  # unloaded meanwhile
+    if unit_info is not None and unit_info.exec_start:
+        # Compare against the program both as written and with symlinks resolved.
+        resolved = tuple((os.path.realpath(line[0]), *line[1:])
+                         for line in unit_info.exec_start)
+        unit_info = unit_info._replace(exec_start=unit_info.exec_start + resolved)
+    return Context(
+        unit=unit,
+        service=service,
+        unit_info=unit_info,
+        # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
+        # unless systemd could say whose it is (classify: unknown user -> foreign).
+        unit_uid=_uid_of(unit_info.user) if unit_info is not None else None,
+        protected_units=(*ALWAYS_PROTECTED, *protected),
+        own_pids=processes.ancestors(),
+        own_pid_namespace=processes.pid_namespace(),
+        claiming_twins=tuple(twins),
+    )
+
+
 def describe_holder(holder: Holder) -> str:
     sock = holder.socket
     if not holder.processes:
@@ -347,7 +354,7 @@ def _probe_ok(intent: conflicts.BindIntent) -> bool:
     return err is None or err.errno != errno.EADDRINUSE
 
 
-__all__ = ["Preflight", "TimedOutError", "advice", "describe_holder"]
+__all__ = ["Preflight", "TimedOutError", "advice", "describe_holder", "service_context"]
 
 
 def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:

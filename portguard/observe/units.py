@@ -63,6 +63,7 @@ PATH = b"/org/freedesktop/systemd1"
 MANAGER = b"org.freedesktop.systemd1.Manager"
 UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
+SOCKET_IFACE = b"org.freedesktop.systemd1.Socket"
 JOB_IFACE = b"org.freedesktop.systemd1.Job"
 PROPERTIES = b"org.freedesktop.DBus.Properties"
 
@@ -196,6 +197,21 @@ class Systemd:
             user=_s(service.get("User", b"")),
             from_dbus=True,
         )
+
+    def socket_listens(self, unit_id: str) -> dict[str, tuple[tuple[str, str], ...]]:
+        """The .socket units that activate `unit_id` (TriggeredBy), each with its Listen
+        property: (type, address) pairs such as ("Stream", "[::]:8080"). A .socket unit
+        given itself answers for itself. (whydisc's own; field-b's reader replaces it.)"""
+        path = self.unit_path(unit_id)
+        if unit_id.endswith(".socket"):
+            names = [unit_id]
+        else:
+            names = [_s(n) for n in self._get(path, UNIT_IFACE, "TriggeredBy") or ()]
+        out: dict[str, tuple[tuple[str, str], ...]] = {}
+        for name in sorted(n for n in names if n.endswith(".socket")):
+            raw = self._get(self.unit_path(name), SOCKET_IFACE, "Listen") or ()
+            out[name] = tuple((_s(kind), _s(addr)) for kind, addr in raw)
+        return out
 
     def list_units(self, patterns: Sequence[str], states: Sequence[str] = ()) -> list[str]:
         """ListUnitsByPatterns: ids of loaded units matching the globs."""
