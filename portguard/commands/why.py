@@ -94,7 +94,7 @@ def explain(app: App, unit_arg: str) -> Answer:
         notes.append("the failure names no port, and no config, socket unit or running "
                      f"process of {unit} says which: `portguard who PORT` once you know it")
     ports = _answer_ports(app, unit, service=service, cfg=cfg, systemd=systemd,
-                          sockets=sockets, wanted=wanted)
+                          wanted=wanted)
     status = postmortem.exit_status(True, any(p.held for p in ports), not wanted)
     return Answer(unit, chosen, tuple(failures), tuple(ports), tuple(notes), status)
 
@@ -131,7 +131,9 @@ def _socket_units(systemd: Systemd, unit: str, notes: list[str],
         if systemd.load_state(unit) == "not-found":
             notes.append(f"systemd knows no unit {unit} (no unit file)")
             return {}
-        return systemd.socket_listens(unit)
+        found = [systemd.describe_socket(unit)] if unit.endswith(".socket") else \
+            systemd.activation_sockets(unit)
+        return {u.id: u.listen for u in found}
     except SystemdError as exc:
         notes.append(f"could not read {unit}'s socket units: {exc.message}")
         return {}
@@ -155,13 +157,12 @@ def _listening_now(unit: str) -> list[tuple[int, Any, str]]:
 
 
 def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config | None,
-                  systemd: Systemd | None, sockets: dict[str, Any],
+                  systemd: Systemd | None,
                   wanted: Sequence[Wanted]) -> list[PortAnswer]:
     from portguard.commands.preflight import service_context
     from portguard.config.schema import Service
     from portguard.decide import conflicts
     from portguard.decide.classify import classify_holder
-    from portguard.observe.listeners import socket_unit_of
 
     svc = service or Service(postmortem.template_of(unit), ())
     ctx = service_context(unit, svc, systemd, cfg.protected if cfg else ())
@@ -177,11 +178,11 @@ def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config |
         for holder in rep.holders:
             if id(holder.socket) not in keep:
                 continue
-            sock_unit = socket_unit_of(holder.socket) if any(
-                p.pid == 1 for p in holder.processes) else None
+            sock_unit = holder.unit.id if holder.unit and holder.unit.id.endswith(
+                ".socket") else None  # PID 1 holds it for that socket unit
             conflict = classify_holder(ctx, holder)
             kind = str(conflict.kind)
-            if postmortem.is_own_activation(holder, sock_unit, sockets):
+            if postmortem.is_own_activation(holder, unit):
                 kind = ACTIVATION
             rows.append((holder, kind, conflict, sock_unit))
             step = postmortem.next_step(unit, kind, conflict, sock_unit)

@@ -16,6 +16,7 @@ from portguard.decide.bindfail import BindFailure
 from portguard.decide.classify import Conflict, Kind
 from portguard.errors import ExitStatus
 from portguard.model import Holder, Proto
+from portguard.observe import activation
 
 ACTIVATION = "activation"  # the unit's own .socket unit holds it, for it (DESIGN case 7)
 
@@ -62,9 +63,9 @@ def wanted_ports(failures: Sequence[BindFailure], service: Service | None,
         return list(out.values())
     for name, listens in sockets.items():
         for kind, address in listens:
-            parsed = socket_listen(kind, address)
+            parsed = activation.parse_listen(kind, address)
             if parsed is not None:
-                port, proto, host = parsed
+                proto, host, port = parsed
                 out.setdefault((port, proto, host),
                                Wanted(port, proto, host, Source.SOCKET_UNIT, name))
     if out:
@@ -74,24 +75,9 @@ def wanted_ports(failures: Sequence[BindFailure], service: Service | None,
     return list(out.values())
 
 
-def socket_listen(kind: str, address: str) -> tuple[int, Proto, str | None] | None:
-    """A .socket unit's Listen entry as (port, proto, address): ("Stream", "[::]:8080"),
-    ("Datagram", "0.0.0.0:53"), ("Stream", "8080"); None for paths, netlink, FIFOs."""
-    proto = {"Stream": Proto.TCP, "Datagram": Proto.UDP}.get(kind)
-    if proto is None:
-        return None
-    host, sep, port = address.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    host = host.strip("[]") if sep else ""
-    return int(port), proto, host or None
-
-
-def is_own_activation(holder: Holder, socket_unit: str | None,
-                      own_sockets: Iterable[str]) -> bool:
-    """PID 1 holds it in a .socket unit's cgroup, and that socket unit activates the unit."""
-    return (socket_unit is not None and socket_unit in set(own_sockets)
-            and any(p.pid == 1 for p in holder.processes))
+def is_own_activation(holder: Holder, unit: str) -> bool:
+    """PID 1 holds it for a .socket unit that activates `unit` (DESIGN case 7)."""
+    return any(p.pid == 1 for p in holder.processes) and activation.held_for(holder.unit, unit)
 
 
 def template_of(unit: str) -> str:

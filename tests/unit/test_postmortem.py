@@ -79,12 +79,13 @@ def test_untouchable_holders_get_no_command_and_activation_names_the_socket() ->
     assert free.advice == "the port is free now: `systemctl restart web.service`"
 
 
-def test_own_activation_needs_pid_1_and_one_of_the_units_sockets() -> None:
-    pid1 = Holder(_sock(), (Process(1, 1),))
-    other = Holder(_sock(), (Process(5, 1),))
-    assert postmortem.is_own_activation(pid1, "web.socket", ["web.socket"])
-    assert not postmortem.is_own_activation(pid1, "db.socket", ["web.socket"])
-    assert not postmortem.is_own_activation(other, "web.socket", ["web.socket"])
+def test_own_activation_needs_pid_1_and_a_socket_unit_that_activates_the_unit() -> None:
+    web_socket = Unit("web.socket", triggers=("web.service",))
+    pid1 = Holder(_sock(), (Process(1, 1),), web_socket)
+    other = Holder(_sock(), (Process(5, 1),), web_socket)
+    assert postmortem.is_own_activation(pid1, "web.service")
+    assert not postmortem.is_own_activation(pid1, "db.service")
+    assert not postmortem.is_own_activation(other, "web.service")
 
 
 def test_exit_statuses() -> None:
