@@ -71,10 +71,16 @@ def propose(app: App, notes: list[str]) -> str:
 
 
 def _program(proc: Process) -> str:
-    """`/usr/sbin/nginx`; for an interpreter also what it runs: `/usr/bin/python3.11 app.py`."""
+    """`/usr/sbin/nginx`; for an interpreter also what it runs (`/usr/bin/python3.11
+    app.py`); and the title a daemon gave itself, when it differs (redis-server is a
+    symlink to redis-check-rdb; nginx calls itself `nginx: master process ...`)."""
     path = proc.exe or (proc.cmdline[0] if proc.cmdline else "?")
     _, space, script = proc.program.partition(" ")
-    return f"{path} {script}" if space else path
+    text = f"{path} {script}" if space else path
+    title = " ".join(proc.cmdline).strip()
+    if title and title != text and not title.startswith(f"{text} ") and not space:
+        text += f" ({title[:57]}...)" if len(title) > 60 else f" ({title})"
+    return text
 
 
 def write_new(path: Path, text: str) -> None:
