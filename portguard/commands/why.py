@@ -225,8 +225,9 @@ def render(answer: Answer) -> str:
         lines += [f"note: {n}" for n in answer.notes]
         return "\n".join(lines)
     assert inv is not None
+    where = f"{inv.unit}, " if inv.unit != answer.unit else ""  # e.g. its .socket unit
     lines.append(f"{answer.unit} failed to bind in its run of {inv.started} "
-                 f"({inv.unit}, invocation {inv.id or '?'}):")
+                 f"({where}invocation {inv.id or '?'}):")
     unshown = {f.line for f in answer.failures}
     for r in inv.records:  # each failure line once, as the journal shows it
         if r.message in unshown:
@@ -247,9 +248,14 @@ def render(answer: Answer) -> str:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines += ["  ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)).rstrip()
                   for r in [header, *rows]]
+    said: set[tuple[str, Step]] = set()  # a port declared per address: its steps once
     for p in answer.ports:
+        name = f"{p.wanted.port}/{p.wanted.proto}"
         for step in p.steps:
-            lines.append(f"{p.wanted.port}/{p.wanted.proto}: {step.advice}")
+            if (name, step) in said:
+                continue
+            said.add((name, step))
+            lines.append(f"{name}: {step.advice}")
             if step.command:
                 lines.append(f"  $ {step.command}")
     lines += [f"note: {n}" for n in answer.notes]
