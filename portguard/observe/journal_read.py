@@ -83,12 +83,15 @@ def parse(stdout: str, units: Sequence[str]) -> list[Record]:
             raw = json.loads(line)
         except json.JSONDecodeError:
             continue
-        unit = next((u for u in (_text(raw.get("_SYSTEMD_UNIT")), _text(raw.get("UNIT")),
-                                 _text(raw.get("OBJECT_SYSTEMD_UNIT"))) if u in units), "")
-        own = unit and _text(raw.get("_SYSTEMD_UNIT")) == unit
+        own = _text(raw.get("_SYSTEMD_UNIT")) in units
+        unit = _text(raw.get("_SYSTEMD_UNIT")) if own else _text(raw.get("UNIT"))
+        if not own and (unit not in units or _text(raw.get("_UID")) != "0"):
+            # UNIT= is a field any process may send: only root's (PID 1's, or its
+            # sd-listen helper's, which reports a socket unit's bind failure) count
+            continue
         invocation = _text(raw.get("_SYSTEMD_INVOCATION_ID" if own else "INVOCATION_ID"))
         usec = int(_text(raw.get("__REALTIME_TIMESTAMP")) or 0)
-        records.append(Record(shown_time(usec), usec, unit or units[0],
+        records.append(Record(shown_time(usec), usec, unit,
                               _text(raw.get("SYSLOG_IDENTIFIER")) or _text(raw.get("_COMM")),
                               _text(raw.get("_PID")), _text(raw.get("MESSAGE")), invocation))
     return records

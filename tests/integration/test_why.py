@@ -194,3 +194,30 @@ def test_a_broken_config_is_said_and_the_answer_still_comes(case: Case) -> None:
     done = why(case, web, "--config", case.cfg)
     assert "is broken" in done.stdout and case.cfg in done.stdout
     assert done.returncode in (1, 3), done.stdout + done.stderr
+
+
+def test_a_socket_unit_that_could_not_listen_explains_its_service(case: Case) -> None:
+    """systemd's own words: the .socket unit failed to bind, so its service never ran."""
+    port = case.port()
+    holder = case.unit(f"hold-{case.uid}.service", "--port", str(port), "--addr", "::",
+                       guarded=False)
+    holder_pid = case.start_listening(holder, port)
+    name = f"sock-{case.uid}"
+    case.sb.write_unit(f"{name}.socket", f"[Socket]\nListenStream={port}\n", reload=False)
+    case.sb.write_unit(f"{name}.service", "[Service]\nExecStart=/bin/true\n")
+    case.units += [f"{name}.socket", f"{name}.service"]
+    assert case.sb.systemctl("start", f"{name}.socket").returncode != 0
+    # systemd's (sd-listen) helper says it, not PID 1: `journalctl -u` (UNIT= only with
+    # _PID=1) leaves it out; `why` reads it
+    case.sb.wait_journal(lambda r: "Address already in use" in r.get("MESSAGE", ""),
+                         f"UNIT={name}.socket")
+    for unit in (f"{name}.socket", f"{name}.service"):
+        status, doc = why_json(case, unit)
+        assert status == 1, (unit, doc)
+        assert doc["failures"][0]["wording"] == "systemd"
+        assert doc["invocation"]["unit"] == f"{name}.socket"
+        (p,) = doc["ports"]
+        assert (p["port"], p["source"]) == (port, "message")
+        assert {(h["pid"], h["unit"], h["kind"]) for h in p["holders"]} == {
+            (holder_pid, holder, "foreign")}
+        assert p["next"][0]["command"] == f"systemctl stop {holder}"

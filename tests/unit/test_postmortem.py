@@ -99,7 +99,7 @@ def _record(usec: int, unit: str, inv: str, msg: str, own: bool = True) -> str:
     key = "_SYSTEMD_UNIT" if own else "UNIT"
     inv_key = "_SYSTEMD_INVOCATION_ID" if own else "INVOCATION_ID"
     return json.dumps({"__REALTIME_TIMESTAMP": str(usec), key: unit, inv_key: inv,
-                       "MESSAGE": msg, "SYSLOG_IDENTIFIER": "x", "_PID": "9"})
+                       "MESSAGE": msg, "SYSLOG_IDENTIFIER": "x", "_PID": "9", "_UID": "0"})
 
 
 def test_journal_records_group_into_invocations_newest_first() -> None:
@@ -107,9 +107,11 @@ def test_journal_records_group_into_invocations_newest_first() -> None:
              _record(20, "w.service", "b", "2", own=False), _record(10, "w.service", "a", "1"),
              json.dumps({"MESSAGE": [104, 105], "_SYSTEMD_UNIT": "w.service",
                          "__REALTIME_TIMESTAMP": "5", "_SYSTEMD_INVOCATION_ID": "a"}),
-             "not json"]
+             "not json", json.dumps({"UNIT": "w.service", "_UID": "1000", "MESSAGE": "forged",
+                                     "__REALTIME_TIMESTAMP": "4", "INVOCATION_ID": "a"})]
     records = journal_read.parse("\n".join(lines), ["w.service"])
-    assert records[-1].message == "hi"  # bytes arrays decoded
+    assert records[-1].message == "hi"  # bytes arrays decoded; a user's UNIT= is no record
+    assert "forged" not in [r.message for r in records]
     groups = journal_read.group(records, limit=2)
     assert [(g.id, [r.message for r in g.records]) for g in groups] == [
         ("c", ["3b", "3"]), ("b", ["2"])]
