@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from portguard.decide import postmortem
 from portguard.model import Proto
 
 DEFAULT_PROTECTED = ("sshd.service", "ssh.service", "dbus.service", "systemd-*.service")
@@ -68,8 +69,9 @@ def _unguarded(unit: str | None, protected: Sequence[str]) -> str:
 
 
 def template_of(unit: str) -> str | None:
-    prefix, at, _ = unit.partition("@")
-    return f"{prefix}@.service" if at and unit.endswith(".service") else None
+    """`web@a.service` -> `web@.service`; None for a unit that is no instance."""
+    template = postmortem.template_of(unit)
+    return template if template != unit and unit.endswith(".service") else None
 
 
 def entries(seen: Iterable[Seen], protected: Sequence[str]) -> tuple[list[Entry], list[str]]:
