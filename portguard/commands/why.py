@@ -41,7 +41,7 @@ class PortAnswer(NamedTuple):
 
     @property
     def held(self) -> bool:
-        return any(kind != "lingering" for _, kind, _, _ in self.holders)
+        return any(kind not in postmortem.NOT_BLOCKING for _, kind, _, _ in self.holders)
 
 
 class Answer(NamedTuple):
@@ -166,6 +166,8 @@ def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config |
 
     svc = service or Service(postmortem.template_of(unit), ())
     ctx = service_context(unit, svc, systemd, cfg.protected if cfg else ())
+    running = ctx.unit_info is not None and ctx.unit_info.active_state in (
+        "active", "reloading")
     reports = app.observer.ports(list(dict.fromkeys((w.port, w.proto) for w in wanted)))
     answers = []
     for want in wanted:
@@ -184,6 +186,8 @@ def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config |
             kind = str(conflict.kind)
             if postmortem.is_own_activation(holder, unit):
                 kind = ACTIVATION
+            elif conflict.kind == "self" and running:
+                kind = postmortem.RUNNING
             rows.append((holder, kind, conflict, sock_unit))
             step = postmortem.next_step(unit, kind, conflict, sock_unit)
             if step not in steps:
@@ -242,7 +246,9 @@ def render(answer: Answer) -> str:
             rows.append((*base, "free", "", "", "", "", ""))
         for holder, kind, _, sock_unit in p.holders:
             pid, user, unit, what = _holder_text(holder, sock_unit)
-            rows.append((*base, "held" if kind != "lingering" else holder.socket.state,
+            state = holder.socket.state if kind == "lingering" else (
+                "its own" if kind == postmortem.RUNNING else "held")
+            rows.append((*base, state,
                          pid, user, unit, kind, what))
     if rows:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

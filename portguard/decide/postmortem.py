@@ -19,6 +19,8 @@ from portguard.model import Holder, Proto
 from portguard.observe import activation
 
 ACTIVATION = "activation"  # the unit's own .socket unit holds it, for it (DESIGN case 7)
+RUNNING = "itself"  # the unit runs again and holds it: a failure since resolved
+NOT_BLOCKING = ("lingering", RUNNING)  # kinds that leave the port free for the unit
 
 
 class Source(enum.StrEnum):
@@ -95,6 +97,12 @@ def next_step(unit: str, kind: str, conflict: Conflict | None,
     if conflict is None:
         return Step(f"the port is free now: `{restart}`", restart)
     pid = conflict.pids[0] if conflict.pids else None
+    if kind == RUNNING:
+        return Step(f"{unit} itself holds it: it runs again since that failure; nothing to "
+                    "do", "")
+    if conflict.holder is not None and conflict.holder.unknown_reason:
+        return Step(f"{conflict.holder.unknown_reason}: `sudo portguard why {unit}` names "
+                    "it and says what to do", f"sudo portguard why {unit}")
     if kind == ACTIVATION:
         return Step(f"{socket_unit} holds it for {unit}: the service must take the socket "
                     "systemd passes it (sd_listen_fds) instead of binding it itself, or "

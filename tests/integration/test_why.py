@@ -76,6 +76,16 @@ def test_python_unit_beaten_by_another_service(case: Case) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"the port is free now: `systemctl restart {web}`" in done.stdout
 
+    # restarted, it runs and holds the port itself: that failure is resolved -> 0
+    assert case.start(web).returncode == 0
+    web_pid = case.main_pid(web)
+    case.wait_listening(port, web_pid)
+    status, doc = why_json(case, web, "--config", case.cfg)
+    assert status == 0, doc
+    (p,) = doc["ports"]
+    assert {(h["pid"], h["kind"]) for h in p["holders"]} == {(web_pid, "itself")}
+    assert p["free"] and "runs again" in p["next"][0]["advice"]
+
 
 def test_node_unit_beaten_by_a_copy_started_by_hand_needs_no_config(case: Case) -> None:
     """Node names its port; the holder runs the same script outside any unit: a stray,

@@ -75,6 +75,13 @@ def test_untouchable_holders_get_no_command_and_activation_names_the_socket() ->
     step = postmortem.next_step("web.service", postmortem.ACTIVATION,
                                 _conflict(Kind.FOREIGN, "init.scope", 1), "web.socket")
     assert step.command == "systemctl stop web.socket" and "sd_listen_fds" in step.advice
+    step = postmortem.next_step("web.service", postmortem.RUNNING,
+                                _conflict(Kind.SELF, "web.service"))
+    assert step.command == "" and "runs again" in step.advice
+    unseen = Holder(_sock(), (), None, unknown_reason="holder unknown (needs root)")
+    hidden = Conflict(8080, TCP, Kind.FOREIGN, "", unseen, None, (), "")
+    step = postmortem.next_step("web.service", "foreign", hidden)
+    assert step.command == "sudo portguard why web.service"
     free = postmortem.next_step("web.service", "", None)
     assert free.advice == "the port is free now: `systemctl restart web.service`"
 
