@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from portguard.errors import PortguardError
+from portguard.errors import NotPermittedError, PortguardError
 
 JOURNALCTL = "journalctl"
 MAX_RECORDS = 4000  # newest records read per query: ample for a few invocations
@@ -133,5 +133,8 @@ def invocations(units: Sequence[str], *, limit: int = 5,
         raise PortguardError(f"journalctl did not answer within {TIMEOUT:g}s") from None
     warning = done.stderr.strip()
     if done.returncode != 0 and not done.stdout.strip():
+        if "permission" in warning.lower():
+            raise NotPermittedError(f"cannot read the journal ({warning}): run as root, or "
+                                    "as a member of the systemd-journal or adm group")
         raise PortguardError(f"journalctl failed: {warning or f'exit {done.returncode}'}")
     return JournalRead(tuple(group(parse(done.stdout, units), limit)), warning)

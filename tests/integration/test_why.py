@@ -14,6 +14,7 @@ import subprocess
 from typing import Any
 
 from cases import Case, config
+from sandbox import REPO
 
 NODE_APP = "require('http').createServer((q, s) => s.end('ok')).listen({port});\n"
 JAVA_APP = """\
@@ -231,3 +232,15 @@ def test_a_socket_unit_that_could_not_listen_explains_its_service(case: Case) ->
         assert {(h["pid"], h["unit"], h["kind"]) for h in p["holders"]} == {
             (holder_pid, holder, "foreign")}
         assert p["next"][0]["command"] == f"systemctl stop {holder}"
+
+
+def test_a_user_who_may_not_read_the_journal_is_told_so(case: Case) -> None:
+    unit = f"any-{case.uid}.service"
+    case.sb.write_unit(unit, "[Service]\nExecStart=/bin/false\n")
+    case.units.append(unit)
+    failed(case, unit)
+    done = case.sb.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        "/usr/bin/python3", "-m", "portguard", "why", unit],
+                       env={"PYTHONPATH": str(REPO)})
+    assert done.returncode == 77, done.stdout + done.stderr
+    assert "cannot read the journal" in done.stderr and "systemd-journal" in done.stderr

@@ -155,3 +155,21 @@ def test_proposal_groups_twins_under_the_template_and_keeps_different_ports_apar
     assert [s.name for s in cfg.services] == [e.key for e in found]
     assert cfg.protected[:2] == ("sshd.service", "ssh.service")
     assert loads(proposal.render([], skipped, (), "x")).services == ()
+
+
+def test_an_unreadable_journal_is_not_permitted_not_never_ran() -> None:
+    import subprocess
+
+    from portguard.errors import NotPermittedError, PortguardError
+
+    def refused(argv: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 1, "", "No journal files were opened due to "
+                                           "insufficient permissions.\n")
+
+    def broken(argv: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 1, "", "Failed to open journal: I/O error\n")
+
+    with pytest.raises(NotPermittedError, match="systemd-journal"):
+        journal_read.invocations(["w.service"], run=refused)
+    with pytest.raises(PortguardError, match="I/O error"):
+        journal_read.invocations(["w.service"], run=broken)
