@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from daemons import Field
@@ -51,6 +52,57 @@ def test_why_after_nginx_really_failed_names_lighttpd_and_the_fix(daemons: Field
     assert f"the port is free now: `systemctl restart {NGINX}`" in done.stdout
     field.start(NGINX)  # and it does start now
     assert field.is_active(NGINX) == "active"
+
+
+def test_why_after_lighttpd_restarted_until_the_start_limit_names_nginx(daemons: Field
+                                                                        ) -> None:
+    """lighttpd's packaged unit has Restart=on-failure: it fails again and again against
+    nginx on 80 until systemd's start limit stops it; the newest run still explains."""
+    field = daemons
+    field.start(NGINX)
+    held = field.wait_holders(80)
+    field.start(LIGHTTPD, check=False)
+    field.sb.wait_unit_state(LIGHTTPD, "failed", timeout=30)
+    doc = json.loads(field.sb.portguard("--json", "why", LIGHTTPD).stdout)
+    assert doc["exit_status"] == 1, doc
+    assert doc["failures"][0]["wording"] == "lighttpd"
+    assert "can't bind to socket" in doc["failures"][0]["line"]
+    # Debian's lighttpd binds [::]:80 first (use-ipv6.pl) and stops at that failure
+    assert {(p["port"], p["address"]) for p in doc["ports"]} == {(80, "::")}
+    holders = {(h["pid"], h["unit"], h["kind"]) for p in doc["ports"] for h in p["holders"]}
+    assert {pid for pid, _, _ in holders} <= set(held)
+    assert {(u, k) for _, u, k in holders} == {(NGINX, "foreign")}
+    assert doc["ports"][0]["next"][0]["command"] == f"systemctl stop {NGINX}"
+
+
+def test_why_reads_redis_words_when_redis_logs_to_the_journal(daemons: Field) -> None:
+    """Debian's redis logs to /var/log/redis by default (why then finds no bind failure in
+    the journal and says so, exit 3); with `logfile ""` its words are in the journal."""
+    field = daemons
+    holder = field.sb.spawn(["/usr/bin/python3", "-m", "http.server", "6379",
+                             "--bind", "127.0.0.1"])
+    try:
+        field.wait_holders(6379)
+        field.start(REDIS, check=False)
+        field.sb.wait_unit_state(REDIS, "failed", "activating", timeout=30)
+        field.stop(REDIS)
+        assert field.sb.portguard("why", REDIS).returncode == 3
+        conf = Path("/etc/redis/redis.conf").read_text()
+        field.config("/etc/redis", {"redis.conf": conf.replace(
+            "logfile /var/log/redis/redis-server.log", 'logfile ""')})
+        field.sb.systemctl("reset-failed", REDIS)
+        field.start(REDIS, check=False)
+        field.sb.wait_journal(lambda r: "Could not create server TCP" in str(r.get("MESSAGE")),
+                              "-u", REDIS, timeout=30)
+        field.stop(REDIS)
+        doc = json.loads(field.sb.portguard("--json", "why", REDIS).stdout)
+        assert doc["exit_status"] == 1, doc
+        assert {(f["wording"], f["port"]) for f in doc["failures"]} >= {("redis", 6379)}
+        holders = {h["pid"] for p in doc["ports"] for h in p["holders"]}
+        assert holders == {holder}
+        assert {h["kind"] for p in doc["ports"] for h in p["holders"]} == {"foreign"}
+    finally:
+        field.sb.kill(holder)
 
 
 def test_discovered_config_passes_check_config_and_guards_nginx(daemons: Field,
