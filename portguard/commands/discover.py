@@ -57,7 +57,7 @@ def propose(app: App, notes: list[str]) -> str:
     if unknown and os.geteuid() != 0:
         notes.append(f"{unknown} listener(s) of other users could not be read: run as root "
                      "to see every service")
-    found, skipped = proposal.entries(seen, protected)
+    found, skipped = proposal.entries(seen, protected, _activates(app))
     header = HEADER.format(host=socket.gethostname(),
                            when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     text = proposal.render(found, skipped, protected, header)
@@ -68,6 +68,21 @@ def propose(app: App, notes: list[str]) -> str:
         raise PortguardError("the proposed config does not pass check-config:\n"
                              + exc.message) from exc
     return text
+
+
+def _activates(app: App) -> dict[str, tuple[str, ...]]:
+    """Each loaded .socket unit's Triggers=, when systemd's D-Bus API answers."""
+    from portguard.observe.units import SystemdError, SystemdUnavailable
+    try:
+        systemd = app.connect_systemd()
+    except SystemdUnavailable:
+        return {}
+    try:
+        return {u.id: u.triggers for u in systemd.socket_units()}
+    except (SystemdError, SystemdUnavailable):
+        return {}  # then x.socket is taken to activate x.service
+    finally:
+        systemd.close()
 
 
 def _program(proc: Process) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from portguard.decide import postmortem
@@ -74,8 +74,12 @@ def template_of(unit: str) -> str | None:
     return template if template != unit and unit.endswith(".service") else None
 
 
-def entries(seen: Iterable[Seen], protected: Sequence[str]) -> tuple[list[Entry], list[str]]:
-    """(entries, comment lines for what is not guarded), both sorted by unit."""
+def entries(seen: Iterable[Seen], protected: Sequence[str],
+            activates: Mapping[str, Sequence[str]] | None = None,
+            ) -> tuple[list[Entry], list[str]]:
+    """(entries, comment lines for what is not guarded), both sorted by unit.
+    `activates`: each .socket unit's Triggers= (from D-Bus); without it, x.socket is
+    taken to activate x.service, systemd's default."""
     by_unit: dict[str, list[Seen]] = {}
     skipped: list[str] = []
     for s in sorted(seen, key=lambda s: (s.unit or "", s.port, s.proto, s.address)):
@@ -84,7 +88,8 @@ def entries(seen: Iterable[Seen], protected: Sequence[str]) -> tuple[list[Entry]
     for unit, items in by_unit.items():
         real = items[0].unit
         if real is not None and real.endswith(".socket"):
-            service = real.removesuffix(".socket") + ".service"
+            targets = (activates or {}).get(real) or [real.removesuffix(".socket") + ".service"]
+            service = ", ".join(targets)
             skipped.append(f"{service}: socket-activated: PID 1 holds "
                            f"{_seen_text(items).split(', ', 1)[1]} for {real}; systemd "
                            "binds it before the service starts, nothing to guard")

@@ -22,8 +22,10 @@ def test_discover_proposes_a_config_that_check_config_accepts_and_preflight_uses
     sb.write_unit(dns, "[Service]\nExecStart="
                   f"{listener_exec('--udp', '--port', str(dns_port), '--addr', '127.0.0.1')}\n",
                   reload=False)
-    sb.write_unit(f"dact-{uid}.socket", f"[Socket]\nListenStream={act_port}\n", reload=False)
-    sb.write_unit(f"dact-{uid}.service", "[Service]\nExecStart=/bin/true\n")
+    # a socket unit that activates a service of another name (Service=): D-Bus says which
+    sb.write_unit(f"dact-{uid}.socket", f"[Socket]\nListenStream={act_port}\n"
+                  f"Service=dsrv-{uid}.service\n", reload=False)
+    sb.write_unit(f"dsrv-{uid}.service", "[Service]\nExecStart=/bin/true\n")
     blue = web.replace("@", "@blue")
     case.units += [blue, api, dns, f"dact-{uid}.socket"]
     sb.systemctl("start", blue, api, dns, f"dact-{uid}.socket", check=True)
@@ -41,10 +43,10 @@ def test_discover_proposes_a_config_that_check_config_accepts_and_preflight_uses
     api_master = case.main_pid(api)
     assert f"# {api}: pid {api_master} " in text  # the master, not its workers
     # PID 1's listener is its socket unit's; a process outside units is only a comment
-    assert f"#   dact-{uid}.service: socket-activated: PID 1 holds [::]:{act_port} for " \
+    assert f"#   dsrv-{uid}.service: socket-activated: PID 1 holds [::]:{act_port} for " \
            f"dact-{uid}.socket" in text
     assert f"#   pid {stray} " in text and "outside any unit" in text
-    assert f"dact-{uid}.service:\n" not in text.replace(f"#   dact-{uid}.service", "")
+    assert f"dsrv-{uid}.service:\n" not in text.replace(f"#   dsrv-{uid}.service", "")
 
     written = f"/etc/portguard/discover-{uid}.yaml"
     done = sb.portguard("discover", "--write", written)

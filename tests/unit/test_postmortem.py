@@ -155,6 +155,10 @@ def test_proposal_groups_twins_under_the_template_and_keeps_different_ports_apar
     assert [s.name for s in cfg.services] == [e.key for e in found]
     assert cfg.protected[:2] == ("sshd.service", "ssh.service")
     assert loads(proposal.render([], skipped, (), "x")).services == ()
+    _, skipped = proposal.entries([_seen("x.socket", 7000, pid=1)], (),
+                                  {"x.socket": ("y.service",)})
+    assert skipped[0].startswith("y.service: socket-activated: PID 1 holds 0.0.0.0:7000 "
+                                 "for x.socket")
 
 
 def test_an_unreadable_journal_is_not_permitted_not_never_ran() -> None:
