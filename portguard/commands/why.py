@@ -173,13 +173,11 @@ def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config |
     for want in wanted:
         rep = next(r for r in reports if (r.port, r.proto) == (want.port, want.proto))
         intent = conflicts.BindIntent(want.address, want.port, want.proto)
-        verdict = conflicts.assess(intent, [h.socket for h in rep.holders])
-        keep = {id(s) for s in (*verdict.blockers, *verdict.lingering, *verdict.uncertain)}
         rows = []
         steps: list[Step] = []
         for holder in rep.holders:
-            if id(holder.socket) not in keep:
-                continue
+            if not conflicts.overlaps(intent, holder.socket):
+                continue  # 127.0.0.2:P does not stand in the way of 127.0.0.1:P
             sock_unit = holder.unit.id if holder.unit and holder.unit.id.endswith(
                 ".socket") else None  # PID 1 holds it for that socket unit
             conflict = classify_holder(ctx, holder)
