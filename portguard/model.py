@@ -142,6 +142,8 @@ class Unit(NamedTuple):
     exec_start: tuple[tuple[str, ...], ...] = ()  # argv of each ExecStart= line
     user: str = ""
     from_dbus: bool = True  # False: inferred from /proc/PID/cgroup only
+    triggers: tuple[str, ...] = ()  # units it activates (a .socket's service), Triggers=
+    listen: tuple[tuple[str, str], ...] = ()  # a .socket's Listen: ("Stream", "[::]:22")
 
 
 class Holder(NamedTuple):
