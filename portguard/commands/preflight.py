@@ -22,7 +22,7 @@ from portguard.config.schema import Config, Service
 from portguard.config.values import mangle_unit
 from portguard.decide import bind_probe as probe
 from portguard.decide import conflicts
-from portguard.decide.classify import Conflict, Context, Kind, classify
+from portguard.decide.classify import Conflict, Context, Kind, classify, own_activation
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Socket, Unit, format_ports
@@ -51,6 +51,8 @@ class Preflight:
         self.clock = clock
         self._systemd: Systemd | None = None
         self.plan: Plan | None = None  # what was decided (the daemon counts and flap-guards it)
+        self._own_sockets = ""  # how its own .socket units hold its ports, if they do
+        self._own_inodes: dict[int, int] = {}  # their sockets' inodes -> port
 
     # -- entry ---------------------------------------------------------------------
 
@@ -117,7 +119,8 @@ class Preflight:
             found_conflicts, bind_refused = self._observe(ctx, intents, ports)
             the_plan = self.plan = plan(service, found_conflicts, bind_refused=bind_refused)
             if not the_plan.steps:
-                self._report_clear(service, ports, "all declared ports are free")
+                self._report_clear(service, ports, self._own_sockets or
+                                   "all declared ports are free")
                 return ExitStatus.OK
             for step in distinct(the_plan.steps):
                 self._record_decision(step.conflict, step.action, step.why)
@@ -199,6 +202,11 @@ class Preflight:
             if verdict.free and not _probe_ok(intent):
                 bind_refused.add((intent.port, intent.proto))
         found = classify(ctx, relevant.values())
+        mine = [h for h in relevant.values() if h.unit and own_activation(ctx, h)]
+        self._own_inodes = {h.socket.inode: h.socket.local_port for h in mine}
+        if own := {h.unit.id for h in mine if h.unit}:
+            self._own_sockets = (f"held only by its own activation socket ({', '.join(own)}"
+                                 "), which systemd passes to it")
         if bind_refused and not found:
             raise BlockedError(f"{self.unit}: bind() is refused on a declared port but no "
                                "socket on it is visible (another network namespace?)")
@@ -236,11 +244,14 @@ class Preflight:
 
     def _verify(self, service: Service, intents: Sequence[conflicts.BindIntent],
                 ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
-        """The ports must be free now: sockets say so and a bind() probe agrees."""
+        """The ports must be free now: sockets say so and a bind() probe agrees (but for
+        the unit's own activation sockets, which stay, and which no probe can pass)."""
+        own = self._own_inodes
+
         def clear() -> bool:
-            found = sockets.on_ports(ports)
+            found = [s for s in sockets.on_ports(ports) if s.inode not in own]
             return all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free
-                       and _probe_ok(i) for i in intents)
+                       and (i.port in own.values() or _probe_ok(i)) for i in intents)
 
         if wait_until(clear, deadline, self.clock):
             self._report_clear(service, ports, "ports cleared")
@@ -332,9 +343,16 @@ def describe_holder(holder: Holder) -> str:
 
 def advice(service: Service, conflict: Conflict) -> str:
     """What a person can do about a refusal."""
+    if conflict.unit == "init.scope":  # PID 1 for a socket unit D-Bus could not name
+        return ("Find the socket unit that listens there with `systemctl list-sockets` and "
+                f"stop it, or move {service.name} to another port.")
     if conflict.kind is Kind.FOREIGN:
         target = f"systemctl stop {conflict.unit}" if conflict.unit else (
             f"kill {conflict.pids[0]}" if conflict.pids else "stop it")
+        if conflict.unit and conflict.unit.endswith(".socket") and conflict.holder and \
+                conflict.holder.unit and conflict.holder.unit.triggers:
+            target += (f"; {', '.join(conflict.holder.unit.triggers)} holds the port too "
+                       "while it runs")
         return (f"Stop it ({target}), move {service.name} to another port, or set "
                 "on_foreign: wait to wait for it.")
     if conflict.untouchable:

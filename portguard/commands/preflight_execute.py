@@ -22,6 +22,9 @@ NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
 def describe_conflict(c: Conflict) -> str:
     """`pid 1234 (webd, user www-data) in web@blue.service [twin: ...]` for messages."""
+    unit = c.holder.unit if c.holder is not None else None
+    if unit is not None and unit.id.endswith(".socket") and 1 in c.pids:
+        return f"PID 1 (systemd) for {unit.id} [{c.kind}: {c.reason}]"
     if c.processes:
         p = c.processes[0]
         others = f" and {len(c.processes) - 1} more" if len(c.processes) > 1 else ""
