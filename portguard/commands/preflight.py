@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from portguard.act.lock import LockTimedOut, port_locks
 from portguard.act.signals import REAL_CLOCK, Clock, wait_until
-from portguard.commands.preflight_execute import Executor, describe_conflict
+from portguard.commands.preflight_execute import Executor, advice, describe_conflict
+from portguard.commands.preflight_stop import StopRequested, settle, stop_signals
 from portguard.config.schema import Config, Service
 from portguard.config.values import mangle_unit
 from portguard.decide import bind_probe as probe
@@ -341,25 +342,6 @@ def describe_holder(holder: Holder) -> str:
     return f"pid {p.pid} ({p.program}){unit}"
 
 
-def advice(service: Service, conflict: Conflict) -> str:
-    """What a person can do about a refusal."""
-    if conflict.unit == "init.scope":  # PID 1 for a socket unit D-Bus could not name
-        return ("Find the socket unit that listens there with `systemctl list-sockets` and "
-                f"stop it, or move {service.name} to another port.")
-    if conflict.kind is Kind.FOREIGN:
-        target = f"systemctl stop {conflict.unit}" if conflict.unit else (
-            f"kill {conflict.pids[0]}" if conflict.pids else "stop it")
-        if conflict.unit and conflict.unit.endswith(".socket") and conflict.holder and \
-                conflict.holder.unit and conflict.holder.unit.triggers:
-            target += (f"; {', '.join(conflict.holder.unit.triggers)} holds the port too "
-                       "while it runs")
-        return (f"Stop it ({target}), move {service.name} to another port, or set "
-                "on_foreign: wait to wait for it.")
-    if conflict.untouchable:
-        return "portguard never touches it; stop it yourself or change the port."
-    return f"Stop it yourself, or set policy: stop for {service.name} to let portguard do it."
-
-
 def _uid_of(user: str) -> int | None:
     if not user:
         return 0  # no User=: the service runs as root
@@ -389,7 +371,13 @@ def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
     """`portguard preflight UNIT [--dry-run]`; with --json, the decisions as one document."""
     status = ExitStatus.OK
     try:
-        status = Preflight(app, args.unit, dry_run=args.dry_run).run()
+        try:
+            with stop_signals():
+                status = Preflight(app, args.unit, dry_run=args.dry_run).run()
+        except StopRequested as stop:
+            unit = mangle_unit(args.unit)
+            status = settle(unit, stop, app.connect_systemd, lambda said: app.journal.emit(
+                Event.WAIT, said, unit=unit, action="none", result="stopped"))
         return status
     except PortguardError as exc:
         status = exc.exit_status
