@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 from portguard.act.lock import LockTimedOut, port_locks
 from portguard.act.signals import REAL_CLOCK, Clock, wait_until
 from portguard.commands.preflight_execute import Executor, advice, describe_conflict
-from portguard.commands.preflight_stop import StopRequested, settle, stop_signals
+from portguard.commands.preflight_stop import (
+    StopRequested,
+    settle,
+    stop_signals,
+    tell_systemd,
+)
 from portguard.config.schema import Config, Service
 from portguard.config.values import mangle_unit
 from portguard.decide import bind_probe as probe
@@ -369,7 +374,7 @@ __all__ = ["Preflight", "TimedOutError", "advice", "describe_holder"]
 
 def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
     """`portguard preflight UNIT [--dry-run]`; with --json, the decisions as one document."""
-    status = ExitStatus.OK
+    status, error = ExitStatus.OK, ""
     try:
         try:
             with stop_signals():
@@ -381,8 +386,13 @@ def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
         return status
     except PortguardError as exc:
         status = exc.exit_status
+        error = exc.message
+        raise
+    except BaseException:
+        status = ExitStatus.BLOCKED  # the CLI fails closed on the rest
         raise
     finally:
+        tell_systemd(status, error)
         if out.json:
             out.document({"unit": args.unit, "exit_status": int(status),
                           "dry_run": args.dry_run,

@@ -1,4 +1,13 @@
-"""Preflight stopped with its unit: end like any stopped unit, not as a failure.
+"""Preflight as a unit's ExecStartPre=: what systemd shows of it, and stopping with it.
+
+`systemctl status UNIT` shows journal lines only since the unit last left `inactive`; with
+Restart= that is after the last refused attempt, so a refusal's reason on stderr and in
+the journal scrolls out of view at once (issue 11 item 4). A STATUS= text stays, shown as
+`Status: "..."` both when `systemctl start` returns and once the unit settles: preflight
+sends its verdict there when $NOTIFY_SOCKET is set (the drop-in sets NotifyAccess=exec,
+which accepts control processes), and clears it when the ports are clear.
+
+Preflight stopped with its unit: end like any stopped unit, not as a failure.
 
 When a unit is stopped while its ExecStartPre= runs (two instances of a template started
 together: the winner's preflight stops the loser, whose preflight waits for the port's
@@ -15,12 +24,15 @@ and says why.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 
 from portguard.errors import BlockedError, ExitStatus, PortguardError
 from portguard.observe.units import Systemd
+
+STATUS_PREFIX = "portguard: "
 
 # What systemd may send a unit's processes when it stops it (KillSignal=, FinalKillSignal
 # is SIGKILL and cannot be caught); SIGINT for a preflight run by hand and interrupted.
@@ -78,3 +90,19 @@ def settle(unit: str, stop: StopRequested, connect: Callable[[], Systemd],
                            "stopped; not starting it unguarded")
     note(f"{unit}: stopped while preflight ran ({name}); nothing left to do")
     return ExitStatus.OK
+
+
+def tell_systemd(status: ExitStatus, error: str, env: Mapping[str, str] | None = None) -> None:
+    """STATUS= for `systemctl status`: the refusal, or "" (cleared) when the ports are
+    clear; nothing outside a unit with a notify socket."""
+    if not (os.environ if env is None else env).get("NOTIFY_SOCKET"):
+        return
+    from portguard.report.notify import Notifier
+    notifier = Notifier(env)
+    try:
+        notifier.status(STATUS_PREFIX + error if error else
+                        "" if status is ExitStatus.OK else f"{STATUS_PREFIX}exit {int(status)}")
+    except OSError:
+        pass  # best effort: the refusal is on stderr and in the journal anyway
+    finally:
+        notifier.close()
