@@ -10,7 +10,6 @@ locks in /run/portguard, so two guards never act on one port at once.
 
 from __future__ import annotations
 
-import os
 import pwd
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -32,7 +31,7 @@ from portguard.decide.classify import Conflict, Context, Kind, classify, own_act
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Socket, Unit, format_ports
-from portguard.observe import processes, sockets
+from portguard.observe import processes, programs, sockets
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 from portguard.report.journal import Event
 
@@ -172,11 +171,8 @@ class Preflight:
                             twins.append(systemd.describe(uid))
                         except SystemdError:
                             continue  # unloaded meanwhile
-        if unit_info is not None and unit_info.exec_start:
-            # Compare against the program both as written and with symlinks resolved.
-            resolved = tuple((os.path.realpath(line[0]), *line[1:])
-                             for line in unit_info.exec_start)
-            unit_info = unit_info._replace(exec_start=unit_info.exec_start + resolved)
+        found = [programs.of_exec_start(line) for line in
+                 (unit_info.exec_start if unit_info is not None else ())]
         return Context(
             unit=self.unit,
             service=service,
@@ -188,6 +184,7 @@ class Preflight:
             own_pids=processes.ancestors(),
             own_pid_namespace=processes.pid_namespace(),
             claiming_twins=tuple(twins),
+            unit_programs=tuple(p for p in found if p is not None),
         )
 
     def _observe(self, ctx: Context, intents: Sequence[conflicts.BindIntent],

@@ -61,6 +61,7 @@ def _process_fields(proc: Process) -> dict[str, Any]:
         "user": proc.user or None,
         "cmdline": list(proc.cmdline),
         "exe": proc.exe or None,
+        "program": proc.program,  # as its admin knows it: redis-server, not redis-check-rdb
         "start_time": proc.start_time,
         "fds": list(proc.fds),
     }
@@ -86,7 +87,7 @@ def port_doc(report: PortReport, kinds: Mapping[int, str] | None = None) -> dict
 
 
 def _command(proc: Process) -> str:
-    text = shlex.join(proc.cmdline) if proc.cmdline else f"[{proc.exe or '?'}]"
+    text = shlex.join(proc.cmdline) if proc.cmdline else f"[{proc.program}]"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
