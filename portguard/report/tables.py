@@ -87,7 +87,7 @@ def port_doc(report: PortReport, kinds: Mapping[int, str] | None = None) -> dict
 
 
 def _command(proc: Process) -> str:
-    text = shlex.join(proc.cmdline) if proc.cmdline else f"[{proc.program}]"
+    text = shlex.join(proc.cmdline) if proc.cmdline else f"[{proc.exe or '?'}]"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -78,11 +78,12 @@ class Guard:
 
 
 @contextmanager
-def guarding(sb: Sandbox, unit: str, port: int, *, stop: str | None = None
-             ) -> Iterator[Guard]:
-    """`unit` declared on `port` with policy stop and installed; afterwards the units
-    matching `stop` (default: unit) are stopped and the drop-in removed."""
-    g = Guard(sb, f"{unit}:\n  ports: ['{port}']\n  policy: stop")
+def guarding(sb: Sandbox, unit: str, port: int, *, stop: str | None = None,
+             keys: str = "") -> Iterator[Guard]:
+    """`unit` declared on `port` with policy stop (and more `keys`, YAML lines under the
+    service) and installed; afterwards the units matching `stop` (default: unit) are
+    stopped and the drop-in removed."""
+    g = Guard(sb, f"{unit}:\n  ports: ['{port}']\n  policy: stop\n{keys}")
     g.install(unit)
     try:
         yield g

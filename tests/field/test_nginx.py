@@ -13,10 +13,13 @@ DAEMONS_USED = ["nginx", "lighttpd"]
 NGINX = "nginx.service"
 
 
-@pytest.fixture
-def guard(field: Field) -> Iterator[Guard]:
+@pytest.fixture(params=["", "  duplicates:\n    commands: ['/usr/sbin/nginx']"],
+                ids=["execstart", "commands"])
+def guard(field: Field, request: pytest.FixtureRequest) -> Iterator[Guard]:
+    """nginx.service guarded; matched by its ExecStart= alone, and with the README's
+    `duplicates.commands` too (which once made the www-data workers count)."""
     field.install("nginx")
-    with guarding(field.sb, NGINX, 80) as g:
+    with guarding(field.sb, NGINX, 80, keys=request.param) as g:
         yield g
 
 
