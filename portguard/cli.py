@@ -190,5 +190,8 @@ def _silence_stdout() -> None:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and `python -m portguard`)."""
+    if "preflight" in sys.argv[1:]:  # as ExecStartPre=: a stop may come during imports
+        from portguard.commands.preflight_stop import catch_early
+        catch_early()
     sys.exit(main())

@@ -47,14 +47,27 @@ class StopRequested(Exception):
         self.signum = signum
 
 
+_early: list[int] = []  # stop signals that came before stop_signals() (catch_early)
+
+
+def catch_early() -> None:
+    """Remember stop signals from now until stop_signals() takes over: a twin's StopUnit
+    can come while Python still imports preflight (seen with redis-server@ twins)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, lambda signum, frame: _early.append(signum))
+
+
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """Turn the stop signals into StopRequested for the body; the old handlers after."""
+    """Turn the stop signals into StopRequested for the body (one remembered by
+    catch_early at once); the old handlers after."""
     def raise_stop(signum: int, frame: FrameType | None) -> None:
         raise StopRequested(signum)
 
     old = {s: signal.signal(s, raise_stop) for s in STOP_SIGNALS}
     try:
+        if _early:
+            raise StopRequested(_early[0])
         yield
     finally:
         for s, handler in old.items():

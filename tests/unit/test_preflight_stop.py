@@ -72,3 +72,20 @@ def test_no_dbus_fails_closed() -> None:
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(s, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_signal_before_stop_signals_is_remembered_and_raised_on_entry() -> None:
+    import portguard.commands.preflight_stop as ps
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        ps.catch_early()
+        os.kill(os.getpid(), signal.SIGTERM)  # while "importing": remembered, not fatal
+        with pytest.raises(StopRequested) as raised, stop_signals():
+            pass  # pragma: no cover - raised on entry
+        assert raised.value.signum == signal.SIGTERM
+    finally:
+        ps._early.clear()
+        for s in ps.STOP_SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
