@@ -28,9 +28,12 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from portguard.errors import BlockedError, ExitStatus, PortguardError
-from portguard.observe.units import Systemd
+
+if TYPE_CHECKING:  # not imported: cli.run and the fast path import this module
+    from portguard.observe.units import Systemd
 
 STATUS_PREFIX = "portguard: "
 
@@ -48,6 +51,11 @@ class StopRequested(Exception):
 
 
 _early: list[int] = []  # stop signals that came before stop_signals() (catch_early)
+
+
+def stop_pending() -> bool:
+    """Whether a stop signal came before stop_signals() (the fast path then steps aside)."""
+    return bool(_early)
 
 
 def catch_early() -> None:
