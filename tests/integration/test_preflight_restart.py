@@ -50,3 +50,23 @@ def test_a_refused_restart_unit_shows_why_in_systemctl_status(case: Case) -> Non
     assert case.start(app).returncode == 0
     assert case.state(app) == "active"
     assert "portguard" not in status_line(case, app)
+
+
+def test_systemd_252_has_no_exit_status_that_stops_restarts_after_exec_start_pre(
+        case: Case) -> None:
+    # Why the drop-in sets no RestartPreventExitStatus= (issue 11 item 4): it is tested
+    # against the main process only, so a refused ExecStartPre= is still retried until
+    # the start limit; and SuccessExitStatus= (which ExecStartPre= does honour) would let
+    # the service start after a refusal. If a systemd changes either, this fails.
+    pre = "ExecStartPre=/bin/sh -c 'echo refused >&2; exit 3'\nExecStart=/bin/sleep 1000\n"
+    prevent, success = f"prevent-{case.uid}.service", f"success-{case.uid}.service"
+    case.units += [prevent, success]
+    case.sb.write_unit(prevent, f"[Service]\n{pre}Restart=on-failure\n"
+                       "RestartPreventExitStatus=3\n")
+    assert case.start(prevent).returncode != 0
+    case.sb.wait_unit_state(prevent, "failed", timeout=20)
+    assert int(case.sb.unit_property(prevent, "NRestarts")) == 5  # retried all the same
+
+    case.sb.write_unit(success, f"[Service]\n{pre}SuccessExitStatus=3\n")
+    assert case.start(success).returncode == 0
+    assert case.state(success) == "active"  # the refusal counted as success: not usable
