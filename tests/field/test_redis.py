@@ -90,20 +90,14 @@ def test_twins_started_together_one_runs_the_other_ends_inactive(field: Field, g
     sb = field.sb
     for round_ in range(3):
         a, b = (f"redis-server@{round_}a{uid}.service", f"redis-server@{round_}b{uid}.service")
-        field.config("/etc/redis", {f"redis-{round_}a{uid}.conf": instance_conf(f"{round_}a{uid}"),
-                                    f"redis-{round_}b{uid}.conf": instance_conf(f"{round_}b{uid}")})
+        field.config("/etc/redis", {f"redis-{n}.conf": instance_conf(n)
+                                    for n in (f"{round_}a{uid}", f"{round_}b{uid}")})
         queued = sb.systemctl("start", "--no-block", a, b)
         assert queued.returncode == 0, queued.stderr
 
-        def settled(a: str = a, b: str = b) -> tuple[str, str] | None:
-            if sb.systemctl("list-jobs", "--no-legend", a, b).stdout.strip():
-                return None
-            states = (field.is_active(a), field.is_active(b))
-            return states if not {"activating", "deactivating"} & set(states) else None
-
-        states = sb.wait_for(settled, 60, f"{a} and {b} to settle")
-        assert sorted(states) == ["active", "inactive"], "\n".join((str(states), field.status(a),
-                                                          field.status(b)))
+        states = sb.wait_settled(a, b, timeout=60)
+        assert sorted(states) == ["active", "inactive"], "\n".join(
+            (str(states), field.status(a), field.status(b)))
         winner, loser = (a, b) if states[0] == "active" else (b, a)
         assert sb.unit_property(loser, "Result") == "success", field.status(loser)
         assert "Result: signal" not in field.status(loser)

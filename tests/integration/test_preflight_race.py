@@ -77,13 +77,7 @@ def test_two_instances_started_together_end_with_exactly_one_running(case: Case)
         queued = sb.systemctl("start", "--no-block", a, b)
         assert queued.returncode == 0, queued.stderr
 
-        def settled(a: str = a, b: str = b) -> tuple[str, str] | None:
-            if sb.systemctl("list-jobs", "--no-legend", a, b).stdout.strip():
-                return None
-            states = (case.state(a), case.state(b))
-            return states if not {"activating", "deactivating"} & set(states) else None
-
-        states = sb.wait_for(settled, 20, f"{a} and {b} to settle")
+        states = sb.wait_settled(a, b, timeout=20)
         assert states.count("active") == 1, states
         winner, loser = (a, b) if states[0] == "active" else (b, a)
         # stopped by its twin like any stopped unit (issue 11 item 6), never
