@@ -225,14 +225,18 @@ def _preflight_fast(unit: str, err_stream: TextIO) -> bool:
     sends the run the whole way, which decides again from the YAML."""
     from portguard.app import default_config_file
     from portguard.commands.preflight_fast import attempt
+    from portguard.commands.preflight_stop import stop_pending, tell_systemd
     from portguard.report.journal import Journal
     journal = Journal(echo=None, verbose=False, stream=err_stream)
     try:
-        return attempt(default_config_file(), unit, journal)
+        clear = attempt(default_config_file(), unit, journal) and not stop_pending()
     except (OSError, PortguardError):
         return False  # e.g. EMFILE: the whole way reports it properly
     finally:
         journal.close()
+    if clear:
+        tell_systemd(ExitStatus.OK, "")  # a refused start's reason goes from `systemctl status`
+    return clear
 
 
 def _silence_stdout() -> None:
@@ -245,5 +249,8 @@ def _silence_stdout() -> None:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and `python -m portguard`)."""
+    if "preflight" in sys.argv[1:]:  # as ExecStartPre=: a stop may come during imports
+        from portguard.commands.preflight_stop import catch_early
+        catch_early()
     sys.exit(main())

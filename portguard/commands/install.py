@@ -3,6 +3,7 @@
 `install` writes `/etc/systemd/system/UNIT.d/portguard.conf`:
 
     [Service]
+    NotifyAccess=exec
     ExecStartPre=+/usr/bin/portguard preflight %n
 
 then reloads systemd (Manager.Reload over D-Bus); `uninstall` removes it and reloads.
@@ -32,6 +33,15 @@ Decisions, for the README:
   mode 0644; a new UNIT.d directory is 0755. Root is required and checked first.
 - The drop-in's ExecStartPre= runs after the unit's own ExecStartPre= lines (drop-ins
   append to the list).
+- `NotifyAccess=exec` lets preflight (a control process) set the unit's STATUS= text, so
+  `systemctl status UNIT` shows why a start was refused, also under Restart= (whose
+  restarts hide the journal lines of the refused attempts). exec still hears the main
+  process, so a Type=notify unit loses nothing; a unit that says NotifyAccess=all keeps
+  it (the line is left out, which install reads over D-Bus; a template through an
+  instance it loads for the purpose).
+- A socket-activated unit gets the same drop-in: preflight counts the listeners PID 1
+  holds for the unit's own .socket units as the unit's (DESIGN case 7), so a connection
+  that starts it is never refused; install says so in a note.
 - A config other than /etc/portguard/config.yaml (given by --config or
   $PORTGUARD_CONFIG, which the service will not have) goes into the command line.
 """
@@ -45,13 +55,15 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from portguard import __version__
 from portguard.app import DEFAULT_CONFIG_FILE
 from portguard.config.unitnames import mangle_unit
 from portguard.config.values import service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
+from portguard.model import Unit
+from portguard.observe.units import SERVICE_IFACE
 
 if TYPE_CHECKING:
     import argparse
@@ -77,6 +89,12 @@ class UnitFiles(Protocol):
     def reload(self) -> None: ...
 
     def close(self) -> None: ...
+
+    def unit_path(self, unit_id: str) -> bytes: ...
+
+    def properties(self, path: bytes, iface: bytes) -> dict[str, Any]: ...
+
+    def activation_sockets(self, unit_id: str) -> list[Unit]: ...
 
 
 def is_root() -> bool:
@@ -129,12 +147,54 @@ def exec_word(word: str) -> str:
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def dropin_text(unit: str, command: Sequence[str]) -> str:
+def dropin_text(unit: str, command: Sequence[str], *, notify_access: bool = True) -> str:
+    """The drop-in; `notify_access`: add NotifyAccess=exec (not when the unit says all)."""
     line = " ".join(exec_word(w) for w in command)
+    status = ("# preflight's verdict as `Status:` in `systemctl status` (STATUS= from\n"
+              "# ExecStartPre=; the unit's own main process is still heard).\n"
+              "NotifyAccess=exec\n") if notify_access else ""
     return (f"# Written by `portguard install {unit}`; `portguard uninstall {unit}` removes it.\n"
             "# It clears the ports the service needs before the service starts.\n"
-            "[Service]\n"
+            f"[Service]\n{status}"
             f"ExecStartPre=+{line} preflight %n\n")
+
+
+def loadable(unit: str) -> str:
+    """A name systemd can load for the unit's settings: a template's, by an instance."""
+    return unit.replace("@.", "@portguard-install-check.", 1) if is_template(unit) else unit
+
+
+def _notify_access(systemd: UnitFiles, unit: str) -> bool:
+    """Whether to write NotifyAccess=exec: not when the unit already lets all its
+    processes notify (exec would narrow it); yes when it cannot be read (exec hears
+    main, so a Type=notify unit loses nothing)."""
+    try:
+        props = systemd.properties(systemd.unit_path(loadable(unit)), SERVICE_IFACE)
+    except PortguardError:
+        return True
+    value = props.get("NotifyAccess", "")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return bool(value != "all")
+
+
+def _activation_note(systemd: UnitFiles, unit: str) -> str | None:
+    """What install means for a socket-activated unit (DESIGN case 7), said once."""
+    if is_template(unit):
+        return None
+    try:
+        sockets = systemd.activation_sockets(unit)
+    except PortguardError:
+        return None
+    if not sockets:
+        return None
+    names = ", ".join(s.id for s in sockets)
+    listens = ", ".join(addr for s in sockets for _, addr in s.listen)
+    return (f"note: {unit} is socket-activated by {names} (listening on {listens or '?'}): "
+            f"systemd binds those before {unit} starts and preflight counts them as "
+            f"{unit}'s own, so a connection that starts it is never refused; another "
+            f"holder of those ports makes {names} fail to start, which `portguard who` "
+            "names")
 
 
 def candidates(argv0: str, executable: str, package_parent: str) -> list[list[str]]:
@@ -277,12 +337,13 @@ def install(unit: str, app: App, out: Output) -> ExitStatus:
 
     def act(systemd: UnitFiles) -> ExitStatus:
         note = _check_exists(systemd, name)
-        text = dropin_text(name, [*preflight_command(), *config_args(app.config_path)])
+        text = dropin_text(name, [*preflight_command(), *config_args(app.config_path)],
+                           notify_access=_notify_access(systemd, name))
         try:
             old: str | None = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             old = None
-        notes = [note, _other_level(name, path)]
+        notes = [note, _other_level(name, path), _activation_note(systemd, name)]
         if old == text:
             return _report(out, name, path, changed=False, said="already installed",
                            notes=notes)

@@ -17,12 +17,18 @@ from typing import TYPE_CHECKING
 from portguard.act.lock import LockTimedOut, port_locks
 from portguard.act.signals import REAL_CLOCK, Clock, wait_until
 from portguard.commands import preflight_fast
-from portguard.commands.preflight_execute import Executor, describe_conflict
+from portguard.commands.preflight_execute import Executor, advice, describe_conflict
 from portguard.commands.preflight_fast import on_port, probe_ok
+from portguard.commands.preflight_stop import (
+    StopRequested,
+    settle,
+    stop_signals,
+    tell_systemd,
+)
 from portguard.config.schema import Config, Service
 from portguard.config.unitnames import mangle_unit
 from portguard.decide import conflicts
-from portguard.decide.classify import Conflict, Context, Kind, classify
+from portguard.decide.classify import Conflict, Context, Kind, classify, own_activation
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Unit
@@ -51,6 +57,8 @@ class Preflight:
         self.clock = clock
         self._systemd: Systemd | None = None
         self.plan: Plan | None = None  # what was decided (the daemon counts and flap-guards it)
+        self._own_sockets = ""  # how its own .socket units hold its ports, if they do
+        self._own_inodes: dict[int, int] = {}  # their sockets' inodes -> port
 
     # -- entry ---------------------------------------------------------------------
 
@@ -103,7 +111,8 @@ class Preflight:
             found_conflicts, bind_refused = self._observe(ctx, intents, ports)
             the_plan = self.plan = plan(service, found_conflicts, bind_refused=bind_refused)
             if not the_plan.steps:
-                self._report_clear(service, ports, "all declared ports are free")
+                self._report_clear(service, ports, self._own_sockets or
+                                   "all declared ports are free")
                 return ExitStatus.OK
             for step in distinct(the_plan.steps):
                 self._record_decision(step.conflict, step.action, step.why)
@@ -155,6 +164,11 @@ class Preflight:
             if verdict.free and not probe_ok(intent):
                 bind_refused.add((intent.port, intent.proto))
         found = classify(ctx, relevant.values())
+        mine = [h for h in relevant.values() if h.unit and own_activation(ctx, h)]
+        self._own_inodes = {h.socket.inode: h.socket.local_port for h in mine}
+        if own := {h.unit.id for h in mine if h.unit}:
+            self._own_sockets = (f"held only by its own activation socket ({', '.join(own)}"
+                                 "), which systemd passes to it")
         if bind_refused and not found:
             raise BlockedError(f"{self.unit}: bind() is refused on a declared port but no "
                                "socket on it is visible (another network namespace?)")
@@ -192,11 +206,14 @@ class Preflight:
 
     def _verify(self, service: Service, intents: Sequence[conflicts.BindIntent],
                 ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
-        """The ports must be free now: sockets say so and a bind() probe agrees."""
+        """The ports must be free now: sockets say so and a bind() probe agrees (but for
+        the unit's own activation sockets, which stay, and which no probe can pass)."""
+        own = self._own_inodes
+
         def clear() -> bool:
-            found = sockets.on_ports(ports)
+            found = [s for s in sockets.on_ports(ports) if s.inode not in own]
             return all(conflicts.assess(i, on_port(found, i.port, i.proto)).free
-                       and probe_ok(i) for i in intents)
+                       and (i.port in own.values() or probe_ok(i)) for i in intents)
 
         if wait_until(clear, deadline, self.clock):
             self._report_clear(service, ports, "ports cleared")
@@ -324,18 +341,6 @@ def describe_holder(holder: Holder) -> str:
     return f"pid {p.pid} ({p.program}){unit}"
 
 
-def advice(service: Service, conflict: Conflict) -> str:
-    """What a person can do about a refusal."""
-    if conflict.kind is Kind.FOREIGN:
-        target = f"systemctl stop {conflict.unit}" if conflict.unit else (
-            f"kill {conflict.pids[0]}" if conflict.pids else "stop it")
-        return (f"Stop it ({target}), move {service.name} to another port, or set "
-                "on_foreign: wait to wait for it.")
-    if conflict.untouchable:
-        return "portguard never touches it; stop it yourself or change the port."
-    return f"Stop it yourself, or set policy: stop for {service.name} to let portguard do it."
-
-
 def _uid_of(user: str) -> int | None:
     if not user:
         return 0  # no User=: the service runs as root
@@ -352,14 +357,25 @@ __all__ = ["Preflight", "TimedOutError", "advice", "describe_holder", "service_c
 
 def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
     """`portguard preflight UNIT [--dry-run]`; with --json, the decisions as one document."""
-    status = ExitStatus.OK
+    status, error = ExitStatus.OK, ""
     try:
-        status = Preflight(app, args.unit, dry_run=args.dry_run).run()
+        try:
+            with stop_signals():
+                status = Preflight(app, args.unit, dry_run=args.dry_run).run()
+        except StopRequested as stop:
+            unit = mangle_unit(args.unit)
+            status = settle(unit, stop, app.connect_systemd, lambda said: app.journal.emit(
+                Event.WAIT, said, unit=unit, action="none", result="stopped"))
         return status
     except PortguardError as exc:
         status = exc.exit_status
+        error = exc.message
+        raise
+    except BaseException:
+        status = ExitStatus.BLOCKED  # the CLI fails closed on the rest
         raise
     finally:
+        tell_systemd(status, error)
         if out.json:
             out.document({"unit": args.unit, "exit_status": int(status),
                           "dry_run": args.dry_run,

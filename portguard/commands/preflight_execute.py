@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from portguard.act.signals import Clock, SignalOutcome, signal_process, wait_until
 from portguard.config.schema import Service
-from portguard.decide.classify import Conflict
+from portguard.decide.classify import Conflict, Kind
 from portguard.decide.policy import Action, Plan, Step
 from portguard.errors import BlockedError, PortguardError, TimedOutError
 from portguard.observe.units import JOB_GONE, JobResult, Systemd, SystemdError
@@ -22,6 +22,9 @@ NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
 def describe_conflict(c: Conflict) -> str:
     """`pid 1234 (webd, user www-data) in web@blue.service [twin: ...]` for messages."""
+    unit = c.holder.unit if c.holder is not None else None
+    if unit is not None and unit.id.endswith(".socket") and 1 in c.pids:
+        return f"PID 1 (systemd) for {unit.id} [{c.kind}: {c.reason}]"
     if c.processes:
         p = c.processes[0]
         others = f" and {len(c.processes) - 1} more" if len(c.processes) > 1 else ""
@@ -36,6 +39,25 @@ def describe_conflict(c: Conflict) -> str:
     if c.holder is not None and c.holder.container:
         where += f" (container {c.holder.container})"
     return f"{who}{where} [{c.kind}: {c.reason}]"
+
+
+def advice(service: Service, conflict: Conflict) -> str:
+    """What a person can do about a refusal."""
+    if conflict.unit == "init.scope":  # PID 1 for a socket unit D-Bus could not name
+        return ("Find the socket unit that listens there with `systemctl list-sockets` and "
+                f"stop it, or move {service.name} to another port.")
+    if conflict.kind is Kind.FOREIGN:
+        target = f"systemctl stop {conflict.unit}" if conflict.unit else (
+            f"kill {conflict.pids[0]}" if conflict.pids else "stop it")
+        if conflict.unit and conflict.unit.endswith(".socket") and conflict.holder and \
+                conflict.holder.unit and conflict.holder.unit.triggers:
+            target += (f"; {', '.join(conflict.holder.unit.triggers)} holds the port too "
+                       "while it runs")
+        return (f"Stop it ({target}), move {service.name} to another port, or set "
+                "on_foreign: wait to wait for it.")
+    if conflict.untouchable:
+        return "portguard never touches it; stop it yourself or change the port."
+    return f"Stop it yourself, or set policy: stop for {service.name} to let portguard do it."
 
 
 class Executor:

@@ -34,10 +34,12 @@ class ServiceState(NamedTuple):
 
 
 def _own(service: Service, holder: Holder) -> bool:
-    """Whether the holder runs in this service's unit (or one of its instances)."""
+    """Whether the holder runs in this service's unit (or one of its instances), or is
+    PID 1 listening for the service's own .socket unit (DESIGN case 7)."""
     if holder.unit is None:
         return False
-    return service.matches(holder.unit.id)
+    return service.matches(holder.unit.id) or any(
+        service.matches(t) for t in holder.unit.triggers if holder.unit.id.endswith(".socket"))
 
 
 def service_units(service: Service, systemd: Systemd) -> tuple[Unit, ...]:

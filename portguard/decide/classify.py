@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from portguard.config.schema import Service
 from portguard.model import Holder, Process, ProgramId, Proto, Unit
+from portguard.observe.activation import activated_by_note, held_for
 from portguard.observe.observer import LINGERING_STATES
 
 
@@ -188,9 +189,26 @@ def claimed_by_twins(ctx: Context, ports: Iterable[tuple[int, Proto]],
     return out
 
 
+def own_activation(ctx: Context, holder: Holder) -> bool:
+    """The unit's own activation socket (DESIGN case 7): PID 1 holds it for a .socket unit
+    that activates this very unit. Never a conflict: the unit is started to serve it."""
+    return held_for(holder.unit, ctx.unit)
+
+
+def _socket_unit_holder(ctx: Context, holder: Holder) -> Conflict:
+    """A listener PID 1 holds for another service's socket unit: foreign, and named so."""
+    found = classify_holder(ctx, holder)
+    unit = holder.unit
+    if found.kind is Kind.FOREIGN and unit is not None and unit.id.endswith(".socket"):
+        return found._replace(reason="the listening socket of another service's socket "
+                              f"unit, {activated_by_note(unit)}")
+    return found
+
+
 def classify(ctx: Context, holders: Iterable[Holder]) -> list[Conflict]:
-    """Every holder's conflict, plus twins claiming the ports before binding them."""
-    conflicts = [classify_holder(ctx, h) for h in holders]
+    """Every holder's conflict, plus twins claiming the ports before binding them. The
+    unit's own activation sockets are none (see `own_activation`)."""
+    conflicts = [_socket_unit_holder(ctx, h) for h in holders if not own_activation(ctx, h)]
     ports = [(c.port, c.proto) for c in conflicts] or [
         (spec.first, spec.proto) for spec in ctx.service.ports]
     units = [c.unit for c in conflicts if c.unit]

@@ -206,9 +206,15 @@ class Systemd:
                 if u.endswith(".socket")]
 
     def activation_sockets(self, unit_id: str) -> list[Unit]:
-        """The .socket units that activate `unit_id` (its TriggeredBy=), described."""
-        by = self._get(self.unit_path(unit_id), UNIT_IFACE, "TriggeredBy") or ()
-        return [self.describe_socket(_s(s)) for s in by if _s(s).endswith(".socket")]
+        """The .socket units that activate `unit_id`: its TriggeredBy=, and the socket
+        named like it (ssh.socket for ssh.service), loaded here if need be, since systemd
+        252 lists it in TriggeredBy only when it was loaded first."""
+        by = [_s(s) for s in self._get(self.unit_path(unit_id), UNIT_IFACE, "TriggeredBy")]
+        pair = unit_id.rpartition(".")[0] + ".socket"
+        if pair not in by and self.load_state(pair) == "loaded":
+            by.append(pair)
+        found = [self.describe_socket(s) for s in by if s.endswith(".socket")]
+        return [u for u in found if unit_id in u.triggers or u.id != pair]
 
     def describe_socket(self, unit_id: str) -> Unit:
         path = self.unit_path(unit_id)

@@ -61,6 +61,8 @@ DAEMONS: dict[str, Daemon] = {
                        tmpfiles=("lighttpd.tmpfile.conf",)),
     "memcached": Daemon("memcached", ("memcached.service",), "/usr/bin/memcached",
                         tmpfiles=("memcached.conf",)),
+    # ssh.socket (Accept=no) makes PID 1 hold 22 until a connection starts ssh.service
+    "ssh": Daemon("openssh-server", ("ssh.socket", "ssh.service"), "/usr/sbin/sshd"),
 }
 
 

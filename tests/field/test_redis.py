@@ -77,3 +77,33 @@ def test_hand_started_redis_is_a_stray_named_redis_server(field: Field, guard: G
     assert len(decided) == 1, [r["MESSAGE"] for r in decided]
     assert decided[0]["PORTGUARD_HOLDER_KIND"] == "stray"
     assert "(redis-server, user redis)" in decided[0]["MESSAGE"]
+
+# -- twins started together (issue 11 item 6) ----------------------------------------
+# Two redis-server@ instances (the packaged template: Type=notify, User=redis) started
+# together on one port (issue 11 item 6): one runs, the other ends `inactive`, stopped by
+# its twin like any stopped unit, not `failed (Result: signal)` because its preflight was
+# killed by that stop while it waited for the port's lock.
+
+
+def test_twins_started_together_one_runs_the_other_ends_inactive(field: Field, guard: Guard,
+                                                                 uid: str) -> None:
+    sb = field.sb
+    for round_ in range(3):
+        a, b = (f"redis-server@{round_}a{uid}.service", f"redis-server@{round_}b{uid}.service")
+        field.config("/etc/redis", {f"redis-{n}.conf": instance_conf(n)
+                                    for n in (f"{round_}a{uid}", f"{round_}b{uid}")})
+        queued = sb.systemctl("start", "--no-block", a, b)
+        assert queued.returncode == 0, queued.stderr
+
+        states = sb.wait_settled(a, b, timeout=60)
+        assert sorted(states) == ["active", "inactive"], "\n".join(
+            (str(states), field.status(a), field.status(b)))
+        winner, loser = (a, b) if states[0] == "active" else (b, a)
+        assert sb.unit_property(loser, "Result") == "success", field.status(loser)
+        assert "Result: signal" not in field.status(loser)
+        held = field.wait_holders(PORT)
+        assert set(held) <= field.unit_pids(winner), field.ps(held)
+        assert guard.signalled() == set()  # twins go through systemd, never a signal
+        sb.systemctl("stop", winner, check=True)
+    stops = guard.records(STOP_UNIT)
+    assert stops and all(r["PORTGUARD_HOLDER_KIND"] == "twin" for r in stops)

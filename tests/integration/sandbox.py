@@ -65,6 +65,7 @@ API (all paths are as seen inside the sandbox; pids are inside pids unless named
     .wait_for(predicate, timeout=10.0, what="...", interval=0.05) -> T
     .unit_property(unit, prop) -> str                 # systemctl show -P
     .wait_unit_state(unit, *states, timeout=10.0) -> str   # ActiveState in states
+    .wait_settled(*units, timeout=20.0) -> tuple[str, ...]  # no job, none (de)activating
     .cgroup_of(pid) -> str                            # the 0:: line of /proc/PID/cgroup
     .listening_pids(port, proto="tcp") -> set[int]    # what `ss -lnp` lists there now
     .wait_listening(port, proto="tcp", count=1) -> set[int]   # ... once it lists `count`

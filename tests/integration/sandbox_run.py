@@ -153,6 +153,17 @@ class SandboxRunner:
     def unit_property(self, unit: str, prop: str) -> str:
         return self.systemctl("show", "-P", prop, "--", unit, check=True).stdout.rstrip("\n")
 
+    def wait_settled(self, *units: str, timeout: float = 20.0) -> tuple[str, ...]:
+        """Wait until no job is queued for the units and none is (de)activating; return
+        their ActiveStates, in order (units started together, say)."""
+        def settled() -> tuple[str, ...] | None:
+            if self.systemctl("list-jobs", "--no-legend", *units).stdout.strip():
+                return None
+            states = tuple(self.unit_property(u, "ActiveState") for u in units)
+            return states if not {"activating", "deactivating"} & set(states) else None
+
+        return self.wait_for(settled, timeout, f"{' and '.join(units)} to settle")
+
     def wait_unit_state(self, unit: str, *states: str, timeout: float = 10.0) -> str:
         """Wait until the unit's ActiveState is one of `states`; return it."""
         last = ""

@@ -13,9 +13,11 @@ from cases import (
     KILL,
     SIGNAL,
     STOP_UNIT,
+    WAIT,
     Case,
     config,
 )
+from sandbox import PYTHON, REPO
 
 # -- 7. --dry-run ----------------------------------------------------------------------
 
@@ -75,15 +77,13 @@ def test_two_instances_started_together_end_with_exactly_one_running(case: Case)
         queued = sb.systemctl("start", "--no-block", a, b)
         assert queued.returncode == 0, queued.stderr
 
-        def settled(a: str = a, b: str = b) -> tuple[str, str] | None:
-            if sb.systemctl("list-jobs", "--no-legend", a, b).stdout.strip():
-                return None
-            states = (case.state(a), case.state(b))
-            return states if not {"activating", "deactivating"} & set(states) else None
-
-        states = sb.wait_for(settled, 20, f"{a} and {b} to settle")
+        states = sb.wait_settled(a, b, timeout=20)
         assert states.count("active") == 1, states
-        winner = a if states[0] == "active" else b
+        winner, loser = (a, b) if states[0] == "active" else (b, a)
+        # stopped by its twin like any stopped unit (issue 11 item 6), never
+        # `failed (Result: signal)` from a preflight killed while it waited for the lock
+        assert (case.state(loser), sb.unit_property(loser, "Result")) == (
+            "inactive", "success"), sb.systemctl("status", loser).stdout
         [held] = json.loads(sb.portguard("--json", "who", str(port)).stdout)["ports"]
         assert {h["unit"] for h in held["holders"]} == {winner}
         sb.systemctl("stop", winner, check=True)
@@ -99,3 +99,23 @@ def test_two_instances_started_together_end_with_exactly_one_running(case: Case)
                if r["MESSAGE_ID"] == STOP_UNIT)
     assert sb.pid_alive(canary)
     assert case.state(canary_unit) == "active" and case.main_pid(canary_unit) == canary_main
+
+
+def test_a_sigterm_that_is_no_stop_of_the_unit_fails_closed(case: Case) -> None:
+    # preflight waits for a port's lock (another guard holds it) and gets SIGTERM while
+    # its unit is not being stopped: it must not exit 0 (the service would start unguarded)
+    sb, port = case.sb, case.port()
+    unit = f"term-{case.uid}.service"
+    case.config(config(port, unit))
+    case.unit(unit, "--port", str(port))
+    case.spawn(port)  # a holder: preflight takes the slow path, under the lock
+    lock = f"/run/portguard/tcp-{port}.lock"
+    hold = f"import fcntl, time; f = open('{lock}', 'w'); fcntl.flock(f, 2); time.sleep(20)"
+    script = (f"mkdir -p /run/portguard; {PYTHON} -c \"{hold}\" >/dev/null 2>&1 & holder=$!; "
+              "sleep 0.5; "
+              f"{PYTHON} -m portguard --config {case.cfg} preflight {unit} & pre=$!; "
+              f"sleep 2; kill -TERM $pre; wait $pre; echo rc=$?; kill $holder")
+    done = sb.run(["sh", "-c", script], env={"PYTHONPATH": str(REPO)}, timeout=30)
+    assert "rc=1" in done.stdout, done.stdout + done.stderr
+    assert "got SIGTERM while the unit is not being stopped" in done.stderr
+    assert case.record(WAIT, unit, result="locked")  # it was waiting for the lock

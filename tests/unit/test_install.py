@@ -22,6 +22,7 @@ from portguard.app import App
 from portguard.commands import install
 from portguard.commands.install import DEFAULT_CONFIG
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
+from portguard.model import Unit
 from portguard.report.journal import Journal
 from portguard.report.output import Output
 
@@ -39,6 +40,8 @@ class FakeSystemd:
         self.reload_error = reload_error
         self.reloads = 0
         self.closed = 0
+        self.notify: dict[str, str] = {}  # unit -> NotifyAccess
+        self.sockets: dict[str, list[Unit]] = {}  # unit -> its activation sockets
 
     def load_state(self, unit: str) -> str:
         return self.load.get(unit, "not-found")
@@ -53,6 +56,15 @@ class FakeSystemd:
 
     def close(self) -> None:
         self.closed += 1
+
+    def unit_path(self, unit_id: str) -> bytes:
+        return unit_id.encode()
+
+    def properties(self, path: bytes, iface: bytes) -> dict[str, Any]:
+        return {"NotifyAccess": self.notify.get(path.decode(), "none")}
+
+    def activation_sockets(self, unit_id: str) -> list[Unit]:
+        return self.sockets.get(unit_id, [])
 
 
 class Run:
@@ -172,7 +184,10 @@ def test_template_of() -> None:
 def test_dropin_text_runs_preflight_privileged_for_the_unit() -> None:
     text = install.dropin_text("web@.service", ["/usr/bin/portguard"])
     body = [line for line in text.splitlines() if not line.startswith("#")]
-    assert body == ["[Service]", "ExecStartPre=+/usr/bin/portguard preflight %n"]
+    assert body == ["[Service]", "NotifyAccess=exec",
+                    "ExecStartPre=+/usr/bin/portguard preflight %n"]
+    text = install.dropin_text("web@.service", ["/usr/bin/portguard"], notify_access=False)
+    assert "NotifyAccess" not in text
     assert "portguard uninstall web@.service" in text
 
 
@@ -243,6 +258,32 @@ def test_preflight_command_of_this_test_run_works() -> None:
 
 
 # --- install ---------------------------------------------------------------------------
+
+def test_notify_access_is_written_unless_the_unit_lets_all_notify(
+        run: Callable[[FakeSystemd], Run], base: Path) -> None:
+    systemd = fresh()
+    systemd.notify = {"web.service": "main", "web@portguard-install-check.service": "all"}
+    r = run(systemd)
+    assert r("install", "web") == ExitStatus.OK
+    assert "\nNotifyAccess=exec\n" in (base / "web.service.d" / "portguard.conf").read_text()
+    assert r("install", "web@.service") == ExitStatus.OK  # read through an instance
+    assert "NotifyAccess" not in (base / "web@.service.d" / "portguard.conf").read_text()
+
+
+def test_install_on_a_socket_activated_unit_says_what_it_means(
+        run: Callable[[FakeSystemd], Run], base: Path) -> None:
+    systemd = fresh()
+    systemd.sockets = {"web.service": [Unit("web.socket", triggers=("web.service",),
+                                            listen=(("Stream", "[::]:8080"),))]}
+    r = run(systemd)
+    assert r("install", "web") == ExitStatus.OK
+    assert r.err == ("note: web.service is socket-activated by web.socket (listening on "
+                     "[::]:8080): systemd binds those before web.service starts and "
+                     "preflight counts them as web.service's own, so a connection that "
+                     "starts it is never refused; another holder of those ports makes "
+                     "web.socket fail to start, which `portguard who` names\n")
+    assert (base / "web.service.d" / "portguard.conf").exists()
+
 
 def test_install_writes_the_dropin_and_reloads(run: Callable[[FakeSystemd], Run],
                                                base: Path) -> None:

@@ -1,0 +1,129 @@
+"""Preflight as a unit's ExecStartPre=: what systemd shows of it, and stopping with it.
+
+`systemctl status UNIT` shows journal lines only since the unit last left `inactive`; with
+Restart= that is after the last refused attempt, so a refusal's reason on stderr and in
+the journal scrolls out of view at once (issue 11 item 4). A STATUS= text stays, shown as
+`Status: "..."` both when `systemctl start` returns and once the unit settles: preflight
+sends its verdict there when $NOTIFY_SOCKET is set (the drop-in sets NotifyAccess=exec,
+which accepts control processes), and clears it when the ports are clear.
+
+Preflight stopped with its unit: end like any stopped unit, not as a failure.
+
+When a unit is stopped while its ExecStartPre= runs (two instances of a template started
+together: the winner's preflight stops the loser, whose preflight waits for the port's
+lock), systemd sends the control process its KillSignal= (SIGTERM unless set). A command
+killed by a signal is a failed control process to systemd 252 (only exit status 0 is
+clean for ExecStartPre=), so the unit would end `failed (Result: signal)`. Exiting 0
+while the unit is being stopped lets it end `inactive`, as stopping it asked.
+
+Exit 0 only when systemd says the unit is on its way down (deactivating): a SIGTERM from
+anyone else must not let the service start unguarded, so then preflight fails (exit 1)
+and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from portguard.errors import BlockedError, ExitStatus, PortguardError
+
+if TYPE_CHECKING:  # not imported: cli.run and the fast path import this module
+    from portguard.observe.units import Systemd
+
+STATUS_PREFIX = "portguard: "
+
+# What systemd may send a unit's processes when it stops it (KillSignal=, FinalKillSignal
+# is SIGKILL and cannot be caught); SIGINT for a preflight run by hand and interrupted.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+class StopRequested(Exception):
+    """A stop signal arrived while preflight ran (raised from the signal handler)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_early: list[int] = []  # stop signals that came before stop_signals() (catch_early)
+
+
+def stop_pending() -> bool:
+    """Whether a stop signal came before stop_signals() (the fast path then steps aside)."""
+    return bool(_early)
+
+
+def catch_early() -> None:
+    """Remember stop signals from now until stop_signals() takes over: a twin's StopUnit
+    can come while Python still imports preflight (seen with redis-server@ twins)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, lambda signum, frame: _early.append(signum))
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Turn the stop signals into StopRequested for the body (one remembered by
+    catch_early at once); the old handlers after."""
+    def raise_stop(signum: int, frame: FrameType | None) -> None:
+        raise StopRequested(signum)
+
+    old = {s: signal.signal(s, raise_stop) for s in STOP_SIGNALS}
+    try:
+        if _early:
+            raise StopRequested(_early[0])
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def being_stopped(systemd: Systemd, unit: str) -> bool:
+    """Whether systemd is stopping `unit` now: it signals a unit's processes only once
+    the unit is deactivating (stop-sigterm and the like)."""
+    return systemd.active_state(unit) == "deactivating"
+
+
+def settle(unit: str, stop: StopRequested, connect: Callable[[], Systemd],
+           note: Callable[[str], object]) -> ExitStatus:
+    """ExitStatus.OK when the unit is being stopped; else BlockedError."""
+    name = signal.Signals(stop.signum).name
+    # A second signal while asking systemd must not turn into a traceback.
+    with contextlib.suppress(ValueError):
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+    try:
+        systemd = connect()
+        try:
+            stopping = being_stopped(systemd, unit)
+        finally:
+            systemd.close()
+    except PortguardError as exc:
+        raise BlockedError(f"{unit}: preflight got {name} and cannot ask systemd whether "
+                           f"the unit is being stopped ({exc.message}); not starting it"
+                           ) from exc
+    if not stopping:
+        raise BlockedError(f"{unit}: preflight got {name} while the unit is not being "
+                           "stopped; not starting it unguarded")
+    note(f"{unit}: stopped while preflight ran ({name}); nothing left to do")
+    return ExitStatus.OK
+
+
+def tell_systemd(status: ExitStatus, error: str, env: Mapping[str, str] | None = None) -> None:
+    """STATUS= for `systemctl status`: the refusal, or "" (cleared) when the ports are
+    clear; nothing outside a unit with a notify socket."""
+    if not (os.environ if env is None else env).get("NOTIFY_SOCKET"):
+        return
+    from portguard.report.notify import Notifier
+    notifier = Notifier(env)
+    try:
+        notifier.status(STATUS_PREFIX + error if error else
+                        "" if status is ExitStatus.OK else f"{STATUS_PREFIX}exit {int(status)}")
+    except OSError:
+        pass  # best effort: the refusal is on stderr and in the journal anyway
+    finally:
+        notifier.close()
