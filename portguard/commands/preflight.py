@@ -26,9 +26,11 @@ from portguard.decide.classify import Conflict, Context, Kind, classify
 from portguard.decide.policy import Action, Plan, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Socket, Unit, format_ports
-from portguard.observe import processes, sockets
+from portguard.observe import containers, processes, sockets
+from portguard.observe.observer import PUBLISHED
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 from portguard.report.journal import Event
+from portguard.report.tables import container_text
 
 if TYPE_CHECKING:
     import argparse
@@ -93,6 +95,8 @@ class Preflight:
         for intent in intents:
             if not conflicts.assess(intent, _on_port(found, intent.port, intent.proto)).free:
                 return False
+        if containers.publishes(ports):  # a container's port with no socket: bind() works
+            return False
         return all(_probe_ok(intent) for intent in intents)
 
     def _starting_twins(self, service: Service) -> list[str]:
@@ -194,7 +198,11 @@ class Preflight:
             verdict = conflicts.assess(intent, socks)
             keep = {id(s) for s in (*verdict.blockers, *verdict.lingering, *verdict.uncertain)}
             for holder in rep.holders:
-                if id(holder.socket) in keep:
+                # a published port has no socket to bind() against: its DNAT takes the
+                # port's connections on the addresses it covers
+                published = holder.socket.state == PUBLISHED and conflicts.overlaps(
+                    intent, holder.socket)
+                if id(holder.socket) in keep or published:
                     relevant[id(holder)] = holder
             if verdict.free and not _probe_ok(intent):
                 bind_refused.add((intent.port, intent.proto))
@@ -210,6 +218,8 @@ class Preflight:
         if conflict.holder is None:  # a twin claiming the port: held while it is up
             return self._twin_up(conflict.unit)
         sock = conflict.holder.socket
+        if sock.state == PUBLISHED and conflict.container is not None:
+            return containers.published_by(conflict.container.id, sock.local_port, sock.proto)
         current = _on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)
         if conflict.kind is Kind.LINGERING:
@@ -275,6 +285,7 @@ class Preflight:
             unit=self.unit, port=conflict.port, proto=str(conflict.proto),
             holder_pid=conflict.pids[0] if conflict.pids else None,
             holder_unit=conflict.unit, holder_kind=str(conflict.kind),
+            holder_container=conflict.container,
             action=action.value, result="dry-run" if self.dry_run else "planned")
 
     def _refuse(self, service: Service, the_plan: Plan) -> ExitStatus:
@@ -286,7 +297,8 @@ class Preflight:
             self.journal.emit(Event.REFUSED, f"{self.unit} refused: {lines[-1]}",
                               unit=self.unit, port=c.port, proto=str(c.proto),
                               holder_pid=c.pids[0] if c.pids else None, holder_unit=c.unit,
-                              holder_kind=str(c.kind), action="refuse", result="blocked",
+                              holder_kind=str(c.kind), holder_container=c.container,
+                              action="refuse", result="blocked",
                               echo=False)  # the error below says the same on stderr
         raise BlockedError(f"{self.unit} cannot start: " + " | ".join(lines))
 
@@ -307,14 +319,19 @@ class Preflight:
 def describe_holder(holder: Holder) -> str:
     sock = holder.socket
     if not holder.processes:
-        return f"{sock.state} socket {sock.local_address}:{sock.local_port}"
+        what = f"{sock.state} socket {sock.local_address}:{sock.local_port}"
+        return what + (f" ({container_text(holder.container)})" if holder.container else "")
     p = holder.processes[0]
     unit = f" in {holder.unit.id}" if holder.unit else " outside any unit"
-    return f"pid {p.pid} ({p.program}){unit}"
+    container = f" ({container_text(holder.container)})" if holder.container else ""
+    return f"pid {p.pid} ({p.program}){unit}{container}"
 
 
 def advice(service: Service, conflict: Conflict) -> str:
     """What a person can do about a refusal."""
+    if conflict.container is not None:  # its runtime's command, never its conmon's pid
+        return (f"Stop it ({conflict.container.stop_command}), move {service.name} to "
+                "another port, or set on_foreign: wait to wait for it.")
     if conflict.kind is Kind.FOREIGN:
         target = f"systemctl stop {conflict.unit}" if conflict.unit else (
             f"kill {conflict.pids[0]}" if conflict.pids else "stop it")

@@ -16,6 +16,7 @@ from portguard.decide.policy import Action, Plan, Step
 from portguard.errors import BlockedError, PortguardError, TimedOutError
 from portguard.observe.units import JOB_GONE, JobResult, Systemd, SystemdError
 from portguard.report.journal import Event, Journal
+from portguard.report.tables import container_text
 
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
@@ -33,8 +34,8 @@ def describe_conflict(c: Conflict) -> str:
     else:
         who = "not listening yet"
     where = f" in {c.unit}" if c.unit else ""
-    if c.holder is not None and c.holder.container:
-        where += f" (container {c.holder.container})"
+    if c.container is not None:
+        where += f" ({container_text(c.container)})"
     return f"{who}{where} [{c.kind}: {c.reason}]"
 
 
@@ -173,4 +174,4 @@ class Executor:
             event, f"{self.unit}: {c.port}/{c.proto}: {text}", unit=self.unit, port=c.port,
             proto=str(c.proto), holder_pid=pid if pid is not None else
             (c.pids[0] if c.pids else None), holder_unit=c.unit, holder_kind=str(c.kind),
-            action=(action or step.action).value, result=result)
+            holder_container=c.container, action=(action or step.action).value, result=result)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from portguard.config.schema import Service
-from portguard.model import INTERPRETERS, Holder, Process, Proto, Unit
+from portguard.model import INTERPRETERS, Container, Holder, Process, Proto, Unit
 from portguard.observe.observer import LINGERING_STATES
 
 
@@ -55,6 +55,11 @@ class Conflict(NamedTuple):
     @property
     def pids(self) -> tuple[int, ...]:
         return tuple(p.pid for p in self.processes)
+
+    @property
+    def container(self) -> Container | None:
+        """The container holding the port, itself or through its runtime's helper."""
+        return self.holder.container if self.holder is not None else None
 
 
 def is_outside_service(unit: Unit | None) -> bool:
@@ -121,6 +126,17 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
         return Conflict(sock.local_port, sock.proto, kind, reason, holder, unit_id, procs,
                         untouchable)
 
+    if holder.container is not None:
+        # Before self/twin/stray: a container (or the conmon serving it) stays foreign even
+        # in the unit's own cgroup or a unit listed as a duplicate, and is never signalled:
+        # only its runtime stops it cleanly.
+        c = holder.container
+        what = (f"{c.via} for" if c.via else f"{procs[0].program} in") if procs else \
+            "published by the kernel (DNAT) for"
+        return conflict(Kind.FOREIGN, f"{what} {c}: a container, never a duplicate, "
+                        f"whatever it runs; its runtime stops it ({c.stop_command})"
+                        )._replace(untouchable=f"{c} is a container: only its runtime "
+                                   "stops it")
     if not procs:
         if holder.unknown_reason:
             return conflict(Kind.FOREIGN, f"{holder.unknown_reason}: it cannot be told apart "
@@ -137,9 +153,6 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
         return conflict(Kind.TWIN, f"another instance of {svc.name}")
     if unit_id is not None and _glob_any(unit_id, svc.duplicates.units):
         return conflict(Kind.TWIN, f"configured as a duplicate of {svc.name}")
-    if holder.container:
-        return conflict(Kind.FOREIGN, f"{procs[0].program} in container "
-                        f"{holder.container}: never a stray, whatever it runs")
     if is_outside_service(unit):
         exec_start = ctx.unit_info.exec_start if ctx.unit_info else ()
         matching = [p for p in procs if matches_command(p, exec_start, svc.duplicates.commands)]

@@ -1,0 +1,290 @@
+"""Naming the container behind a port: conmon's argv, the runtimes' state files, cgroups.
+
+The argv and JSON below are what podman 4.3.1 (Debian 12) wrote in the sandbox for
+`podman run -d --name web -p 8080:8080 localhost/web:1`; docker's is a config.v2.json cut
+down to the fields read. tests/field/test_podman.py proves the same against a real podman.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from portguard.model import Container, Process, Proto
+from portguard.observe import containers
+from portguard.observe.cgroups import container_scope
+from portguard.observe.containers import (
+    Identifier,
+    Published,
+    conmon_args,
+    graphroot_from_conf,
+    parse_cni_cache,
+    parse_containers_json,
+    parse_docker_config,
+    store_root,
+)
+
+CID = "94c1a2e552a21821fdf0b0d414e166bd9e86ed358ddaa2884a8d4b0da16ea127"
+ROOT = "/var/lib/containers/storage"
+BUNDLE = f"{ROOT}/overlay-containers/{CID}/userdata"
+CONMON = (
+    "/usr/bin/conmon", "--api-version", "1", "-c", CID, "-u", CID, "-r", "/usr/bin/runc",
+    "-b", BUNDLE, "-p", f"/run/containers/storage/overlay-containers/{CID}/userdata/pidfile",
+    "-n", "web", "--exit-dir", "/run/libpod/exits", "--full-attach", "-s", "-l", "journald",
+    "--log-level", "warning", "--runtime-arg", "--log-format=json", "--exit-command",
+    "/usr/bin/podman", "--exit-command-arg", "--root", "--exit-command-arg", ROOT,
+    "--exit-command-arg", "container", "--exit-command-arg", "cleanup",
+    "--exit-command-arg", CID)
+CONTAINERS_JSON = json.dumps([{
+    "id": CID, "names": ["web"], "image": "8012dcc0049c", "layer": "7f70e0c3b566",
+    "metadata": json.dumps({"image-name": "localhost/web:1", "image-id": "8012dcc0049c",
+                            "name": "web", "created-at": 1796232509}),
+    "created": "2026-12-02T17:28:30.00039408Z"}])
+CNI_CACHE = json.dumps({
+    "kind": "cniCacheV1", "containerId": CID, "config": "e30=", "ifName": "eth0",
+    "networkName": "podman", "cniArgs": [["IgnoreUnknown", "1"], ["K8S_POD_NAME", "web"]],
+    "capabilityArgs": {"aliases": {"podman": [CID[:12]]}, "portMappings": [
+        {"hostPort": 8080, "containerPort": 8080, "protocol": "tcp"}]},
+    "result": {"cniVersion": "0.4.0", "ips": [
+        {"address": "10.88.0.2/16", "gateway": "10.88.0.1", "interface": 2, "version": "4"}]}})
+DOCKER_ID = "3f2a9c1b2d4e" + "5" * 52
+DOCKER_CONFIG = json.dumps({
+    "ID": DOCKER_ID, "Name": "/shop", "Config": {"Image": "nginx:1.25"},
+    "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.2",
+                                                "GlobalIPv6Address": ""}}}})
+
+
+def proc(pid: int, argv: tuple[str, ...], cgroup: str, ppid: int = 1, uid: int = 0) -> Process:
+    return Process(pid=pid, start_time=1, ppid=ppid, uid=uid, cmdline=argv, cgroup=cgroup)
+
+
+class Disk:
+    """The files an Identifier may read, and a record of what it read."""
+
+    def __init__(self, files: dict[str, str], procs: tuple[Process, ...] = ()) -> None:
+        self.files = files
+        self.procs = {p.pid: p for p in procs}
+        self.reads: list[str] = []
+
+    def read(self, path: str) -> str | None:
+        self.reads.append(path)
+        return self.files.get(path)
+
+    def listdir(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        return sorted({f[len(prefix):].split("/")[0] for f in self.files if f.startswith(prefix)})
+
+    def identifier(self) -> Identifier:
+        return Identifier(self.procs.get, read=self.read, listdir=self.listdir,
+                          home=lambda uid: f"/home/u{uid}")
+
+
+PODMAN_DISK = {f"{ROOT}/overlay-containers/containers.json": CONTAINERS_JSON}
+
+
+# --- the pure parsers -------------------------------------------------------------------
+
+def test_conmon_args_name_the_container_and_its_store() -> None:
+    args = conmon_args(CONMON)
+    assert args == containers.ConmonArgs("podman", CID, "web", BUNDLE)
+    assert store_root(BUNDLE) == ROOT
+
+
+def test_conmon_args_long_and_equals_forms_and_cri_o() -> None:
+    argv = ("conmon", "--cid=abc123def456", "--name=k8s_web_pod", "--bundle",
+            "/run/containers/storage/overlay-containers/abc123def456/userdata",
+            "--exit-dir", "/var/run/crio/exits")
+    assert conmon_args(argv) == containers.ConmonArgs(
+        "cri-o", "abc123def456", "k8s_web_pod",
+        "/run/containers/storage/overlay-containers/abc123def456/userdata")
+
+
+@pytest.mark.parametrize("argv", [(), ("/usr/bin/podman", "-c", CID), ("conmon", "-n", "web"),
+                                  ("/usr/bin/python3", "conmon", "-c", CID)])
+def test_not_conmon_or_no_id(argv: tuple[str, ...]) -> None:
+    assert conmon_args(argv) is None
+
+
+@pytest.mark.parametrize("bundle", ["", "/run/x/userdata", f"{ROOT}/overlay/{CID}/userdata",
+                                    f"{ROOT}/overlay-containers/{CID}"])
+def test_store_root_only_from_the_storage_layout(bundle: str) -> None:
+    assert store_root(bundle) is None
+
+
+def test_containers_json_gives_name_and_image() -> None:
+    assert parse_containers_json(CONTAINERS_JSON) == {CID: ("web", "localhost/web:1")}
+
+
+@pytest.mark.parametrize("text", ["", "{", "{}", "[1, null]", '[{"id": 5}]'])
+def test_containers_json_damaged_reads_as_empty(text: str) -> None:
+    assert parse_containers_json(text) == {}
+
+
+def test_docker_config_gives_name_image_and_addresses() -> None:
+    assert parse_docker_config(DOCKER_CONFIG) == containers.DockerRecord(
+        DOCKER_ID, "shop", "nginx:1.25", ("172.17.0.2",))
+    assert parse_docker_config("[]") is None
+    assert parse_docker_config('{"Name": "/x"}') is None
+
+
+def test_cni_cache_gives_the_published_ports() -> None:
+    assert parse_cni_cache(CNI_CACHE) == [
+        Published(CID, "web", "podman", "", 8080, "10.88.0.2", 8080, Proto.TCP)]
+    assert parse_cni_cache("{}") == []
+    bad = json.loads(CNI_CACHE)
+    bad["capabilityArgs"]["portMappings"] = [{"hostPort": "x"}, {"protocol": "sctp"}]
+    assert parse_cni_cache(json.dumps(bad)) == []
+
+
+def test_graphroot_from_storage_conf() -> None:
+    assert graphroot_from_conf('[storage]\ndriver = "overlay"\ngraphroot = "/srv/c"\n') == \
+        "/srv/c"
+    assert graphroot_from_conf("[storage]\n") is None
+    assert graphroot_from_conf("[storage\n") is None
+
+
+@pytest.mark.parametrize(("path", "scope"), [
+    (f"/machine.slice/libpod-conmon-{CID}.scope", ("podman", CID, True)),
+    (f"/machine.slice/libpod-{CID}.scope", ("podman", CID, False)),
+    (f"/machine.slice/libpod-{CID}.scope/container", ("podman", CID, False)),
+    (f"/system.slice/docker-{DOCKER_ID}.scope", ("docker", DOCKER_ID, False)),
+    (f"/kubepods.slice/crio-conmon-{CID}.scope", ("cri-o", CID, True)),
+    ("/machine.slice/machine-my\\x2dbox.scope/payload", ("nspawn", "my-box", False)),
+    ("/system.slice/web.service", None),
+])
+def test_container_scope(path: str, scope: tuple[str, str, bool] | None) -> None:
+    assert container_scope(path) == scope
+
+
+# --- the Identifier over a fake disk ----------------------------------------------------
+
+def test_conmon_is_named_from_the_store_its_bundle_names() -> None:
+    disk = Disk(PODMAN_DISK)
+    conmon = proc(202, CONMON, f"/machine.slice/libpod-conmon-{CID}.scope")
+    assert disk.identifier().identify([conmon]) == Container(
+        "podman", CID, "web", "localhost/web:1", "conmon", "containers.json")
+
+
+def test_a_renamed_container_is_named_as_the_store_says_not_as_conmon_started() -> None:
+    disk = Disk({f"{ROOT}/overlay-containers/containers.json":
+                 CONTAINERS_JSON.replace('["web"]', '["web2"]')})
+    conmon = proc(202, CONMON, f"/machine.slice/libpod-conmon-{CID}.scope")
+    found = disk.identifier().identify([conmon])
+    assert found is not None and found.name == "web2"
+    assert found.stop_command == "podman stop web2"
+
+
+def test_without_a_readable_store_conmons_argv_names_it() -> None:
+    disk = Disk({})
+    conmon = proc(202, CONMON, "/machine.slice/libpod-conmon-x.scope")
+    assert disk.identifier().identify([conmon]) == Container(
+        "podman", CID, "web", "", "conmon", "conmon argv")
+
+
+def test_the_containers_own_process_on_the_host_network() -> None:
+    conmon = proc(279, CONMON, f"/machine.slice/libpod-conmon-{CID}.scope")
+    httpd = proc(290, ("/bin/httpd", "-f", "-p", "8081"), f"/machine.slice/libpod-{CID}.scope",
+                 ppid=279)
+    assert Disk(PODMAN_DISK, (conmon,)).identifier().identify([httpd]) == Container(
+        "podman", CID, "web", "localhost/web:1", "", "containers.json")
+    # its conmon killed: reparented, yet named from the cgroup and the default store
+    orphan = httpd._replace(ppid=1)
+    assert Disk(PODMAN_DISK).identifier().identify([orphan]) == Container(
+        "podman", CID, "web", "localhost/web:1", "", "containers.json")
+    # and with no store to read at all: the cgroup's id is all there is
+    bare = Disk({}).identifier().identify([orphan])
+    assert bare == Container("podman", CID, "", "", "", "cgroup")
+    assert bare.label == CID[:12] and bare.stop_command == f"podman stop {CID[:12]}"
+
+
+def test_a_store_named_in_storage_conf_is_searched() -> None:
+    disk = Disk({"/etc/containers/storage.conf": '[storage]\ngraphroot = "/srv/c"\n',
+                 "/srv/c/vfs-containers/containers.json": CONTAINERS_JSON})
+    httpd = proc(290, ("/bin/httpd",), f"/machine.slice/libpod-{CID}.scope")
+    found = disk.identifier().identify([httpd])
+    assert found is not None and found.name == "web"
+
+
+def test_a_rootless_container_is_found_in_its_users_store() -> None:
+    disk = Disk({"/home/u1000/.local/share/containers/storage/overlay-containers/"
+                 "containers.json": CONTAINERS_JSON})
+    helper = proc(300, ("rootlessport",), f"/user.slice/user-1000.slice/user@1000.service/"
+                  f"user.slice/libpod-conmon-{CID}.scope", uid=1000)
+    assert disk.identifier().identify([helper]) == Container(
+        "podman", CID, "web", "localhost/web:1", "rootlessport", "containers.json")
+
+
+def test_a_rootless_helper_outside_any_scope_is_named_through_its_parents() -> None:
+    conmon = proc(40, CONMON, "/user.slice/user-1000.slice/session-1.scope", uid=1000)
+    slirp = proc(41, ("/usr/bin/slirp4netns", "--mtu=65520", "-c", "tap0"),
+                 "/user.slice/user-1000.slice/session-1.scope", ppid=40, uid=1000)
+    found = Disk(PODMAN_DISK, (conmon,)).identifier().identify([slirp])
+    assert found is not None and (found.name, found.via) == ("web", "slirp4netns")
+    lost = Disk({}).identifier().identify([slirp._replace(ppid=1)])
+    assert lost == Container("podman", "", via="slirp4netns")
+    assert lost.stop_command == "podman ps"  # nothing names it: find it
+
+
+def test_store_files_are_read_once_per_observation() -> None:
+    disk = Disk(PODMAN_DISK)
+    ident = disk.identifier()
+    conmon = proc(202, CONMON, f"/machine.slice/libpod-conmon-{CID}.scope")
+    ident.identify([conmon])
+    ident.identify([conmon])
+    assert disk.reads.count(f"{ROOT}/overlay-containers/containers.json") == 1
+
+
+def test_docker_proxy_is_attributed_by_the_address_it_forwards_to() -> None:
+    disk = Disk({f"/var/lib/docker/containers/{DOCKER_ID}/config.v2.json": DOCKER_CONFIG})
+    proxy = proc(50, ("/usr/bin/docker-proxy", "-proto", "tcp", "-host-ip", "0.0.0.0",
+                      "-host-port", "8080", "-container-ip", "172.17.0.2",
+                      "-container-port", "80"), "/system.slice/docker.service")
+    assert disk.identifier().identify([proxy]) == Container(
+        "docker", DOCKER_ID, "shop", "nginx:1.25", "docker-proxy", "config.v2.json")
+    other = proxy._replace(cmdline=tuple(a.replace("172.17.0.2", "172.17.0.9")
+                                         for a in proxy.cmdline))
+    assert disk.identifier().identify([other]) == Container("docker", "", via="docker-proxy")
+
+
+def test_docker_host_network_container_and_a_moved_data_root() -> None:
+    disk = Disk({"/etc/docker/daemon.json": '{"data-root": "/srv/docker"}',
+                 f"/srv/docker/containers/{DOCKER_ID}/config.v2.json": DOCKER_CONFIG})
+    nginx = proc(60, ("nginx: master process",), f"/system.slice/docker-{DOCKER_ID}.scope")
+    found = disk.identifier().identify([nginx])
+    assert found == Container("docker", DOCKER_ID, "shop", "nginx:1.25", "", "config.v2.json")
+    assert found.stop_command == "docker stop shop"
+
+
+def test_nspawn_and_unstored_runtimes_and_plain_processes() -> None:
+    ident = Disk({}).identifier()
+    box = ident.identify([proc(7, ("/bin/httpd",), "/machine.slice/machine-box.scope/payload")])
+    assert box == Container("nspawn", "", "box", "", "", "cgroup")
+    assert box.stop_command == "machinectl stop box"
+    crio = ident.identify([proc(8, ("/app",), f"/kubepods.slice/crio-{CID}.scope")])
+    assert crio is not None and crio.stop_command == f"crictl stop {CID}"
+    assert ident.identify([proc(9, ("/usr/sbin/nginx",), "/system.slice/nginx.service")]) is None
+    assert ident.identify([]) is None
+
+
+def test_published_ports_from_the_cni_cache() -> None:
+    disk = Disk({**PODMAN_DISK, f"/var/lib/cni/results/podman-{CID}-eth0": CNI_CACHE})
+    ident = disk.identifier()
+    [(pub, container)] = ident.published(8080, Proto.TCP)
+    assert (pub.container_ip, pub.container_port) == ("10.88.0.2", 8080)
+    assert container == Container("podman", CID, "web", "localhost/web:1", "",
+                                  "containers.json")
+    assert ident.published(8080, Proto.UDP) == []
+    assert ident.published(8081, Proto.TCP) == []
+    # the store gone: the name CNI was given still names it
+    [(_, alone)] = Disk({f"/var/lib/cni/results/podman-{CID}-eth0": CNI_CACHE}
+                        ).identifier().published(8080, Proto.TCP)
+    assert (alone.name, alone.source) == ("web", "cni cache")
+
+
+def test_container_value_text() -> None:
+    web = Container("podman", CID, "web", "localhost/web:1", "conmon")
+    assert str(web) == f"podman container web ({CID[:12]})"
+    assert web.label == "web" and web.stop_command == "podman stop web"
+    assert Container("lxc", "", "box").stop_command == "lxc-stop -n box"
+    assert Container("cni", CID).stop_command == f"stop container {CID[:12]} with its runtime"
