@@ -23,7 +23,7 @@ from portguard.config.values import mangle_unit
 from portguard.decide import bind_probe as probe
 from portguard.decide import conflicts
 from portguard.decide.classify import Conflict, Context, Kind, classify
-from portguard.decide.policy import Action, Plan, plan
+from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Socket, Unit, format_ports
 from portguard.observe import containers, processes, sockets
@@ -123,7 +123,7 @@ class Preflight:
             if not the_plan.steps:
                 self._report_clear(service, ports, "all declared ports are free")
                 return ExitStatus.OK
-            for step in the_plan.steps:
+            for step in distinct(the_plan.steps):
                 self._record_decision(step.conflict, step.action, step.why)
             if the_plan.refused:
                 return self._refuse(service, the_plan)
@@ -290,7 +290,7 @@ class Preflight:
 
     def _refuse(self, service: Service, the_plan: Plan) -> ExitStatus:
         lines = []
-        for step in the_plan.refused:
+        for step in distinct(the_plan.refused):
             c = step.conflict
             lines.append(f"{c.port}/{c.proto} is held by {describe_conflict(c)}; "
                          f"{step.why}. {advice(service, c)}")
@@ -314,6 +314,23 @@ class Preflight:
         names = format_ports(ports)
         self.journal.emit(Event.PORTS_CLEAR, f"{self.unit}: {how} ({names})",
                           unit=self.unit, action="none", result="clear")
+
+
+def distinct(steps: Iterable[Step]) -> list[Step]:
+    """One step per holder and port, for records and messages: a daemon listening on
+    0.0.0.0:P and [::]:P is two sockets (two conflicts, two steps), but one holder a person
+    hears about once. The first step is kept (a twin's StopUnit over "already planned")."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for step in steps:
+        c = step.conflict
+        key = (c.port, c.proto, c.kind, c.unit, c.pids)
+        if c.pids or c.unit:  # sockets nobody owns (TIME_WAIT) are each their own
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(step)
+    return out
 
 
 def describe_holder(holder: Holder) -> str:
