@@ -324,8 +324,10 @@ def distinct(steps: Iterable[Step]) -> list[Step]:
     out = []
     for step in steps:
         c = step.conflict
-        key = (c.port, c.proto, c.kind, c.unit, c.pids)
-        if c.pids or c.unit:  # sockets nobody owns (TIME_WAIT) are each their own
+        # a container is one holder however many helpers hold the port for it (docker
+        # runs a docker-proxy per address family)
+        key = (c.port, c.proto, c.kind, c.unit, c.container.id if c.container else c.pids)
+        if c.pids or c.unit or c.container:  # sockets nobody owns (TIME_WAIT): each its own
             if key in seen:
                 continue
             seen.add(key)

@@ -20,50 +20,41 @@ PORTGUARD_HOLDER_CONTAINER=web, and the container's processes are the same after
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from daemons import Field
-from guard import CONFLICT, REFUSED, Guard
-from sandbox import Sandbox, listener_exec
+from guard import Guard
+from runtimes import (
+    CMD,
+    PAGE,
+    PORT,
+    assert_refused,
+    declaring,
+    note,
+    private_store,
+    require,
+    rootfs_tar,
+    scope_procs,
+    who_json,
+)
+from sandbox import Sandbox
 
 DAEMONS_USED: list[str] = []  # podman is checked below: it is no packaged daemon
 IMAGE = "localhost/web:1"
-PORT = 8080
 PODMAN = ("podman", "--runtime", "runc")  # as an administrator would configure it
 RUN = ("run", "-d", "--pids-limit=-1", "--name", "web")
-STORE = ("/var/lib/containers", "/var/lib/cni")
-
-
-def _require_podman() -> None:
-    missing = [t for t in ("podman", "conmon", "runc") if shutil.which(t) is None]
-    if not os.path.exists("/bin/busybox"):
-        missing.append("busybox-static")
-    if not missing:
-        return
-    why = f"not installed: {' '.join(missing)} (scripts/bootstrap --all)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and podman cannot run: {why}", pytrace=False)
-    pytest.skip(why)
 
 
 @pytest.fixture(scope="module")
 def podman(field: Field) -> Field:
     """The module's sandbox with a private container store and the image built."""
-    _require_podman()
+    require("podman", "conmon", "runc")
     sb = field.sb
-    for d in STORE:  # empty mount points on the host; the tmpfs exists inside only
-        sb.run(["/bin/sh", "-c", f"mkdir -p {d} && mount -t tmpfs -o mode=700 pg-store {d}"],
-               check=True)
-    sb.run(["/bin/sh", "-c", "set -e; r=/tmp/web-rootfs; mkdir -p $r/bin $r/www; "
-            "cp /bin/busybox $r/bin/; for l in sh httpd sleep; do ln -s busybox $r/bin/$l; "
-            "done; echo hello > $r/www/index.html; tar -C $r -cf /tmp/web.tar ."], check=True)
+    private_store(sb, "/var/lib/containers", "/var/lib/cni")
     built = sb.run([*PODMAN, "import", "-q", "--change",
-                    f'CMD ["/bin/httpd","-f","-p","{PORT}","-h","/www"]', "/tmp/web.tar",
-                    IMAGE], timeout=60)
+                    CMD, rootfs_tar(sb), IMAGE], timeout=60)
     assert built.returncode == 0, built.stderr
     return field
 
@@ -76,14 +67,8 @@ def web(podman: Field) -> Iterator[Field]:
 
 @pytest.fixture
 def guard(podman: Field, uid: str) -> Iterator[Guard]:
-    """A service that declares 8080, with portguard as its ExecStartPre=."""
-    unit = f"app-{uid}.service"
-    podman.sb.write_unit(unit, f"[Service]\nExecStart={listener_exec('--port', str(PORT))}\n")
-    g = Guard(podman.sb, f"{unit}:\n  ports: ['{PORT}']\n  policy: stop")
-    g.install(unit)
-    yield g
-    podman.stop(unit)
-    g.uninstall()
+    with declaring(podman, uid) as g:
+        yield g
 
 
 def start(sb: Sandbox, *args: str) -> dict[str, Any]:
@@ -98,25 +83,9 @@ def inspect(sb: Sandbox) -> dict[str, Any]:
     return found
 
 
-def container_procs(sb: Sandbox, cid: str) -> dict[int, str]:
-    """pid -> start time of every process in the container's scope (what must not change)."""
-    text = sb.run(["/bin/sh", "-c", f"cat /sys/fs/cgroup/machine.slice/libpod-{cid}.scope/"
-                   "cgroup.procs"], check=True).stdout
-    return {int(p): sb.read_file(f"/proc/{p}/stat").split()[21] for p in text.split()}
-
-
-def who(sb: Sandbox) -> tuple[str, dict[str, Any]]:
-    text = sb.portguard("who", str(PORT))
-    assert text.returncode == 1, text.stdout + text.stderr  # held
-    doc = sb.portguard("--json", "who", str(PORT))
-    assert doc.returncode == 1, doc.stderr
-    [port] = json.loads(doc.stdout)["ports"]
-    return text.stdout, port
-
-
 def assert_names_web(sb: Sandbox, cid: str, via: str | None) -> dict[str, Any]:
     """`who 8080` as text and JSON: runtime, name, id and image of `web`."""
-    text, port = who(sb)
+    text, port = who_json(sb)
     [row] = port["holders"]
     assert row["container"] == {"runtime": "podman", "name": "web", "id": cid, "image": IMAGE,
                                 "via": via, "source": "containers.json",
@@ -124,25 +93,8 @@ def assert_names_web(sb: Sandbox, cid: str, via: str | None) -> dict[str, Any]:
     header = text.splitlines()[0].split()
     assert header[6] == "CONTAINER"
     assert text.splitlines()[1].split()[6] == "web", text
-    by = f"{via} for " if via else ""
-    assert (f"note: {PORT}/tcp: held by {by}podman container web ({cid[:12]}, image {IMAGE}):"
-            " `podman stop web` frees it") in text.splitlines(), text
+    assert note(via, "podman", cid, IMAGE) in text.splitlines(), text
     return row
-
-
-def assert_refused(sb: Sandbox, guard: Guard) -> None:
-    """preflight refuses with the runtime's command, and journals the container's name."""
-    unit = guard.installed[0]
-    out = guard.run("preflight", unit)
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert "podman container web" in out.stderr and "podman stop web" in out.stderr, out.stderr
-    [refused] = guard.records(REFUSED, unit=unit)
-    assert refused["PORTGUARD_HOLDER_CONTAINER"] == "web"
-    assert refused["PORTGUARD_HOLDER_KIND"] == "foreign"
-    assert "podman stop web" in refused["MESSAGE"]
-    assert all(r["PORTGUARD_HOLDER_CONTAINER"] == "web"
-               for r in guard.records(CONFLICT, unit=unit))
-    assert guard.signalled() == set()
 
 
 def test_published_port_held_by_conmon(web: Field, guard: Guard) -> None:
@@ -150,17 +102,17 @@ def test_published_port_held_by_conmon(web: Field, guard: Guard) -> None:
     info = start(sb, "-p", f"{PORT}:{PORT}")
     cid, conmon = info["Id"], int(info["State"]["ConmonPid"])
     assert web.wait_holders(PORT) == {conmon: "conmon"}
-    before = container_procs(sb, cid)
+    before = scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
     row = assert_names_web(sb, cid, "conmon")
     assert row["pid"] == conmon
     assert row["unit"] == f"libpod-conmon-{cid}.scope"
-    assert_refused(sb, guard)
+    assert_refused(guard, "podman stop web")
     # through systemd, as the service would really start: refused before it binds
     assert web.start(guard.installed[0], check=False).returncode != 0
     assert web.is_active(guard.installed[0]) == "failed"
     assert "podman stop web" in web.status(guard.installed[0])
     assert web.holders(PORT) == {conmon: "conmon"}  # conmon untouched
-    assert container_procs(sb, cid) == before
+    assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
     assert inspect(sb)["State"]["Status"] == "running"
 
 
@@ -169,15 +121,15 @@ def test_host_network_container_holds_the_port_itself(web: Field, guard: Guard) 
     info = start(sb, "--network=host")
     cid, pid = info["Id"], int(info["State"]["Pid"])
     assert web.wait_holders(PORT) == {pid: "httpd"}
-    before = container_procs(sb, cid)
+    before = scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
     row = assert_names_web(sb, cid, None)
     assert (row["pid"], row["unit"]) == (pid, f"libpod-{cid}.scope")
-    assert_refused(sb, guard)
+    assert_refused(guard, "podman stop web")
     status = guard.run("status")
     assert status.returncode == 1 and "HELD BY ANOTHER" in status.stdout
     assert "`podman stop web` frees it" in status.stdout, status.stdout
     assert web.holders(PORT) == {pid: "httpd"}
-    assert container_procs(sb, cid) == before
+    assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
 
 
 def test_conmon_killed_the_container_runs_on_and_still_takes_the_port(web: Field,
@@ -186,19 +138,19 @@ def test_conmon_killed_the_container_runs_on_and_still_takes_the_port(web: Field
     info = start(sb, "-p", f"{PORT}:{PORT}")
     cid, conmon = info["Id"], int(info["State"]["ConmonPid"])
     web.wait_holders(PORT)
-    before = container_procs(sb, cid)
+    before = scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
     sb.kill(conmon)  # SIGKILL: our own test's conmon, by pid
     sb.wait_for(lambda: not web.holders(PORT), 10, "8080 released by the dead conmon")
     assert inspect(sb)["State"]["Status"] == "running"
     # no socket, yet the port is not the service's: its connections reach the container
     page = sb.run(["busybox", "wget", "-q", "-O", "-", f"http://127.0.0.1:{PORT}/"])
-    assert page.stdout == "hello\n", page.stderr
-    text, port = who(sb)
+    assert page.stdout == PAGE, page.stderr
+    text, port = who_json(sb)
     [row] = port["holders"]
     assert (row["state"], row["pid"], row["remote"]) == (
         "PUBLISHED", None, f"{info['NetworkSettings']['IPAddress']}:{PORT}")
     assert row["container"]["name"] == "web" and row["container"]["id"] == cid
     assert row["container"]["image"] == IMAGE
     assert "PUBLISHED" in text and "web" in text.splitlines()[1], text
-    assert_refused(sb, guard)
-    assert container_procs(sb, cid) == before
+    assert_refused(guard, "podman stop web")
+    assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before

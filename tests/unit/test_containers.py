@@ -288,3 +288,25 @@ def test_container_value_text() -> None:
     assert web.label == "web" and web.stop_command == "podman stop web"
     assert Container("lxc", "", "box").stop_command == "lxc-stop -n box"
     assert Container("cni", CID).stop_command == f"stop container {CID[:12]} with its runtime"
+
+
+def test_a_container_is_one_holder_however_many_helpers_hold_its_port() -> None:
+    """docker runs a docker-proxy for 0.0.0.0 and one for [::]: one refusal, not two."""
+    from portguard.commands.preflight import distinct
+    from portguard.decide.classify import Conflict, Kind
+    from portguard.decide.policy import Action, Step
+    from portguard.model import Holder, Socket
+
+    web = Container("docker", DOCKER_ID, "web", via="docker-proxy")
+
+    def step(pid: int, container: Container) -> Step:
+        sock = Socket(Proto.TCP, 2, "LISTEN", "0.0.0.0", 8080, "0.0.0.0", 0, 0, pid)
+        holder = Holder(sock, (proc(pid, ("docker-proxy",), "/system.slice/docker.service"),),
+                        container=container)
+        c = Conflict(8080, Proto.TCP, Kind.FOREIGN, "", holder, "docker.service",
+                     holder.processes, "a container")
+        return Step(c, Action.REFUSE, "")
+
+    other = web._replace(id="f" * 64, name="other")
+    kept = distinct([step(227, web), step(233, web), step(300, other)])
+    assert [s.conflict.pids for s in kept] == [(227,), (300,)]
