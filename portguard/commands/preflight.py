@@ -26,8 +26,8 @@ from portguard.decide.classify import Conflict, Context, Kind, classify
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Socket, Unit, format_ports
-from portguard.observe import containers, processes, sockets
-from portguard.observe.observer import PUBLISHED
+from portguard.observe import processes, sockets
+from portguard.observe.observer import PUBLISHED, may_publish
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 from portguard.report.journal import Event
 from portguard.report.tables import container_text
@@ -95,8 +95,10 @@ class Preflight:
         for intent in intents:
             if not conflicts.assess(intent, _on_port(found, intent.port, intent.proto)).free:
                 return False
-        if containers.publishes(ports):  # a container's port with no socket: bind() works
-            return False
+        if may_publish():
+            from portguard.observe import containers
+            if containers.publishes(ports):  # a container's port, no socket: bind() works
+                return False
         return all(_probe_ok(intent) for intent in intents)
 
     def _starting_twins(self, service: Service) -> list[str]:
@@ -219,6 +221,7 @@ class Preflight:
             return self._twin_up(conflict.unit)
         sock = conflict.holder.socket
         if sock.state == PUBLISHED and conflict.container is not None:
+            from portguard.observe import containers
             return containers.published_by(conflict.container.id, sock.local_port, sock.proto)
         current = _on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)

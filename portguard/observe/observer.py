@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import socket as _socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from portguard.model import Holder, Process, Proto, Socket, Unit
-from portguard.observe import cgroups, containers, processes, sockets
+from portguard.observe import cgroups, processes, sockets
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
+
+if TYPE_CHECKING:
+    from portguard.observe import containers
 
 # States of a socket that is on its way out: no process holds it any more, or the
 # process is only draining it. They block a bind() only without SO_REUSEADDR.
@@ -22,6 +25,8 @@ LINGERING_STATES = frozenset(
 # No socket: a container's published port, forwarded by the kernel (DNAT) after the
 # runtime's helper that held it is gone (observe/containers.py, source 4).
 PUBLISHED = "PUBLISHED"
+# containers.CNI_RESULTS, looked at here so that a free port costs no import of containers
+CNI_RESULTS = "/var/lib/cni/results"
 # Sockets accepted from (or being accepted by) a listener on the same address: the
 # listener is the holder that matters; its connections are only counted.
 CHILD_STATES = frozenset({"ESTABLISHED", "SYN_RECV", "NEW_SYN_RECV"})
@@ -116,13 +121,17 @@ class Observer:
         found = sockets.on_ports(wanted, self._query)
         named = [s for s in found if _worth_naming(s, found)]
         owners = processes.find_owners(named, suspects=suspects)
-        ident = containers.Identifier(_read_parent)  # fresh: names change, containers go
+        ident = None
+        if owners.by_inode or may_publish():
+            from portguard.observe import containers
+            ident = containers.Identifier(_read_parent)  # fresh: names change, containers go
         reports = []
         for port, proto in wanted:
             mine = [s for s in found if s.local_port == port and s.proto == proto]
             holders = tuple(h for s in mine if _worth_naming(s, mine)
                             for h in self._holders(s, owners, ident))
-            holders += _published(ident, port, proto, holders)
+            if ident is not None:
+                holders += _published(ident, port, proto, holders)
             children = sum(1 for s in mine if not _worth_naming(s, mine))
             # A unit source only where a unit was looked up: a port with only TIME_WAIT
             # or unreadable holders asked neither D-Bus nor a cgroup.
@@ -132,7 +141,7 @@ class Observer:
         return reports
 
     def _holders(self, sock: Socket, owners: processes.Owners,
-                 ident: containers.Identifier) -> list[Holder]:
+                 ident: containers.Identifier | None) -> list[Holder]:
         """The socket and what holds it: one Holder per unit among its processes.
 
         Processes sharing a socket usually share a unit (prefork workers), not always:
@@ -161,8 +170,17 @@ class Observer:
             group.sort(key=lambda p: p.pid)
             proxy = cgroups.docker_proxy_target(group[0].cmdline)
             notes = (f"docker-proxy for container {proxy}",) if proxy else ()
-            holders.append(Holder(sock, tuple(group), unit, ident.identify(group), "", notes))
+            container = ident.identify(group) if ident is not None else None
+            holders.append(Holder(sock, tuple(group), unit, container, "", notes))
         return holders
+
+
+def may_publish() -> bool:
+    """Whether libcni recorded any container's port mappings (no: most hosts)."""
+    try:
+        return bool(os.listdir(CNI_RESULTS))
+    except OSError:
+        return False
 
 
 def _read_parent(pid: int) -> Process | None:

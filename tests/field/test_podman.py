@@ -62,7 +62,7 @@ def podman(field: Field) -> Field:
 @pytest.fixture
 def web(podman: Field) -> Iterator[Field]:
     yield podman
-    podman.sb.run([*PODMAN, "rm", "-f", "-t", "0", "web"], timeout=60)
+    podman.sb.run([*PODMAN, "rm", "-f", "-t", "0", "--all"], timeout=60)
 
 
 @pytest.fixture
@@ -130,6 +130,12 @@ def test_host_network_container_holds_the_port_itself(web: Field, guard: Guard) 
     assert "`podman stop web` frees it" in status.stdout, status.stdout
     assert web.holders(PORT) == {pid: "httpd"}
     assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
+    # its conmon killed: httpd is reparented and still holds 8080; still named `web`
+    sb.kill(int(info["State"]["ConmonPid"]))
+    sb.wait_for(lambda: sb.read_file(f"/proc/{pid}/status").count("PPid:\t1\n") == 1, 10,
+                "httpd reparented")
+    assert_names_web(sb, cid, None)
+    assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
 
 
 def test_conmon_killed_the_container_runs_on_and_still_takes_the_port(web: Field,
@@ -154,3 +160,19 @@ def test_conmon_killed_the_container_runs_on_and_still_takes_the_port(web: Field
     assert "PUBLISHED" in text and "web" in text.splitlines()[1], text
     assert_refused(guard, "podman stop web")
     assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
+
+
+def test_a_renamed_container_is_named_as_podman_now_calls_it(web: Field, guard: Guard) -> None:
+    """`podman rename` while it runs: conmon's argv still says `-n web`; the store (and so
+    portguard) says web2, and `podman stop web2` is what works."""
+    sb = web.sb
+    info = start(sb, "-p", f"{PORT}:{PORT}")
+    web.wait_holders(PORT)
+    sb.run([*PODMAN, "rename", "web", "web2"], check=True)
+    conmon = int(info["State"]["ConmonPid"])
+    assert "\0-n\0web\0" in sb.read_file(f"/proc/{conmon}/cmdline")
+    text, port = who_json(sb)
+    [row] = port["holders"]
+    assert (row["container"]["name"], row["container"]["stop"]) == ("web2", "podman stop web2")
+    assert note("conmon", "podman", info["Id"], IMAGE, "web2") in text.splitlines(), text
+    assert_refused(guard, "podman stop web2", "web2")

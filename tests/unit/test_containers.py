@@ -310,3 +310,8 @@ def test_a_container_is_one_holder_however_many_helpers_hold_its_port() -> None:
     other = web._replace(id="f" * 64, name="other")
     kept = distinct([step(227, web), step(233, web), step(300, other)])
     assert [s.conflict.pids for s in kept] == [(227,), (300,)]
+
+
+def test_the_observer_looks_for_the_same_cni_cache() -> None:
+    from portguard.observe import observer
+    assert observer.CNI_RESULTS == containers.CNI_RESULTS
