@@ -14,8 +14,9 @@ import pytest
 from portguard.model import Container, Process, Proto
 from portguard.observe import containers
 from portguard.observe.cgroups import container_scope
-from portguard.observe.containers import (
-    Identifier,
+from portguard.observe.container_records import (
+    ConmonArgs,
+    DockerRecord,
     Published,
     conmon_args,
     graphroot_from_conf,
@@ -24,6 +25,7 @@ from portguard.observe.containers import (
     parse_docker_config,
     store_root,
 )
+from portguard.observe.containers import Identifier
 
 CID = "94c1a2e552a21821fdf0b0d414e166bd9e86ed358ddaa2884a8d4b0da16ea127"
 ROOT = "/var/lib/containers/storage"
@@ -87,7 +89,7 @@ PODMAN_DISK = {f"{ROOT}/overlay-containers/containers.json": CONTAINERS_JSON}
 
 def test_conmon_args_name_the_container_and_its_store() -> None:
     args = conmon_args(CONMON)
-    assert args == containers.ConmonArgs("podman", CID, "web", BUNDLE)
+    assert args == ConmonArgs("podman", CID, "web", BUNDLE)
     assert store_root(BUNDLE) == ROOT
 
 
@@ -95,7 +97,7 @@ def test_conmon_args_long_and_equals_forms_and_cri_o() -> None:
     argv = ("conmon", "--cid=abc123def456", "--name=k8s_web_pod", "--bundle",
             "/run/containers/storage/overlay-containers/abc123def456/userdata",
             "--exit-dir", "/var/run/crio/exits")
-    assert conmon_args(argv) == containers.ConmonArgs(
+    assert conmon_args(argv) == ConmonArgs(
         "cri-o", "abc123def456", "k8s_web_pod",
         "/run/containers/storage/overlay-containers/abc123def456/userdata")
 
@@ -122,7 +124,7 @@ def test_containers_json_damaged_reads_as_empty(text: str) -> None:
 
 
 def test_docker_config_gives_name_image_and_addresses() -> None:
-    assert parse_docker_config(DOCKER_CONFIG) == containers.DockerRecord(
+    assert parse_docker_config(DOCKER_CONFIG) == DockerRecord(
         DOCKER_ID, "shop", "nginx:1.25", ("172.17.0.2",))
     assert parse_docker_config("[]") is None
     assert parse_docker_config('{"Name": "/x"}') is None

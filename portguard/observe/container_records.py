@@ -1,0 +1,162 @@
+"""What container runtimes write about their containers, parsed: pure, no I/O.
+
+conmon's argv (podman's and CRI-O's container monitor), containers/storage's
+containers.json (podman, CRI-O, buildah), docker's config.v2.json, libcni's result
+cache, and storage.conf's graphroot. `portguard.observe.containers` reads the files and
+decides which one to believe (its docstring says why); these only parse, and every
+damaged input parses as "nothing known".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from portguard.model import Proto
+
+
+def basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+class ConmonArgs(NamedTuple):
+    runtime: str  # podman, or cri-o (which runs conmon too)
+    id: str
+    name: str
+    bundle: str
+
+
+class Published(NamedTuple):
+    """One port mapping a container network set up in the kernel (DNAT)."""
+
+    container_id: str
+    name: str  # as the runtime passed it to CNI (K8S_POD_NAME), "" if not
+    network: str
+    host_ip: str  # "" for every address
+    host_port: int
+    container_ip: str
+    container_port: int
+    proto: Proto
+
+
+class DockerRecord(NamedTuple):
+    id: str
+    name: str
+    image: str
+    ips: tuple[str, ...]
+
+
+def _options(argv: Sequence[str]) -> dict[str, list[str]]:
+    """`-c ID`, `--cid=ID`, `--exit-command-arg X` -> {"c": [ID], "cid": [ID], ...}."""
+    out: dict[str, list[str]] = {}
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-") and arg != "-":
+            key, eq, value = arg.lstrip("-").partition("=")
+            if not eq:
+                has_value = i + 1 < len(argv) and not argv[i + 1].startswith("-")
+                value = argv[i + 1] if has_value else ""
+                i += has_value
+            out.setdefault(key, []).append(value)
+        i += 1
+    return out
+
+
+def conmon_args(cmdline: Sequence[str]) -> ConmonArgs | None:
+    """What conmon's own argv says about the container it monitors.
+
+    `conmon --api-version 1 -c ID -u ID -r /usr/bin/runc -b ROOT/overlay-containers/ID/
+    userdata ... -n web ... --exit-command /usr/bin/podman ...`.
+    """
+    if not cmdline or basename(cmdline[0]) != "conmon":
+        return None
+    opts = _options(cmdline)
+    ident = (opts.get("c") or opts.get("cid") or [""])[0]
+    if not ident:
+        return None
+    name = (opts.get("n") or opts.get("name") or [""])[0]
+    bundle = (opts.get("b") or opts.get("bundle") or [""])[0]
+    exit_cmd = (opts.get("exit-command") or [""])[0]
+    runtime = "cri-o" if "crio" in " ".join(cmdline) and "podman" not in exit_cmd \
+        else "podman"
+    return ConmonArgs(runtime, ident, name, bundle)
+
+
+def store_root(bundle: str) -> str | None:
+    """`<root>/overlay-containers/<id>/userdata` -> `<root>` (containers/storage layout)."""
+    parts = bundle.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-1] == "userdata" and parts[-3].endswith("-containers"):
+        return "/".join(parts[:-3]) or "/"
+    return None
+
+
+def parse_containers_json(text: str) -> dict[str, tuple[str, str]]:
+    """containers/storage's containers.json -> {id: (name, image)}."""
+    out: dict[str, tuple[str, str]] = {}
+    for entry in load_json(text, list):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            continue
+        names = entry.get("names") or []
+        meta = load_json(entry.get("metadata") or "{}", dict)
+        name = names[0] if names and isinstance(names[0], str) else str(meta.get("name", ""))
+        out[entry["id"]] = (name, str(meta.get("image-name", "")))
+    return out
+
+
+def parse_docker_config(text: str) -> DockerRecord | None:
+    """docker's containers/<id>/config.v2.json -> its id, name, image and addresses."""
+    doc = load_json(text, dict)
+    ident = doc.get("ID")
+    if not isinstance(ident, str):
+        return None
+    config = doc.get("Config") if isinstance(doc.get("Config"), dict) else {}
+    networks = (doc.get("NetworkSettings") or {}).get("Networks") or {}
+    ips = tuple(str(n.get(key)) for n in networks.values() if isinstance(n, dict)
+                for key in ("IPAddress", "GlobalIPv6Address") if n.get(key))
+    return DockerRecord(ident, str(doc.get("Name", "")).lstrip("/"),
+                        str(config.get("Image", "")), ips)
+
+
+def parse_cni_cache(text: str) -> list[Published]:
+    """libcni's cached result for one container interface -> the ports it published."""
+    doc = load_json(text, dict)
+    ident = doc.get("containerId")
+    if not isinstance(ident, str):
+        return []
+    args = {a[0]: a[1] for a in doc.get("cniArgs") or [] if isinstance(a, list) and len(a) == 2}
+    ips = [str(ip.get("address", "")).split("/")[0]
+           for ip in (doc.get("result") or {}).get("ips") or [] if isinstance(ip, dict)]
+    out = []
+    for m in (doc.get("capabilityArgs") or {}).get("portMappings") or []:
+        try:
+            proto = Proto(str(m.get("protocol", "tcp")).lower())
+            host_ip = str(m.get("hostIP", ""))
+            # the container address of the mapping's own family
+            cip = next((ip for ip in ips if (":" in ip) == (":" in host_ip)), "")
+            out.append(Published(ident, str(args.get("K8S_POD_NAME", "")),
+                                 str(doc.get("networkName", "")), host_ip,
+                                 int(m["hostPort"]), cip, int(m["containerPort"]), proto))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def graphroot_from_conf(text: str) -> str | None:
+    """`[storage] graphroot = "..."` from a storage.conf."""
+    import tomllib
+    try:
+        root = tomllib.loads(text).get("storage", {}).get("graphroot")
+    except tomllib.TOMLDecodeError:
+        return None
+    return root if isinstance(root, str) and root else None
+
+
+def load_json(text: str, kind: type[Any]) -> Any:
+    import json  # only where a container is: `who` on a free port stays without it
+
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return kind()
+    return doc if isinstance(doc, kind) else kind()
