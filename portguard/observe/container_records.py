@@ -44,6 +44,8 @@ class DockerRecord(NamedTuple):
     name: str
     image: str
     ips: tuple[str, ...]
+    running: bool = False
+    ports: tuple[Published, ...] = ()  # what dockerd published for it (NetworkSettings.Ports)
 
 
 def _options(argv: Sequence[str]) -> dict[str, list[str]]:
@@ -114,8 +116,21 @@ def parse_docker_config(text: str) -> DockerRecord | None:
     networks = (doc.get("NetworkSettings") or {}).get("Networks") or {}
     ips = tuple(str(n.get(key)) for n in networks.values() if isinstance(n, dict)
                 for key in ("IPAddress", "GlobalIPv6Address") if n.get(key))
-    return DockerRecord(ident, str(doc.get("Name", "")).lstrip("/"),
-                        str(config.get("Image", "")), ips)
+    name = str(doc.get("Name", "")).lstrip("/")
+    ports = []
+    for key, bindings in ((doc.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        cport, _, proto = str(key).partition("/")
+        for b in bindings or []:  # null: exposed, not published
+            try:
+                host_ip = str(b.get("HostIp", ""))
+                cip = next((ip for ip in ips if (":" in ip) == (":" in host_ip)), "")
+                ports.append(Published(ident, name, next(iter(networks), ""), host_ip,
+                                       int(b["HostPort"]), cip, int(cport),
+                                       Proto(proto or "tcp")))
+            except (AttributeError, KeyError, TypeError, ValueError):
+                continue
+    running = bool((doc.get("State") or {}).get("Running"))
+    return DockerRecord(ident, name, str(config.get("Image", "")), ips, running, tuple(ports))
 
 
 def parse_cni_cache(text: str) -> list[Published]:

@@ -110,16 +110,21 @@ class Identifier:
         self._home = home
         self._stores: dict[str, dict[str, tuple[str, str]]] = {}
         self._docker: dict[str, DockerRecord | None] = {}
-        self._published: list[Published] | None = None
+        self._published: list[tuple[Published, Container]] | None = None
 
     # -- the entry points --------------------------------------------------------------
 
-    def identify(self, procs: Sequence[Process]) -> Container | None:
-        """The container these processes (one holder of one socket) are or serve."""
+    def identify(self, procs: Sequence[Process],
+                 port: tuple[int, Proto] | None = None) -> Container | None:
+        """The container these processes (one holder of `port`) are or serve."""
         if not procs:
             return None
         proc = procs[0]
         prog = program_name(proc)
+        if prog == "dockerd" and port is not None:
+            # userland-proxy off: dockerd binds the published port itself, to reserve it
+            return next((c._replace(via="dockerd") for _, c in self.published(*port)
+                         if c.runtime == "docker"), None)
         conmon = conmon_args(proc.cmdline)
         if conmon is not None:
             return self._podman(conmon.id, proc, via="conmon", conmon=conmon,
@@ -143,19 +148,25 @@ class Identifier:
         return None
 
     def published(self, port: int, proto: Proto) -> list[tuple[Published, Container]]:
-        """Container mappings of this host port that the kernel forwards (DNAT)."""
+        """Container mappings of this host port that the kernel forwards (DNAT): libcni's
+        (podman) and dockerd's (its running containers' published ports)."""
         if self._published is None:
-            self._published = [p for f in self._listdir(CNI_RESULTS)
-                               for p in parse_cni_cache(self._read(f"{CNI_RESULTS}/{f}") or "")]
-        out = []
-        for pub in self._published:
-            if pub.host_port == port and pub.proto == proto:
-                found = self._podman_record(pub.container_id, ())
-                _, name, image = found or ("", pub.name, "")
-                runtime = "podman" if found else "cni"
-                out.append((pub, Container(runtime, pub.container_id, name, image, "",
-                                           "containers.json" if found else "cni cache")))
-        return out
+            self._published = []
+            for f in self._listdir(CNI_RESULTS):
+                for pub in parse_cni_cache(self._read(f"{CNI_RESULTS}/{f}") or ""):
+                    found = self._podman_record(pub.container_id, ())
+                    _, name, image = found or ("", pub.name, "")
+                    self._published.append((pub, Container(
+                        "podman" if found else "cni", pub.container_id, name, image, "",
+                        "containers.json" if found else "cni cache")))
+            for ident in self._listdir(f"{self._docker_root()}/containers"):
+                rec = self._docker_record(ident)
+                if rec is not None and rec.running:
+                    self._published.extend((pub, Container(
+                        "docker", rec.id, rec.name, rec.image, "", "config.v2.json"))
+                        for pub in rec.ports)
+        return [(pub, c) for pub, c in self._published
+                if pub.host_port == port and pub.proto == proto]
 
     # -- podman ------------------------------------------------------------------------
 

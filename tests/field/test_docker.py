@@ -117,3 +117,35 @@ def test_host_network_container_holds_the_port_itself(web: Field, guard: Guard) 
     assert_refused(guard, "docker stop web")
     assert web.holders(PORT) == {pid: "httpd"}
     assert scope_procs(sb, f"/system.slice/docker-{cid}.scope") == before
+
+
+def test_without_userland_proxy_dockerd_holds_the_published_port(web: Field,
+                                                                  guard: Guard) -> None:
+    """dockerd with `"userland-proxy": false` publishes 8080 by DNAT and binds the port
+    itself to reserve it: the holder is dockerd in docker.service, and the advice must be
+    `docker stop web`, not stopping docker.service (every container)."""
+    sb = web.sb
+    web.config("/etc/docker", {"daemon.json": '{"userland-proxy": false}\n'})
+    sb.systemctl("restart", "docker.service", check=True, timeout=60)
+    try:
+        info = start(sb, "-p", f"{PORT}:{PORT}")
+        cid = info["Id"]
+        dockerd = int(sb.unit_property("docker.service", "MainPID"))
+        assert web.holders(PORT) == {dockerd: "dockerd"}
+        dnat = sb.run(["iptables", "-t", "nat", "-S", "DOCKER"], check=True).stdout
+        assert f"--dport {PORT} -j DNAT" in dnat, dnat
+        before = scope_procs(sb, f"/system.slice/docker-{cid}.scope")
+        text, port = who_json(sb)
+        assert {r["pid"] for r in port["holders"]} == {dockerd}
+        for row in port["holders"]:
+            assert row["container"] == expected(cid, "dockerd"), row
+        assert note("dockerd", "docker", cid, IMAGE) in text.splitlines(), text
+        assert_refused(guard, "docker stop web")
+        out = guard.run("preflight", guard.installed[0])
+        assert "systemctl stop docker.service" not in out.stderr, out.stderr
+        assert web.holders(PORT) == {dockerd: "dockerd"}
+        assert scope_procs(sb, f"/system.slice/docker-{cid}.scope") == before
+    finally:
+        sb.run([DOCKER, "rm", "-f", "web"], timeout=60)
+        web.config("/etc/docker", {}, remove=("daemon.json",))
+        sb.systemctl("restart", "docker.service", timeout=60)

@@ -314,6 +314,41 @@ def test_a_container_is_one_holder_however_many_helpers_hold_its_port() -> None:
     assert [s.conflict.pids for s in kept] == [(227,), (300,)]
 
 
-def test_the_observer_looks_for_the_same_cni_cache() -> None:
+def test_the_observer_looks_where_containers_does() -> None:
     from portguard.observe import observer
     assert observer.CNI_RESULTS == containers.CNI_RESULTS
+    assert f"{containers.DOCKER_ROOT}/containers" == observer.DOCKER_CONTAINERS
+    assert observer.DOCKER_DAEMON_JSON == containers.DOCKER_DAEMON_JSON
+
+
+def test_docker_published_ports_of_running_containers_only() -> None:
+    """dockerd with userland-proxy off publishes by DNAT alone: no docker-proxy holds it."""
+    doc = json.loads(DOCKER_CONFIG)
+    doc["State"] = {"Running": True}
+    doc["NetworkSettings"]["Ports"] = {
+        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}, {"HostIp": "::", "HostPort": "8080"}],
+        "53/udp": None, "443/tcp": [{"HostIp": "", "HostPort": "x"}]}
+    rec = parse_docker_config(json.dumps(doc))
+    assert rec is not None and rec.running
+    assert rec.ports == (Published(DOCKER_ID, "shop", "bridge", "0.0.0.0", 8080, "172.17.0.2", 80,
+                                   Proto.TCP),
+                         Published(DOCKER_ID, "shop", "bridge", "::", 8080, "", 80, Proto.TCP))
+    path = f"/var/lib/docker/containers/{DOCKER_ID}/config.v2.json"
+    [(_, c), _] = Disk({path: json.dumps(doc)}).identifier().published(8080, Proto.TCP)
+    assert c == Container("docker", DOCKER_ID, "shop", "nginx:1.25", "", "config.v2.json")
+    doc["State"] = {"Running": False}
+    assert Disk({path: json.dumps(doc)}).identifier().published(8080, Proto.TCP) == []
+
+
+def test_dockerd_holding_a_published_port_is_attributed_to_the_container() -> None:
+    """userland-proxy off: dockerd binds the port to reserve it (seen with dockerd 20.10)."""
+    doc = json.loads(DOCKER_CONFIG)
+    doc["State"] = {"Running": True}
+    doc["NetworkSettings"]["Ports"] = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+    disk = Disk({f"/var/lib/docker/containers/{DOCKER_ID}/config.v2.json": json.dumps(doc)})
+    dockerd = proc(99, ("/usr/sbin/dockerd", "-H", "fd://"), "/system.slice/docker.service")
+    assert disk.identifier().identify([dockerd], (8080, Proto.TCP)) == Container(
+        "docker", DOCKER_ID, "shop", "nginx:1.25", "dockerd", "config.v2.json")
+    # any other socket dockerd holds is dockerd's own
+    assert disk.identifier().identify([dockerd], (2375, Proto.TCP)) is None
+    assert disk.identifier().identify([dockerd]) is None
