@@ -17,17 +17,18 @@ from typing import TYPE_CHECKING
 
 from portguard.act.lock import LockTimedOut, port_locks
 from portguard.act.signals import REAL_CLOCK, Clock, wait_until
+from portguard.commands import preflight_fast
 from portguard.commands.preflight_execute import Executor, describe_conflict
+from portguard.commands.preflight_fast import on_port, probe_ok
 from portguard.config.schema import Config, Service
-from portguard.config.values import mangle_unit
-from portguard.decide import bind_probe as probe
+from portguard.config.unitnames import mangle_unit
 from portguard.decide import conflicts
 from portguard.decide.classify import Conflict, Context, Kind, classify
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
-from portguard.model import Holder, Proto, Socket, Unit, format_ports
+from portguard.model import Holder, Proto, Unit
 from portguard.observe import processes, sockets
-from portguard.observe.observer import PUBLISHED, may_publish
+from portguard.observe.observer import PUBLISHED
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 from portguard.report.journal import Event
 from portguard.report.tables import container_text
@@ -89,28 +90,10 @@ class Preflight:
 
     def _fast_path_clear(self, service: Service, intents: Sequence[conflicts.BindIntent],
                          ports: Sequence[tuple[int, Proto]]) -> bool:
-        if self._starting_twins(service):
-            return False
-        found = sockets.on_ports(ports)
-        for intent in intents:
-            if not conflicts.assess(intent, _on_port(found, intent.port, intent.proto)).free:
-                return False
-        if may_publish():
-            from portguard.observe import containers
-            if containers.publishes(ports):  # a container's port, no socket: bind() works
-                return False
-        return all(_probe_ok(intent) for intent in intents)
+        return preflight_fast.ports_clear(self.unit, intents, _twin_globs(service))
 
     def _starting_twins(self, service: Service) -> list[str]:
-        """Twin units with live processes (running or starting), seen in the cgroup tree."""
-        globs = list(service.duplicates.units)
-        if service.is_template:
-            globs.append(service.instance_glob)
-        names: set[str] = set()
-        for glob in globs:
-            names.update(processes.populated_cgroups(glob))
-        names.discard(self.unit)
-        return sorted(names)
+        return preflight_fast.starting_twins(self.unit, _twin_globs(service))
 
     # -- slow path -----------------------------------------------------------------
 
@@ -206,7 +189,7 @@ class Preflight:
                     intent, holder.socket)
                 if id(holder.socket) in keep or published:
                     relevant[id(holder)] = holder
-            if verdict.free and not _probe_ok(intent):
+            if verdict.free and not probe_ok(intent):
                 bind_refused.add((intent.port, intent.proto))
         found = classify(ctx, relevant.values())
         if bind_refused and not found:
@@ -223,12 +206,12 @@ class Preflight:
         if sock.state == PUBLISHED and conflict.container is not None:
             from portguard.observe import containers
             return containers.published_by(conflict.container.id, sock.local_port, sock.proto)
-        current = _on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
+        current = on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)
         if conflict.kind is Kind.LINGERING:
             # No identity to follow: kernel-owned sockets have no inode and change state
             # (FIN_WAIT2 -> TIME_WAIT) as they go. Held while the bind would still fail.
-            return any(not conflicts.assess(i, current).free or not _probe_ok(i)
+            return any(not conflicts.assess(i, current).free or not probe_ok(i)
                        for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
         same = [s for s in current if s.inode == sock.inode and s.local_address ==
                 sock.local_address and s.state == sock.state]
@@ -252,14 +235,14 @@ class Preflight:
         """The ports must be free now: sockets say so and a bind() probe agrees."""
         def clear() -> bool:
             found = sockets.on_ports(ports)
-            return all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free
-                       and _probe_ok(i) for i in intents)
+            return all(conflicts.assess(i, on_port(found, i.port, i.proto)).free
+                       and probe_ok(i) for i in intents)
 
         if wait_until(clear, deadline, self.clock):
             self._report_clear(service, ports, "ports cleared")
             return ExitStatus.OK
         found = sockets.on_ports(ports)
-        if all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free for i in intents):
+        if all(conflicts.assess(i, on_port(found, i.port, i.proto)).free for i in intents):
             # No live socket left, yet bind() fails: lingering sockets whose own socket did
             # not set SO_REUSEADDR (unprobeable while a live holder shared the port). They
             # expire on their own: this is a wait that timed out, as when it was planned.
@@ -314,9 +297,14 @@ class Preflight:
 
     def _report_clear(self, service: Service, ports: Iterable[tuple[int, Proto]],
                       how: str) -> None:
-        names = format_ports(ports)
-        self.journal.emit(Event.PORTS_CLEAR, f"{self.unit}: {how} ({names})",
-                          unit=self.unit, action="none", result="clear")
+        preflight_fast.report_clear(self.journal, self.unit, ports, how)
+
+
+def _twin_globs(service: Service) -> list[str]:
+    globs = list(service.duplicates.units)
+    if service.is_template:
+        globs.append(service.instance_glob)
+    return globs
 
 
 def distinct(steps: Iterable[Step]) -> list[Step]:
@@ -373,17 +361,6 @@ def _uid_of(user: str) -> int | None:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         return None
-
-
-def _on_port(found: Iterable[Socket], port: int, proto: Proto) -> list[Socket]:
-    return [s for s in found if s.local_port == port and s.proto == proto]
-
-
-def _probe_ok(intent: conflicts.BindIntent) -> bool:
-    """The kernel's own answer; an address this host does not have is not our conflict."""
-    import errno
-    err = probe.probe_bind(intent)
-    return err is None or err.errno != errno.EADDRINUSE
 
 
 __all__ = ["Preflight", "TimedOutError", "advice", "describe_holder"]

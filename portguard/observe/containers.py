@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from portguard.model import Container, Process, Proto
 from portguard.observe.cgroups import container_scope, docker_proxy_target
+from portguard.observe.container_hints import CNI_RESULTS, DOCKER_DAEMON_JSON, DOCKER_ROOT
 from portguard.observe.container_records import (
     ConmonArgs,
     DockerRecord,
@@ -58,9 +59,6 @@ from portguard.observe.container_records import (
 PODMAN_ROOT = "/var/lib/containers/storage"
 STORAGE_CONF = ("/etc/containers/storage.conf", "/usr/share/containers/storage.conf")
 ROOTLESS_ROOT = ".local/share/containers/storage"  # under the user's home
-DOCKER_ROOT = "/var/lib/docker"
-DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
-CNI_RESULTS = "/var/lib/cni/results"
 # Rootless podman's port forwarders: they hold the host port for the container.
 ROOTLESS_HELPERS = ("rootlessport", "rootlessport-child", "slirp4netns", "pasta", "pasta.avx2")
 _PARENT_HOPS = 4  # helper -> podman/conmon is one or two hops; bound the walk

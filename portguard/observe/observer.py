@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from portguard.model import Holder, Process, Proto, Socket, Unit
 from portguard.observe import cgroups, processes, sockets
+from portguard.observe.container_hints import may_publish
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 
 if TYPE_CHECKING:
@@ -25,11 +26,6 @@ LINGERING_STATES = frozenset(
 # No socket: a container's published port, forwarded by the kernel (DNAT) after the
 # runtime's helper that held it is gone (observe/containers.py, source 4).
 PUBLISHED = "PUBLISHED"
-# containers.CNI_RESULTS and DOCKER_ROOT's containers, looked at here so that a free port
-# costs no import of containers on a host without them
-CNI_RESULTS = "/var/lib/cni/results"
-DOCKER_CONTAINERS = "/var/lib/docker/containers"
-DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"  # may move the data root
 # Sockets accepted from (or being accepted by) a listener on the same address: the
 # listener is the holder that matters; its connections are only counted.
 CHILD_STATES = frozenset({"ESTABLISHED", "SYN_RECV", "NEW_SYN_RECV"})
@@ -177,19 +173,6 @@ class Observer:
                          if ident is not None else None)
             holders.append(Holder(sock, tuple(group), unit, container, "", notes))
         return holders
-
-
-def may_publish() -> bool:
-    """Whether libcni or dockerd may have published a container's port (no: most hosts)."""
-    if os.path.exists(DOCKER_DAEMON_JSON):
-        return True
-    for path in (CNI_RESULTS, DOCKER_CONTAINERS):
-        try:
-            if os.listdir(path):
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _read_parent(pid: int) -> Process | None:

@@ -8,11 +8,11 @@ down to the fields read. tests/field/test_podman.py proves the same against a re
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from portguard.model import Container, Process, Proto
-from portguard.observe import containers
 from portguard.observe.cgroups import container_scope
 from portguard.observe.container_records import (
     ConmonArgs,
@@ -314,11 +314,22 @@ def test_a_container_is_one_holder_however_many_helpers_hold_its_port() -> None:
     assert [s.conflict.pids for s in kept] == [(227,), (300,)]
 
 
-def test_the_observer_looks_where_containers_does() -> None:
-    from portguard.observe import observer
-    assert observer.CNI_RESULTS == containers.CNI_RESULTS
-    assert f"{containers.DOCKER_ROOT}/containers" == observer.DOCKER_CONTAINERS
-    assert observer.DOCKER_DAEMON_JSON == containers.DOCKER_DAEMON_JSON
+def test_may_publish_only_where_a_runtime_recorded_something(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path's question: nothing there (most hosts) -> no reading, no import."""
+    from portguard.observe import container_hints as hints
+    monkeypatch.setattr(hints, "CNI_RESULTS", str(tmp_path / "cni/results"))
+    monkeypatch.setattr(hints, "DOCKER_ROOT", str(tmp_path / "docker"))
+    monkeypatch.setattr(hints, "DOCKER_DAEMON_JSON", str(tmp_path / "daemon.json"))
+    assert not hints.may_publish()  # none of them exists
+    (tmp_path / "cni/results").mkdir(parents=True)
+    (tmp_path / "docker/containers").mkdir(parents=True)
+    assert not hints.may_publish()  # empty
+    (tmp_path / "docker/containers" / DOCKER_ID).mkdir()
+    assert hints.may_publish()
+    (tmp_path / "docker/containers" / DOCKER_ID).rmdir()
+    (tmp_path / "daemon.json").write_text("{}")
+    assert hints.may_publish()  # the data root may be elsewhere
 
 
 def test_docker_published_ports_of_running_containers_only() -> None:
