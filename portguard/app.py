@@ -63,7 +63,7 @@ class App:
         if self._observer is None:
             from portguard.observe.observer import Observer, UnitLookup
             connect = self.connect_systemd if self.unit_states else None
-            self._observer = Observer(UnitLookup(connect))
+            self._observer = Observer(UnitLookup(connect, self.connect_systemd))
         return self._observer
 
     @property

@@ -138,6 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     daemon.set_defaults(handler="daemon:run")
 
+    why = commands.add_parser(
+        "why", help="why UNIT failed to bind: the journal's words, who holds it now, the fix",
+        description="Read UNIT's recent runs in the journal (newest first), find the bind "
+        "failure in the daemon's own words, and say for each port who holds it now, what "
+        "kind of holder that is for UNIT, and the command that fixes it. Needs no config. "
+        "Exit 0 a bind failure was found and its ports are free now, 1 a port is still "
+        "held (or unknown), 3 the journal shows no bind failure.",
+    )
+    why.add_argument("unit", metavar="UNIT", help="the unit that failed, e.g. nginx.service "
+                     "or web@blue.service")
+    why.set_defaults(handler="why:run")
+
+    discover = commands.add_parser(
+        "discover", help="propose a config from the services listening now",
+        description="List every service unit that listens now (instances grouped under "
+        "their template), with its ports as it binds them, as commented YAML that "
+        "check-config accepts. Units portguard should not guard (PID 1, portguard, "
+        "protected ones, systemd's own) appear as comments.",
+    )
+    discover.add_argument("--write", metavar="PATH",
+                          help="write the config to PATH (atomically, mode 0644); refuses "
+                          "to overwrite an existing file")
+    discover.set_defaults(handler="discover:run")
+
     for name, verb in (("install", "add"), ("uninstall", "remove")):
         sub = commands.add_parser(
             name, help=f"{verb} the drop-in that runs preflight as UNIT's ExecStartPre=",

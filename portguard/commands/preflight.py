@@ -10,7 +10,6 @@ locks in /run/portguard, so two guards never act on one port at once.
 
 from __future__ import annotations
 
-import os
 import pwd
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ from portguard.decide.classify import Conflict, Context, Kind, classify
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Unit
-from portguard.observe import processes, sockets
+from portguard.observe import processes, programs, sockets
 from portguard.observe.observer import PUBLISHED
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 from portguard.report.journal import Event
@@ -138,37 +137,7 @@ class Preflight:
             return None
 
     def _context(self, cfg: Config, service: Service, systemd: Systemd | None) -> Context:
-        unit_info: Unit | None = None
-        twins: list[Unit] = []
-        if systemd is not None:
-            unit_info = systemd.describe(self.unit)
-            globs = [*service.duplicates.units]
-            if service.is_template:
-                globs.append(service.instance_glob)
-            if globs:
-                for uid in systemd.list_units(globs):
-                    if uid != self.unit:
-                        try:
-                            twins.append(systemd.describe(uid))
-                        except SystemdError:
-                            continue  # unloaded meanwhile
-        if unit_info is not None and unit_info.exec_start:
-            # Compare against the program both as written and with symlinks resolved.
-            resolved = tuple((os.path.realpath(line[0]), *line[1:])
-                             for line in unit_info.exec_start)
-            unit_info = unit_info._replace(exec_start=unit_info.exec_start + resolved)
-        return Context(
-            unit=self.unit,
-            service=service,
-            unit_info=unit_info,
-            # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
-            # unless systemd could say whose it is (classify: unknown user -> foreign).
-            unit_uid=_uid_of(unit_info.user) if unit_info is not None else None,
-            protected_units=(*ALWAYS_PROTECTED, *cfg.protected),
-            own_pids=processes.ancestors(),
-            own_pid_namespace=processes.pid_namespace(),
-            claiming_twins=tuple(twins),
-        )
+        return service_context(self.unit, service, systemd, cfg.protected)
 
     def _observe(self, ctx: Context, intents: Sequence[conflicts.BindIntent],
                  ports: Sequence[tuple[int, Proto]],
@@ -307,6 +276,39 @@ def _twin_globs(service: Service) -> list[str]:
     return globs
 
 
+def service_context(unit: str, service: Service, systemd: Systemd | None,
+                    protected: Sequence[str]) -> Context:
+    """What classification needs about `unit` (`portguard why` builds one too): its unit
+    and ExecStart= from systemd, its twins that are up, portguard's own pids."""
+    unit_info: Unit | None = None
+    twins: list[Unit] = []
+    if systemd is not None:
+        unit_info = systemd.describe(unit)
+        globs = _twin_globs(service)
+        if globs:
+            for uid in systemd.list_units(globs):
+                if uid != unit:
+                    try:
+                        twins.append(systemd.describe(uid))
+                    except SystemdError:
+                        continue  # unloaded meanwhile
+    found = [programs.of_exec_start(line) for line in
+             (unit_info.exec_start if unit_info is not None else ())]
+    return Context(
+        unit=unit,
+        service=service,
+        unit_info=unit_info,
+        # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
+        # unless systemd could say whose it is (classify: unknown user -> foreign).
+        unit_uid=_uid_of(unit_info.user) if unit_info is not None else None,
+        protected_units=(*ALWAYS_PROTECTED, *protected),
+        own_pids=processes.ancestors(),
+        own_pid_namespace=processes.pid_namespace(),
+        claiming_twins=tuple(twins),
+        unit_programs=tuple(p for p in found if p is not None),
+    )
+
+
 def distinct(steps: Iterable[Step]) -> list[Step]:
     """One step per holder and port, for records and messages: a daemon listening on
     0.0.0.0:P and [::]:P is two sockets (two conflicts, two steps), but one holder a person
@@ -363,7 +365,7 @@ def _uid_of(user: str) -> int | None:
         return None
 
 
-__all__ = ["Preflight", "TimedOutError", "advice", "describe_holder"]
+__all__ = ["Preflight", "TimedOutError", "advice", "describe_holder", "service_context"]
 
 
 def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:

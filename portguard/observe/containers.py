@@ -273,16 +273,21 @@ def published_by(container_id: str, port: int, proto: Proto) -> bool:
     return any(c.id == container_id for _, c in Identifier().published(port, proto))
 
 
-def identify(procs: Sequence[Process],
-             parent: Callable[[int], Process | None] | None = None) -> Container | None:
-    """The container behind one holder's processes, for commands outside the observer."""
-    if parent is None:
-        from portguard.observe.processes import ProcessGone, read_process
+def identifier() -> Identifier:
+    """An Identifier that reads parents from /proc, for commands outside the observer
+    (`discover`): one per run, so each record is read once."""
+    from portguard.observe.processes import ProcessGone, read_process
 
-        def parent(pid: int) -> Process | None:
-            try:
-                return read_process(pid)
-            except (ProcessGone, PermissionError):
-                return None
-    return Identifier(parent).identify(procs)
+    def parent(pid: int) -> Process | None:
+        try:
+            return read_process(pid)
+        except (ProcessGone, PermissionError):
+            return None
+    return Identifier(parent)
+
+
+def identify(procs: Sequence[Process],
+             port: tuple[int, Proto] | None = None) -> Container | None:
+    """The container behind one holder's processes (of `port`), for other commands."""
+    return identifier().identify(procs, port)
 

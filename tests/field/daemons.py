@@ -188,6 +188,24 @@ class Field:
             raise AssertionError(f"{command!r} by hand exited {out.returncode}: "
                                  f"{out.stdout}{out.stderr}")
 
+    def wait_master(self, port: int, user: str = "root", workers: str = "www-data",
+                    timeout: float = 10.0) -> tuple[int, set[int]]:
+        """A prefork holder of the port once settled: one master running as `user`, every
+        other holder its worker running as `workers` (they switch user after fork).
+        Returns (master pid, master and all its descendants)."""
+        master = 0
+
+        def settled() -> bool:
+            nonlocal master
+            users = self.users(self.holders(port))
+            masters = [p for p, u in users.items() if u == user]
+            master = masters[0] if len(masters) == 1 else 0
+            return bool(master) and len(users) > 1 and all(
+                u == workers for p, u in users.items() if p != master)
+
+        self.sb.wait_for(settled, timeout, f"a {user} master with {workers} workers on {port}")
+        return master, self.tree(master)
+
     def tree(self, pid: int) -> set[int]:
         """pid and its descendants, inside."""
         out = {pid}

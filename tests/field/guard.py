@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sandbox import Sandbox
@@ -39,9 +42,15 @@ class Guard:
         return self.sb.portguard("--config", self.cfg, *args, timeout=60)
 
     def install(self, unit: str) -> None:
+        """`portguard install UNIT` inside: the drop-in must land in the sandbox's private
+        /etc/systemd/system, never in the host's."""
+        dropin = f"/etc/systemd/system/{unit}.d/portguard.conf"
+        on_host = os.path.exists(dropin)
         done = self.run("install", unit)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"/etc/systemd/system/{unit}.d/portguard.conf" in done.stdout
+        assert dropin in done.stdout
+        assert "ExecStartPre=+" in self.sb.read_file(dropin)
+        assert os.path.exists(dropin) == on_host, f"install wrote the host's {dropin}"
         self.installed.append(unit)
 
     def uninstall(self) -> None:
@@ -61,6 +70,23 @@ class Guard:
         return out
 
     def signalled(self) -> set[int]:
-        """Pids portguard journaled a signal to (SIGNAL or KILL records)."""
+        """Pids portguard journaled sending a signal to (SIGNAL or KILL records whose
+        action is signal or kill; "exited before it could be signalled" is not one)."""
         return {int(r["PORTGUARD_HOLDER_PID"]) for r in self.records()
-                if r.get("MESSAGE_ID") in (SIGNAL, KILL)}
+                if r.get("MESSAGE_ID") in (SIGNAL, KILL)
+                and r.get("PORTGUARD_ACTION") in ("signal", "kill")}
+
+
+@contextmanager
+def guarding(sb: Sandbox, unit: str, port: int, *, stop: str | None = None,
+             keys: str = "") -> Iterator[Guard]:
+    """`unit` declared on `port` with policy stop (and more `keys`, YAML lines under the
+    service) and installed; afterwards the units matching `stop` (default: unit) are
+    stopped and the drop-in removed."""
+    g = Guard(sb, f"{unit}:\n  ports: ['{port}']\n  policy: stop\n{keys}")
+    g.install(unit)
+    try:
+        yield g
+    finally:
+        sb.systemctl("stop", stop or unit, timeout=60)
+        g.uninstall()

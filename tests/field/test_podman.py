@@ -112,6 +112,20 @@ def test_published_port_held_by_conmon(web: Field, guard: Guard) -> None:
     assert web.is_active(guard.installed[0]) == "failed"
     assert "podman stop web" in web.status(guard.installed[0])
     assert web.holders(PORT) == {conmon: "conmon"}  # conmon untouched
+    # unguarded, the service fails to bind; `why` names the container and its command
+    bare = guard.installed[0]
+    guard.uninstall()
+    web.start(bare, check=False)  # Type=simple: it fails after start returns
+    sb.wait_unit_state(bare, "failed")
+    sb.wait_journal(lambda r: "Address already in use" in r.get("MESSAGE", ""), "-u", bare)
+    why = guard.run("why", bare)
+    assert why.returncode == 1, why.stdout + why.stderr  # still held
+    assert f"podman container web ({cid[:12]}) (through its conmon) holds it" in why.stdout
+    assert f"$ podman stop web && systemctl restart {bare}" in why.stdout, why.stdout
+    found = guard.run("discover")
+    assert found.returncode == 0, found.stderr
+    assert (f"(a container's port, never guarded: podman container web ({cid[:12]}): "
+            "`podman stop web`)") in found.stdout, found.stdout
     assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
     assert inspect(sb)["State"]["Status"] == "running"
 

@@ -363,3 +363,31 @@ def test_dockerd_holding_a_published_port_is_attributed_to_the_container() -> No
     # any other socket dockerd holds is dockerd's own
     assert disk.identifier().identify([dockerd], (2375, Proto.TCP)) is None
     assert disk.identifier().identify([dockerd]) is None
+
+
+def test_why_advises_the_runtimes_command_for_a_container() -> None:
+    from portguard.decide.classify import Conflict, Kind
+    from portguard.decide.postmortem import next_step
+    from portguard.model import Holder, Socket
+
+    web = Container("podman", CID, "web", "localhost/web:1", "conmon")
+    sock = Socket(Proto.TCP, 2, "LISTEN", "0.0.0.0", 8080, "0.0.0.0", 0, 0, 7)
+    conmon = proc(202, CONMON, f"/machine.slice/libpod-conmon-{CID}.scope")
+    c = Conflict(8080, Proto.TCP, Kind.FOREIGN, "", Holder(sock, (conmon,), container=web),
+                 f"libpod-conmon-{CID}.scope", (conmon,), "a container")
+    step = next_step("app.service", "foreign", c)
+    assert step.command == "podman stop web && systemctl restart app.service"
+    assert step.advice.startswith(f"podman container web ({CID[:12]}) (through its conmon) "
+                                  "holds it")
+
+
+def test_discover_names_a_containers_port_as_a_comment_never_an_entry() -> None:
+    from portguard.decide.proposal import Seen, entries
+    proxy = Seen("docker.service", "0.0.0.0", 8080, Proto.TCP, False, 227, "docker-proxy",
+                 "docker container web (3f2a9c1b2d4e): `docker stop web`")
+    api = Seen("docker.service", "0.0.0.0", 2375, Proto.TCP, False, 99, "/usr/sbin/dockerd")
+    found, skipped = entries([proxy, api], ())
+    assert [(e.key, e.ports) for e in found] == [("docker.service", ("0.0.0.0:2375/tcp",))]
+    assert skipped == ["docker.service: pid 227 docker-proxy, 0.0.0.0:8080 (a container's "
+                       "port, never guarded: docker container web (3f2a9c1b2d4e): "
+                       "`docker stop web`)"]
