@@ -9,10 +9,23 @@ damaged input parses as "nothing known".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from portguard.model import Proto
+
+# What podman and docker accept as a name, and what an image reference can hold: anything
+# else (these files and argvs can be written by a container's owner) is dropped, so
+# advice a person may paste (`podman stop NAME`) never carries shell syntax.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,510}")
+_ID = re.compile(r"[0-9a-f]{12,64}")
+
+
+def clean(text: object, pattern: re.Pattern[str] = _NAME) -> str:
+    """`text` if it is a plausible name (or image, or id), else ""."""
+    return text if isinstance(text, str) and pattern.fullmatch(text) else ""
 
 
 def basename(path: str) -> str:
@@ -74,10 +87,10 @@ def conmon_args(cmdline: Sequence[str]) -> ConmonArgs | None:
     if not cmdline or basename(cmdline[0]) != "conmon":
         return None
     opts = _options(cmdline)
-    ident = (opts.get("c") or opts.get("cid") or [""])[0]
+    ident = clean((opts.get("c") or opts.get("cid") or [""])[0], _ID)
     if not ident:
         return None
-    name = (opts.get("n") or opts.get("name") or [""])[0]
+    name = clean((opts.get("n") or opts.get("name") or [""])[0])
     bundle = (opts.get("b") or opts.get("bundle") or [""])[0]
     exit_cmd = (opts.get("exit-command") or [""])[0]
     runtime = "cri-o" if "crio" in " ".join(cmdline) and "podman" not in exit_cmd \
@@ -97,26 +110,26 @@ def parse_containers_json(text: str) -> dict[str, tuple[str, str]]:
     """containers/storage's containers.json -> {id: (name, image)}."""
     out: dict[str, tuple[str, str]] = {}
     for entry in load_json(text, list):
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+        if not isinstance(entry, dict) or not clean(entry.get("id"), _ID):
             continue
         names = entry.get("names") or []
         meta = load_json(entry.get("metadata") or "{}", dict)
-        name = names[0] if names and isinstance(names[0], str) else str(meta.get("name", ""))
-        out[entry["id"]] = (name, str(meta.get("image-name", "")))
+        name = clean(names[0] if names else meta.get("name"))
+        out[entry["id"]] = (name, clean(meta.get("image-name"), _IMAGE))
     return out
 
 
 def parse_docker_config(text: str) -> DockerRecord | None:
     """docker's containers/<id>/config.v2.json -> its id, name, image and addresses."""
     doc = load_json(text, dict)
-    ident = doc.get("ID")
-    if not isinstance(ident, str):
+    ident = clean(doc.get("ID"), _ID)
+    if not ident:
         return None
     config = doc.get("Config") if isinstance(doc.get("Config"), dict) else {}
     networks = (doc.get("NetworkSettings") or {}).get("Networks") or {}
     ips = tuple(str(n.get(key)) for n in networks.values() if isinstance(n, dict)
                 for key in ("IPAddress", "GlobalIPv6Address") if n.get(key))
-    name = str(doc.get("Name", "")).lstrip("/")
+    name = clean(str(doc.get("Name", "")).lstrip("/"))
     ports = []
     for key, bindings in ((doc.get("NetworkSettings") or {}).get("Ports") or {}).items():
         cport, _, proto = str(key).partition("/")
@@ -130,14 +143,15 @@ def parse_docker_config(text: str) -> DockerRecord | None:
             except (AttributeError, KeyError, TypeError, ValueError):
                 continue
     running = bool((doc.get("State") or {}).get("Running"))
-    return DockerRecord(ident, name, str(config.get("Image", "")), ips, running, tuple(ports))
+    return DockerRecord(ident, name, clean(config.get("Image"), _IMAGE), ips, running,
+                        tuple(ports))
 
 
 def parse_cni_cache(text: str) -> list[Published]:
     """libcni's cached result for one container interface -> the ports it published."""
     doc = load_json(text, dict)
-    ident = doc.get("containerId")
-    if not isinstance(ident, str):
+    ident = clean(doc.get("containerId"), _ID)
+    if not ident:
         return []
     args = {a[0]: a[1] for a in doc.get("cniArgs") or [] if isinstance(a, list) and len(a) == 2}
     ips = [str(ip.get("address", "")).split("/")[0]
@@ -149,7 +163,7 @@ def parse_cni_cache(text: str) -> list[Published]:
             host_ip = str(m.get("hostIP", ""))
             # the container address of the mapping's own family
             cip = next((ip for ip in ips if (":" in ip) == (":" in host_ip)), "")
-            out.append(Published(ident, str(args.get("K8S_POD_NAME", "")),
+            out.append(Published(ident, clean(args.get("K8S_POD_NAME")),
                                  str(doc.get("networkName", "")), host_ip,
                                  int(m["hostPort"]), cip, int(m["containerPort"]), proto))
         except (KeyError, TypeError, ValueError):

@@ -123,7 +123,9 @@ class Identifier:
             # userland-proxy off: dockerd binds the published port itself, to reserve it
             return next((c._replace(via="dockerd") for _, c in self.published(*port)
                          if c.runtime == "docker"), None)
-        conmon = conmon_args(proc.cmdline)
+        # argv[0] is the process's to write: where /proc/PID/exe is readable it must agree
+        conmon = conmon_args(proc.cmdline) if basename(proc.exe or "conmon") == "conmon" \
+            else None
         if conmon is not None:
             return self._podman(conmon.id, proc, via="conmon", conmon=conmon,
                                 runtime=conmon.runtime)

@@ -391,3 +391,25 @@ def test_discover_names_a_containers_port_as_a_comment_never_an_entry() -> None:
     assert skipped == ["docker.service: pid 227 docker-proxy, 0.0.0.0:8080 (a container's "
                        "port, never guarded: docker container web (3f2a9c1b2d4e): "
                        "`docker stop web`)"]
+
+
+def test_names_that_are_no_names_are_dropped_never_put_in_advice() -> None:
+    """A container's owner writes its name; a pasted `podman stop NAME` must stay one."""
+    hostile = CONTAINERS_JSON.replace('["web"]', '["web; rm -rf /"]').replace(
+        "localhost/web:1", "x $(reboot)")
+    assert parse_containers_json(hostile) == {CID: ("", "")}
+    argv = tuple("web`id`" if a == "web" else a for a in CONMON)
+    args = conmon_args(argv)
+    assert args is not None and args.name == ""
+    found = Disk({}).identifier().identify([proc(202, argv, "/")])
+    assert found is not None and found.stop_command == f"podman stop {CID[:12]}"
+    assert conmon_args(("conmon", "-c", "../../etc", "-n", "web")) is None  # no id: no trust
+
+
+def test_a_process_that_only_calls_itself_conmon_is_not_believed() -> None:
+    fake = Process(pid=5, start_time=1, uid=1000, exe="/home/u/bin/evil", cmdline=CONMON,
+                   cgroup="/user.slice/user-1000.slice/session-1.scope")
+    assert Disk(PODMAN_DISK).identifier().identify([fake]) is None
+    real = fake._replace(exe="/usr/bin/conmon")
+    found = Disk(PODMAN_DISK).identifier().identify([real])
+    assert found is not None and found.name == "web"
