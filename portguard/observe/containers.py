@@ -119,20 +119,21 @@ class Identifier:
             return None
         proc = procs[0]
         prog = program_name(proc)
-        if prog == "dockerd" and port is not None:
+        # argv[0] is the process's own to write: a helper is believed by name only where
+        # /proc/PID/exe (when readable) is that program too
+        helper = prog if not proc.exe or basename(proc.exe) == prog else ""
+        if helper == "dockerd" and port is not None:
             # userland-proxy off: dockerd binds the published port itself, to reserve it
             return next((c._replace(via="dockerd") for _, c in self.published(*port)
                          if c.runtime == "docker"), None)
-        # argv[0] is the process's to write: where /proc/PID/exe is readable it must agree
-        conmon = conmon_args(proc.cmdline) if basename(proc.exe or "conmon") == "conmon" \
-            else None
+        conmon = conmon_args(proc.cmdline) if helper == "conmon" else None
         if conmon is not None:
             return self._podman(conmon.id, proc, via="conmon", conmon=conmon,
                                 runtime=conmon.runtime)
-        if prog == "docker-proxy":
+        if helper == "docker-proxy":
             return self._docker_by_ip(proc.cmdline)
         scope = container_scope(proc.cgroup)
-        via = prog if prog in ROOTLESS_HELPERS else ""
+        via = helper if helper in ROOTLESS_HELPERS else ""
         if scope is not None:
             runtime, ident, monitor = scope
             via = via or ("conmon" if monitor else "")

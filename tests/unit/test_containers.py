@@ -410,6 +410,9 @@ def test_a_process_that_only_calls_itself_conmon_is_not_believed() -> None:
     fake = Process(pid=5, start_time=1, uid=1000, exe="/home/u/bin/evil", cmdline=CONMON,
                    cgroup="/user.slice/user-1000.slice/session-1.scope")
     assert Disk(PODMAN_DISK).identifier().identify([fake]) is None
+    proxy = fake._replace(cmdline=("docker-proxy", "-container-ip", "172.17.0.2",
+                                   "-container-port", "80"))
+    assert Disk({}).identifier().identify([proxy]) is None
     real = fake._replace(exe="/usr/bin/conmon")
     found = Disk(PODMAN_DISK).identifier().identify([real])
     assert found is not None and found.name == "web"
