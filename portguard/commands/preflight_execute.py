@@ -14,6 +14,7 @@ from portguard.config.schema import Service
 from portguard.decide.classify import Conflict
 from portguard.decide.policy import Action, Plan, Step
 from portguard.errors import BlockedError, PortguardError, TimedOutError
+from portguard.observe.cgroups import container_scope
 from portguard.observe.units import JOB_GONE, JobResult, Systemd, SystemdError
 from portguard.report.journal import Event, Journal
 from portguard.report.tables import container_text
@@ -35,7 +36,9 @@ def describe_conflict(c: Conflict) -> str:
         who = "not listening yet"
     where = f" in {c.unit}" if c.unit else ""
     if c.container is not None:
-        where += f" ({container_text(c.container)})"
+        # the container's own scope (libpod-conmon-<64 hex>.scope) only repeats its id
+        own_scope = c.unit is not None and container_scope(c.unit) is not None
+        where = ("" if own_scope else where) + f" ({container_text(c.container)})"
     return f"{who}{where} [{c.kind}: {c.reason}]"
 
 

@@ -143,10 +143,9 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
         c = holder.container
         what = (f"{c.via} for" if c.via else f"{procs[0].program} in") if procs else \
             "published by the kernel (DNAT) for"
-        return conflict(Kind.FOREIGN, f"{what} {c}: a container, never a duplicate, "
-                        f"whatever it runs; its runtime stops it ({c.stop_command})"
-                        )._replace(untouchable=f"{c} is a container: only its runtime "
-                                   "stops it")
+        found = conflict(Kind.FOREIGN, f"{what} {c.runtime} container {c.label}: a "
+                         "container, never a duplicate, whatever it runs")
+        return found._replace(untouchable=f"{c} is a container: only its runtime stops it")
     if not procs:
         if holder.unknown_reason:
             return conflict(Kind.FOREIGN, f"{holder.unknown_reason}: it cannot be told apart "
