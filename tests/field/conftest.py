@@ -11,7 +11,6 @@ A module names its daemons in `DAEMONS_USED = [...]` (keys of daemons.DAEMONS).
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 sys.path.insert(0, str(HERE))
 
+from availability import skip_or_fail  # noqa: E402
 from daemons import Field, missing_packages  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
 
@@ -34,20 +34,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.field)
 
 
-def _unavailable(why: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the field suite cannot run: {why}", pytrace=False)
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def field_sb(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     reason = Sandbox.unavailable_reason()
     if reason is not None:
-        _unavailable(f"systemd sandbox unavailable: {reason}")
+        skip_or_fail(f"the systemd sandbox cannot run: {reason}")
     missing = missing_packages(list(getattr(request.module, "DAEMONS_USED", [])))
     if missing:
-        _unavailable(f"not installed: {' '.join(missing)} (scripts/bootstrap --all)")
+        skip_or_fail(f"not installed: {' '.join(missing)} (scripts/bootstrap --all)")
     with Sandbox() as sb:
         yield sb
 

@@ -38,10 +38,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from availability import require_sandbox
 from cases import CONFLICT, SIGNAL
 from cases import RELOADED as DAEMON_RELOADED
 from cases import STARTED as DAEMON_STARTED
-from conftest import require_sandbox
 from debroot import PREPARE_SCRIPT, DebRoot, remove_stale, rmtree_layers
 from sandbox import BASE_ENV, REPO
 

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox import BASE_ENV, PYTHON, REPO, Sandbox, _cgroup_hierarchies
+from availability import require_sandbox, skip_or_fail
+from sandbox import BASE_ENV, PYTHON, REPO, _cgroup_hierarchies
 
 DEMO = REPO / "scripts" / "demo.py"
 PROMISED_SECONDS = 60  # README / issue 6: "readable in under a minute"
@@ -53,20 +54,6 @@ JOURNAL_ROWS = {
 
 
 RUNTIME_PACKAGES = ("yaml", "pystemd", "lxml", "psutil", "sdnotify")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip where this host cannot run the test; under CI=true that is a failure."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def require_sandbox() -> None:
-    """As conftest.require_sandbox: skip where no sandbox runs, fail under CI=true."""
-    reason = Sandbox.unavailable_reason()
-    if reason is not None:
-        skip_or_fail(f"the systemd sandbox cannot run: {reason}")
 
 
 def leftovers(pid: int) -> list[str]:
