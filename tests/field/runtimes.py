@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
+from availability import skip_or_fail
 from daemons import Field
 from guard import CONFLICT, REFUSED, Guard
 from sandbox import Sandbox, listener_exec
@@ -31,15 +31,12 @@ CMD = f'CMD ["/bin/httpd","-f","-p","{PORT}","-h","/www"]'
 
 
 def require(*tools: str) -> None:
+    """Skip (under CI=true, fail) when a runtime's tools or busybox-static are missing."""
     missing = [t for t in tools if shutil.which(t) is None]
     if not os.path.exists("/bin/busybox"):
         missing.append("busybox-static")
-    if not missing:
-        return
-    why = f"not installed: {' '.join(missing)} (scripts/bootstrap --all)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the container runtime cannot run: {why}", pytrace=False)
-    pytest.skip(why)
+    if missing:
+        skip_or_fail(f"not installed: {' '.join(missing)} (scripts/bootstrap --all)")
 
 
 def private_store(sb: Sandbox, *dirs: str) -> None:

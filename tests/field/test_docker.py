@@ -21,20 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import runtimes as rt
 from daemons import Field
 from guard import Guard
-from runtimes import (
-    CMD,
-    PORT,
-    assert_refused,
-    declaring,
-    note,
-    private_store,
-    require,
-    rootfs_tar,
-    scope_procs,
-    who_json,
-)
 from sandbox import Sandbox
 
 DAEMONS_USED: list[str] = []  # dockerd is checked below
@@ -45,14 +34,14 @@ IMAGE = "localhost/web:1"
 
 @pytest.fixture(scope="module")
 def docker(field: Field) -> Iterator[Field]:
-    require("/usr/sbin/dockerd", "/usr/bin/containerd", DOCKER, "runc")
+    rt.require("/usr/sbin/dockerd", "/usr/bin/containerd", DOCKER, "runc")
     sb = field.sb
-    private_store(sb, "/var/lib/docker", "/var/lib/containerd")
+    rt.private_store(sb, "/var/lib/docker", "/var/lib/containerd")
     for unit in UNITS:
         sb.write_unit(unit, Path("/lib/systemd/system", unit).read_text(), reload=False)
     sb.systemctl("daemon-reload", check=True)
     field.start("docker.service")
-    built = sb.run([DOCKER, "import", "--change", CMD, rootfs_tar(sb), IMAGE], timeout=60)
+    built = sb.run([DOCKER, "import", "--change", rt.CMD, rt.rootfs_tar(sb), IMAGE], timeout=60)
     assert built.returncode == 0, built.stderr
     yield field
     field.stop("docker.service")
@@ -66,7 +55,7 @@ def web(docker: Field) -> Iterator[Field]:
 
 @pytest.fixture
 def guard(docker: Field, uid: str) -> Iterator[Guard]:
-    with declaring(docker, uid) as g:
+    with rt.declaring(docker, uid) as g:
         yield g
 
 
@@ -84,22 +73,22 @@ def expected(cid: str, via: str | None) -> dict[str, Any]:
 
 def test_published_port_held_by_docker_proxy(web: Field, guard: Guard) -> None:
     sb = web.sb
-    info = start(sb, "-p", f"{PORT}:{PORT}")
+    info = start(sb, "-p", f"{rt.PORT}:{rt.PORT}")
     cid = info["Id"]
-    proxies = web.wait_holders(PORT)
+    proxies = web.wait_holders(rt.PORT)
     assert set(proxies.values()) == {"docker-proxy"}, proxies
-    before = scope_procs(sb, f"/system.slice/docker-{cid}.scope")
-    text, port = who_json(sb)
+    before = rt.scope_procs(sb, f"/system.slice/docker-{cid}.scope")
+    text, port = rt.who_json(sb)
     assert {r["pid"] for r in port["holders"]} == set(proxies)
     for row in port["holders"]:
         assert row["container"] == expected(cid, "docker-proxy"), row
         assert row["unit"] == "docker.service"
-    assert note("docker-proxy", "docker", cid, IMAGE) in text.splitlines(), text
-    assert_refused(guard, "docker stop web")
+    assert rt.note("docker-proxy", "docker", cid, IMAGE) in text.splitlines(), text
+    rt.assert_refused(guard, "docker stop web")
     out = guard.run("preflight", guard.installed[0])
     assert "systemctl stop docker.service" not in out.stderr, out.stderr
-    assert web.holders(PORT) == proxies
-    assert scope_procs(sb, f"/system.slice/docker-{cid}.scope") == before
+    assert web.holders(rt.PORT) == proxies
+    assert rt.scope_procs(sb, f"/system.slice/docker-{cid}.scope") == before
     assert web.is_active("docker.service") == "active"
 
 
@@ -107,16 +96,16 @@ def test_host_network_container_holds_the_port_itself(web: Field, guard: Guard) 
     sb = web.sb
     info = start(sb, "--network=host")
     cid, pid = info["Id"], int(info["State"]["Pid"])
-    assert web.wait_holders(PORT) == {pid: "httpd"}
-    before = scope_procs(sb, f"/system.slice/docker-{cid}.scope")
-    text, port = who_json(sb)
+    assert web.wait_holders(rt.PORT) == {pid: "httpd"}
+    before = rt.scope_procs(sb, f"/system.slice/docker-{cid}.scope")
+    text, port = rt.who_json(sb)
     [row] = port["holders"]
     assert row["container"] == expected(cid, None), row
     assert (row["pid"], row["unit"]) == (pid, f"docker-{cid}.scope")
-    assert note(None, "docker", cid, IMAGE) in text.splitlines(), text
-    assert_refused(guard, "docker stop web")
-    assert web.holders(PORT) == {pid: "httpd"}
-    assert scope_procs(sb, f"/system.slice/docker-{cid}.scope") == before
+    assert rt.note(None, "docker", cid, IMAGE) in text.splitlines(), text
+    rt.assert_refused(guard, "docker stop web")
+    assert web.holders(rt.PORT) == {pid: "httpd"}
+    assert rt.scope_procs(sb, f"/system.slice/docker-{cid}.scope") == before
 
 
 def test_without_userland_proxy_dockerd_holds_the_published_port(web: Field,
@@ -128,23 +117,23 @@ def test_without_userland_proxy_dockerd_holds_the_published_port(web: Field,
     web.config("/etc/docker", {"daemon.json": '{"userland-proxy": false}\n'})
     sb.systemctl("restart", "docker.service", check=True, timeout=60)
     try:
-        info = start(sb, "-p", f"{PORT}:{PORT}")
+        info = start(sb, "-p", f"{rt.PORT}:{rt.PORT}")
         cid = info["Id"]
         dockerd = int(sb.unit_property("docker.service", "MainPID"))
-        assert web.holders(PORT) == {dockerd: "dockerd"}
+        assert web.holders(rt.PORT) == {dockerd: "dockerd"}
         dnat = sb.run(["iptables", "-t", "nat", "-S", "DOCKER"], check=True).stdout
-        assert f"--dport {PORT} -j DNAT" in dnat, dnat
-        before = scope_procs(sb, f"/system.slice/docker-{cid}.scope")
-        text, port = who_json(sb)
+        assert f"--dport {rt.PORT} -j DNAT" in dnat, dnat
+        before = rt.scope_procs(sb, f"/system.slice/docker-{cid}.scope")
+        text, port = rt.who_json(sb)
         assert {r["pid"] for r in port["holders"]} == {dockerd}
         for row in port["holders"]:
             assert row["container"] == expected(cid, "dockerd"), row
-        assert note("dockerd", "docker", cid, IMAGE) in text.splitlines(), text
-        assert_refused(guard, "docker stop web")
+        assert rt.note("dockerd", "docker", cid, IMAGE) in text.splitlines(), text
+        rt.assert_refused(guard, "docker stop web")
         out = guard.run("preflight", guard.installed[0])
         assert "systemctl stop docker.service" not in out.stderr, out.stderr
-        assert web.holders(PORT) == {dockerd: "dockerd"}
-        assert scope_procs(sb, f"/system.slice/docker-{cid}.scope") == before
+        assert web.holders(rt.PORT) == {dockerd: "dockerd"}
+        assert rt.scope_procs(sb, f"/system.slice/docker-{cid}.scope") == before
     finally:
         sb.run([DOCKER, "rm", "-f", "web"], timeout=60)
         web.config("/etc/docker", {}, remove=("daemon.json",))

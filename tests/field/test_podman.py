@@ -24,21 +24,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import runtimes as rt
 from daemons import Field
 from guard import Guard
-from runtimes import (
-    CMD,
-    PAGE,
-    PORT,
-    assert_refused,
-    declaring,
-    note,
-    private_store,
-    require,
-    rootfs_tar,
-    scope_procs,
-    who_json,
-)
 from sandbox import Sandbox
 
 DAEMONS_USED: list[str] = []  # podman is checked below: it is no packaged daemon
@@ -50,11 +38,11 @@ RUN = ("run", "-d", "--pids-limit=-1", "--name", "web")
 @pytest.fixture(scope="module")
 def podman(field: Field) -> Field:
     """The module's sandbox with a private container store and the image built."""
-    require("podman", "conmon", "runc")
+    rt.require("podman", "conmon", "runc")
     sb = field.sb
-    private_store(sb, "/var/lib/containers", "/var/lib/cni")
+    rt.private_store(sb, "/var/lib/containers", "/var/lib/cni")
     built = sb.run([*PODMAN, "import", "-q", "--change",
-                    CMD, rootfs_tar(sb), IMAGE], timeout=60)
+                    rt.CMD, rt.rootfs_tar(sb), IMAGE], timeout=60)
     assert built.returncode == 0, built.stderr
     return field
 
@@ -67,7 +55,7 @@ def web(podman: Field) -> Iterator[Field]:
 
 @pytest.fixture
 def guard(podman: Field, uid: str) -> Iterator[Guard]:
-    with declaring(podman, uid) as g:
+    with rt.declaring(podman, uid) as g:
         yield g
 
 
@@ -85,7 +73,7 @@ def inspect(sb: Sandbox) -> dict[str, Any]:
 
 def assert_names_web(sb: Sandbox, cid: str, via: str | None) -> dict[str, Any]:
     """`who 8080` as text and JSON: runtime, name, id and image of `web`."""
-    text, port = who_json(sb)
+    text, port = rt.who_json(sb)
     [row] = port["holders"]
     assert row["container"] == {"runtime": "podman", "name": "web", "id": cid, "image": IMAGE,
                                 "via": via, "source": "containers.json",
@@ -93,25 +81,25 @@ def assert_names_web(sb: Sandbox, cid: str, via: str | None) -> dict[str, Any]:
     header = text.splitlines()[0].split()
     assert header[6] == "CONTAINER"
     assert text.splitlines()[1].split()[6] == "web", text
-    assert note(via, "podman", cid, IMAGE) in text.splitlines(), text
+    assert rt.note(via, "podman", cid, IMAGE) in text.splitlines(), text
     return row
 
 
 def test_published_port_held_by_conmon(web: Field, guard: Guard) -> None:
     sb = web.sb
-    info = start(sb, "-p", f"{PORT}:{PORT}")
+    info = start(sb, "-p", f"{rt.PORT}:{rt.PORT}")
     cid, conmon = info["Id"], int(info["State"]["ConmonPid"])
-    assert web.wait_holders(PORT) == {conmon: "conmon"}
-    before = scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
+    assert web.wait_holders(rt.PORT) == {conmon: "conmon"}
+    before = rt.scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
     row = assert_names_web(sb, cid, "conmon")
     assert row["pid"] == conmon
     assert row["unit"] == f"libpod-conmon-{cid}.scope"
-    assert_refused(guard, "podman stop web")
+    rt.assert_refused(guard, "podman stop web")
     # through systemd, as the service would really start: refused before it binds
     assert web.start(guard.installed[0], check=False).returncode != 0
     assert web.is_active(guard.installed[0]) == "failed"
     assert "podman stop web" in web.status(guard.installed[0])
-    assert web.holders(PORT) == {conmon: "conmon"}  # conmon untouched
+    assert web.holders(rt.PORT) == {conmon: "conmon"}  # conmon untouched
     # unguarded, the service fails to bind; `why` names the container and its command
     bare = guard.installed[0]
     guard.uninstall()
@@ -126,7 +114,7 @@ def test_published_port_held_by_conmon(web: Field, guard: Guard) -> None:
     assert found.returncode == 0, found.stderr
     assert (f"(a container's port, never guarded: podman container web ({cid[:12]}): "
             "`podman stop web`)") in found.stdout, found.stdout
-    assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
+    assert rt.scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
     assert inspect(sb)["State"]["Status"] == "running"
 
 
@@ -134,59 +122,59 @@ def test_host_network_container_holds_the_port_itself(web: Field, guard: Guard) 
     sb = web.sb
     info = start(sb, "--network=host")
     cid, pid = info["Id"], int(info["State"]["Pid"])
-    assert web.wait_holders(PORT) == {pid: "httpd"}
-    before = scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
+    assert web.wait_holders(rt.PORT) == {pid: "httpd"}
+    before = rt.scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
     row = assert_names_web(sb, cid, None)
     assert (row["pid"], row["unit"]) == (pid, f"libpod-{cid}.scope")
-    assert_refused(guard, "podman stop web")
+    rt.assert_refused(guard, "podman stop web")
     status = guard.run("status")
     assert status.returncode == 1 and "HELD BY ANOTHER" in status.stdout
     assert "`podman stop web` frees it" in status.stdout, status.stdout
-    assert web.holders(PORT) == {pid: "httpd"}
-    assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
+    assert web.holders(rt.PORT) == {pid: "httpd"}
+    assert rt.scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
     # its conmon killed: httpd is reparented and still holds 8080; still named `web`
     sb.kill(int(info["State"]["ConmonPid"]))
     sb.wait_for(lambda: sb.read_file(f"/proc/{pid}/status").count("PPid:\t1\n") == 1, 10,
                 "httpd reparented")
     assert_names_web(sb, cid, None)
-    assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
+    assert rt.scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
 
 
 def test_conmon_killed_the_container_runs_on_and_still_takes_the_port(web: Field,
                                                                       guard: Guard) -> None:
     sb = web.sb
-    info = start(sb, "-p", f"{PORT}:{PORT}")
+    info = start(sb, "-p", f"{rt.PORT}:{rt.PORT}")
     cid, conmon = info["Id"], int(info["State"]["ConmonPid"])
-    web.wait_holders(PORT)
-    before = scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
+    web.wait_holders(rt.PORT)
+    before = rt.scope_procs(sb, f"/machine.slice/libpod-{cid}.scope")
     sb.kill(conmon)  # SIGKILL: our own test's conmon, by pid
-    sb.wait_for(lambda: not web.holders(PORT), 10, "8080 released by the dead conmon")
+    sb.wait_for(lambda: not web.holders(rt.PORT), 10, "8080 released by the dead conmon")
     assert inspect(sb)["State"]["Status"] == "running"
     # no socket, yet the port is not the service's: its connections reach the container
-    page = sb.run(["busybox", "wget", "-q", "-O", "-", f"http://127.0.0.1:{PORT}/"])
-    assert page.stdout == PAGE, page.stderr
-    text, port = who_json(sb)
+    page = sb.run(["busybox", "wget", "-q", "-O", "-", f"http://127.0.0.1:{rt.PORT}/"])
+    assert page.stdout == rt.PAGE, page.stderr
+    text, port = rt.who_json(sb)
     [row] = port["holders"]
     assert (row["state"], row["pid"], row["remote"]) == (
-        "PUBLISHED", None, f"{info['NetworkSettings']['IPAddress']}:{PORT}")
+        "PUBLISHED", None, f"{info['NetworkSettings']['IPAddress']}:{rt.PORT}")
     assert row["container"]["name"] == "web" and row["container"]["id"] == cid
     assert row["container"]["image"] == IMAGE
     assert "PUBLISHED" in text and "web" in text.splitlines()[1], text
-    assert_refused(guard, "podman stop web")
-    assert scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
+    rt.assert_refused(guard, "podman stop web")
+    assert rt.scope_procs(sb, f"/machine.slice/libpod-{cid}.scope") == before
 
 
 def test_a_renamed_container_is_named_as_podman_now_calls_it(web: Field, guard: Guard) -> None:
     """`podman rename` while it runs: conmon's argv still says `-n web`; the store (and so
     portguard) says web2, and `podman stop web2` is what works."""
     sb = web.sb
-    info = start(sb, "-p", f"{PORT}:{PORT}")
-    web.wait_holders(PORT)
+    info = start(sb, "-p", f"{rt.PORT}:{rt.PORT}")
+    web.wait_holders(rt.PORT)
     sb.run([*PODMAN, "rename", "web", "web2"], check=True)
     conmon = int(info["State"]["ConmonPid"])
     assert "\0-n\0web\0" in sb.read_file(f"/proc/{conmon}/cmdline")
-    text, port = who_json(sb)
+    text, port = rt.who_json(sb)
     [row] = port["holders"]
     assert (row["container"]["name"], row["container"]["stop"]) == ("web2", "podman stop web2")
-    assert note("conmon", "podman", info["Id"], IMAGE, "web2") in text.splitlines(), text
-    assert_refused(guard, "podman stop web2", "web2")
+    assert rt.note("conmon", "podman", info["Id"], IMAGE, "web2") in text.splitlines(), text
+    rt.assert_refused(guard, "podman stop web2", "web2")
