@@ -146,6 +146,50 @@ class Unit(NamedTuple):
     listen: tuple[tuple[str, str], ...] = ()  # a .socket's Listen: ("Stream", "[::]:22")
 
 
+# The command that stops a container, by runtime (the administrator's own tool).
+_STOP = {"podman": "podman stop {}", "docker": "docker stop {}", "nspawn": "machinectl stop {}",
+         "containerd": "nerdctl stop {}", "cri-o": "crictl stop {}", "lxc": "lxc-stop -n {}"}
+
+
+class Container(NamedTuple):
+    """A container holding a port, itself or through its runtime's port helper.
+
+    `id` is the full id where it was seen whole (64 hex for podman and docker), `name`
+    and `image` what the runtime records ("" when it could not be read), `via` the
+    helper process that holds the host port for it (conmon, docker-proxy, rootlessport,
+    slirp4netns, pasta; "" when the container's own process holds it) and `source` where
+    the name was read, for `-v` and bug reports.
+    """
+
+    runtime: str  # podman, docker, containerd, cri-o, nspawn, lxc
+    id: str
+    name: str = ""
+    image: str = ""
+    via: str = ""
+    source: str = ""
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def label(self) -> str:
+        """What the administrator calls it: the name, else the short id."""
+        return self.name or self.short_id or "(unidentified)"
+
+    @property
+    def stop_command(self) -> str:
+        if not (self.name or self.id):
+            return f"{self.runtime} ps" if self.runtime in ("podman", "docker") else "stop it"
+        # crictl knows containers by id; every other tool by the name it was given
+        target = self.id if self.runtime == "cri-o" else self.label
+        return _STOP.get(self.runtime, "stop container {} with its runtime").format(target)
+
+    def __str__(self) -> str:
+        ident = f" ({self.short_id})" if self.name and self.id else ""
+        return f"{self.runtime} container {self.label}{ident}"
+
+
 class Holder(NamedTuple):
     """A socket on a port together with what holds it.
 
@@ -156,7 +200,7 @@ class Holder(NamedTuple):
     socket: Socket
     processes: tuple[Process, ...] = ()
     unit: Unit | None = None
-    container: str | None = None  # e.g. "docker:3f2a9c..." or "nspawn:mybox"
+    container: Container | None = None  # the container holding it, itself or by a helper
     unknown_reason: str = ""
     notes: tuple[str, ...] = ()
 

@@ -204,7 +204,8 @@ class Reconciler:
                 f"{check.unit.sub_state}): {c.port}/{c.proto} cleared: "
                 f"{_DONE[step.action]} {describe_conflict(c)}", unit=unit, port=c.port,
                 proto=str(c.proto), holder_pid=c.pids[0] if c.pids else None,
-                holder_unit=c.unit, holder_kind=str(c.kind), action=step.action.value,
+                holder_unit=c.unit, holder_kind=str(c.kind), holder_container=c.container,
+                action=step.action.value,
                 result="resolved")
         if steps:
             self.resolved_total[service.name] = self.resolved_total.get(service.name, 0) + 1
@@ -269,7 +270,8 @@ class Reconciler:
                 f"{describe_holder(h)} [{kind}]; not acted on: {why}", unit=unit,
                 port=h.socket.local_port, proto=str(h.socket.proto),
                 holder_pid=h.processes[0].pid if h.processes else None,
-                holder_unit=h.unit.id if h.unit else None, holder_kind=kind, action="none",
+                holder_unit=h.unit.id if h.unit else None, holder_kind=kind,
+                holder_container=h.container, action="none",
                 result="reported")
 
     def _flapping(self, config: Config, check: Check, key: tuple[str, str]) -> None:

@@ -43,17 +43,22 @@ def propose(app: App, notes: list[str]) -> str:
             first = exc.message.splitlines()[0]
             notes.append(f"the config {app.config_path} is unusable ({first}); proposing "
                          "the default protected list")
+    from portguard.observe.containers import identifier
+
     seen = []
     unknown = 0
+    names = identifier()
     for lst in listeners():
         sock = lst.socket
         master = min(lst.processes, key=lambda p: p.start_time) if lst.processes else None
         if lst.unknown:
             unknown += 1
+        container = names.identify(lst.processes, (sock.local_port, sock.proto))
         seen.append(proposal.Seen(
             lst.unit, sock.local_address, sock.local_port, sock.proto,
             sock.family == socket.AF_INET6, master.pid if master else 0,
-            _program(master) if master else ""))
+            _program(master) if master else "",
+            f"{container}: `{container.stop_command}`" if container else ""))
     if unknown and os.geteuid() != 0:
         notes.append(f"{unknown} listener(s) of other users could not be read: run as root "
                      "to see every service")

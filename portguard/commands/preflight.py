@@ -33,8 +33,10 @@ from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import Holder, Proto, Unit
 from portguard.observe import processes, programs, sockets
+from portguard.observe.observer import PUBLISHED
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 from portguard.report.journal import Event
+from portguard.report.tables import container_text
 
 if TYPE_CHECKING:
     import argparse
@@ -159,7 +161,11 @@ class Preflight:
             verdict = conflicts.assess(intent, socks)
             keep = {id(s) for s in (*verdict.blockers, *verdict.lingering, *verdict.uncertain)}
             for holder in rep.holders:
-                if id(holder.socket) in keep:
+                # a published port has no socket to bind() against: its DNAT takes the
+                # port's connections on the addresses it covers
+                published = holder.socket.state == PUBLISHED and conflicts.overlaps(
+                    intent, holder.socket)
+                if id(holder.socket) in keep or published:
                     relevant[id(holder)] = holder
             if verdict.free and not probe_ok(intent):
                 bind_refused.add((intent.port, intent.proto))
@@ -180,6 +186,9 @@ class Preflight:
         if conflict.holder is None:  # a twin claiming the port: held while it is up
             return self._twin_up(conflict.unit)
         sock = conflict.holder.socket
+        if sock.state == PUBLISHED and conflict.container is not None:
+            from portguard.observe import containers
+            return containers.published_by(conflict.container.id, sock.local_port, sock.proto)
         current = on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)
         if conflict.kind is Kind.LINGERING:
@@ -248,6 +257,7 @@ class Preflight:
             unit=self.unit, port=conflict.port, proto=str(conflict.proto),
             holder_pid=conflict.pids[0] if conflict.pids else None,
             holder_unit=conflict.unit, holder_kind=str(conflict.kind),
+            holder_container=conflict.container,
             action=action.value, result="dry-run" if self.dry_run else "planned")
 
     def _refuse(self, service: Service, the_plan: Plan) -> ExitStatus:
@@ -259,7 +269,8 @@ class Preflight:
             self.journal.emit(Event.REFUSED, f"{self.unit} refused: {lines[-1]}",
                               unit=self.unit, port=c.port, proto=str(c.proto),
                               holder_pid=c.pids[0] if c.pids else None, holder_unit=c.unit,
-                              holder_kind=str(c.kind), action="refuse", result="blocked",
+                              holder_kind=str(c.kind), holder_container=c.container,
+                              action="refuse", result="blocked",
                               echo=False)  # the error below says the same on stderr
         raise BlockedError(f"{self.unit} cannot start: " + " | ".join(lines))
 
@@ -323,8 +334,10 @@ def distinct(steps: Iterable[Step]) -> list[Step]:
     out = []
     for step in steps:
         c = step.conflict
-        key = (c.port, c.proto, c.kind, c.unit, c.pids)
-        if c.pids or c.unit:  # sockets nobody owns (TIME_WAIT) are each their own
+        # a container is one holder however many helpers hold the port for it (docker
+        # runs a docker-proxy per address family)
+        key = (c.port, c.proto, c.kind, c.unit, c.container.id if c.container else c.pids)
+        if c.pids or c.unit or c.container:  # sockets nobody owns (TIME_WAIT): each its own
             if key in seen:
                 continue
             seen.add(key)
@@ -335,10 +348,12 @@ def distinct(steps: Iterable[Step]) -> list[Step]:
 def describe_holder(holder: Holder) -> str:
     sock = holder.socket
     if not holder.processes:
-        return f"{sock.state} socket {sock.local_address}:{sock.local_port}"
+        what = f"{sock.state} socket {sock.local_address}:{sock.local_port}"
+        return what + (f" ({container_text(holder.container)})" if holder.container else "")
     p = holder.processes[0]
     unit = f" in {holder.unit.id}" if holder.unit else " outside any unit"
-    return f"pid {p.pid} ({p.program}){unit}"
+    container = f" ({container_text(holder.container)})" if holder.container else ""
+    return f"pid {p.pid} ({p.program}){unit}{container}"
 
 
 def _uid_of(user: str) -> int | None:

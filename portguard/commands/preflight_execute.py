@@ -14,8 +14,10 @@ from portguard.config.schema import Service
 from portguard.decide.classify import Conflict, Kind
 from portguard.decide.policy import Action, Plan, Step
 from portguard.errors import BlockedError, PortguardError, TimedOutError
+from portguard.observe.cgroups import container_scope
 from portguard.observe.units import JOB_GONE, JobResult, Systemd, SystemdError
 from portguard.report.journal import Event, Journal
+from portguard.report.tables import container_text
 
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
@@ -36,13 +38,18 @@ def describe_conflict(c: Conflict) -> str:
     else:
         who = "not listening yet"
     where = f" in {c.unit}" if c.unit else ""
-    if c.holder is not None and c.holder.container:
-        where += f" (container {c.holder.container})"
+    if c.container is not None:
+        # the container's own scope (libpod-conmon-<64 hex>.scope) only repeats its id
+        own_scope = c.unit is not None and container_scope(c.unit) is not None
+        where = ("" if own_scope else where) + f" ({container_text(c.container)})"
     return f"{who}{where} [{c.kind}: {c.reason}]"
 
 
 def advice(service: Service, conflict: Conflict) -> str:
     """What a person can do about a refusal."""
+    if conflict.container is not None:  # its runtime's command, never its conmon's pid
+        return (f"Stop it ({conflict.container.stop_command}), move {service.name} to "
+                "another port, or set on_foreign: wait to wait for it.")
     if conflict.unit == "init.scope":  # PID 1 for a socket unit D-Bus could not name
         return ("Find the socket unit that listens there with `systemctl list-sockets` and "
                 f"stop it, or move {service.name} to another port.")
@@ -195,4 +202,4 @@ class Executor:
             event, f"{self.unit}: {c.port}/{c.proto}: {text}", unit=self.unit, port=c.port,
             proto=str(c.proto), holder_pid=pid if pid is not None else
             (c.pids[0] if c.pids else None), holder_unit=c.unit, holder_kind=str(c.kind),
-            action=(action or step.action).value, result=result)
+            holder_container=c.container, action=(action or step.action).value, result=result)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from portguard.decide import bind_probe, conflicts
 from portguard.model import format_ports
-from portguard.observe import processes, sockets
+from portguard.observe import container_hints, processes, sockets
 from portguard.report.journal import Event
 
 if TYPE_CHECKING:
@@ -34,6 +34,10 @@ def ports_clear(unit: str, intents: Sequence[conflicts.BindIntent],
     found = sockets.on_ports(ports)
     for intent in intents:
         if not conflicts.assess(intent, on_port(found, intent.port, intent.proto)).free:
+            return False
+    if container_hints.may_publish():
+        from portguard.observe import containers
+        if containers.publishes(ports):  # a container's port, no socket: bind() works
             return False
     return all(probe_ok(intent) for intent in intents)
 

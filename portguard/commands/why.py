@@ -201,15 +201,16 @@ def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config |
 def _holder_text(holder: Holder, sock_unit: str | None) -> tuple[str, str, str, str]:
     """PID, USER, UNIT, COMMAND columns."""
     from portguard.report.tables import endpoint
-    unit = sock_unit or (holder.unit.id if holder.unit else (holder.container or "-"))
+    unit = sock_unit or (holder.unit.id if holder.unit else "-")
+    container = f" ({holder.container})" if holder.container else ""
     if not holder.processes:
         what = holder.unknown_reason or f"({holder.socket.state}, no process)"
-        return "-", "-", unit, what
+        return "-", "-", unit, what + container
     p = holder.processes[0]
     more = f" (+{len(holder.processes) - 1})" if len(holder.processes) > 1 else ""
     sock = holder.socket
     where = endpoint(sock.local_address, sock.local_port, sock.family)
-    return f"{p.pid}{more}", p.user or str(p.uid), unit, f"{p.program} on {where}"
+    return f"{p.pid}{more}", p.user or str(p.uid), unit, f"{p.program} on {where}{container}"
 
 
 def render(answer: Answer) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from portguard.config.schema import Service
-from portguard.model import Holder, Process, ProgramId, Proto, Unit
+from portguard.model import Container, Holder, Process, ProgramId, Proto, Unit
 from portguard.observe.activation import activated_by_note, held_for
 from portguard.observe.observer import LINGERING_STATES
 
@@ -57,6 +57,11 @@ class Conflict(NamedTuple):
     @property
     def pids(self) -> tuple[int, ...]:
         return tuple(p.pid for p in self.processes)
+
+    @property
+    def container(self) -> Container | None:
+        """The container holding the port, itself or through its runtime's helper."""
+        return self.holder.container if self.holder is not None else None
 
 
 def is_outside_service(unit: Unit | None) -> bool:
@@ -132,6 +137,16 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
         return Conflict(sock.local_port, sock.proto, kind, reason, holder, unit_id, procs,
                         untouchable)
 
+    if holder.container is not None:
+        # Before self/twin/stray: a container (or the conmon serving it) stays foreign even
+        # in the unit's own cgroup or a unit listed as a duplicate, and is never signalled:
+        # only its runtime stops it cleanly.
+        c = holder.container
+        what = (f"{c.via} for" if c.via else f"{procs[0].program} in") if procs else \
+            "published by the kernel (DNAT) for"
+        found = conflict(Kind.FOREIGN, f"{what} {c.runtime} container {c.label}: a "
+                         "container, never a duplicate, whatever it runs")
+        return found._replace(untouchable=f"{c} is a container: only its runtime stops it")
     if not procs:
         if holder.unknown_reason:
             return conflict(Kind.FOREIGN, f"{holder.unknown_reason}: it cannot be told apart "
@@ -148,9 +163,6 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
         return conflict(Kind.TWIN, f"another instance of {svc.name}")
     if unit_id is not None and _glob_any(unit_id, svc.duplicates.units):
         return conflict(Kind.TWIN, f"configured as a duplicate of {svc.name}")
-    if holder.container:
-        return conflict(Kind.FOREIGN, f"{procs[0].program} in container "
-                        f"{holder.container}: never a stray, whatever it runs")
     if is_outside_service(unit) and all(
             matches_command(p, ctx.unit_programs, svc.duplicates.commands) for p in roots):
         other = [p for p in roots if ctx.unit_uid is None or p.uid != ctx.unit_uid]

@@ -109,6 +109,12 @@ def next_step(unit: str, kind: str, conflict: Conflict | None,
                     f"stop the socket unit to let it bind: `systemctl stop {socket_unit}`",
                     f"systemctl stop {socket_unit}")
     holder_unit = socket_unit or conflict.unit
+    if conflict.container is not None:  # its runtime stops it; never its conmon's pid
+        c = conflict.container
+        by = f" (through its {c.via})" if c.via else ""
+        return Step(f"{c}{by} holds it: stop the container with its runtime "
+                    f"(`{c.stop_command}`), then `{restart}`; or move {unit} to another port",
+                    f"{c.stop_command} && {restart}")
     if conflict.untouchable:
         return Step(f"{conflict.untouchable}; portguard never touches it: move {unit} to "
                     "another port or stop that holder yourself", "")

@@ -30,6 +30,7 @@ class Seen(NamedTuple):
     family_v6: bool
     pid: int  # the oldest holder (the master), 0 when unknown
     program: str  # its executable, or "" when unknown
+    container: str = ""  # the container it is or serves, with its runtime's stop command
 
 
 class Entry(NamedTuple):
@@ -85,7 +86,15 @@ def entries(seen: Iterable[Seen], protected: Sequence[str],
     for s in sorted(seen, key=lambda s: (s.unit or "", s.port, s.proto, s.address)):
         by_unit.setdefault(s.unit or f"pid {s.pid}", []).append(s)
     plain: dict[str, list[Seen]] = {}
-    for unit, items in by_unit.items():
+    for unit, all_items in by_unit.items():
+        # a container's port (its conmon, docker-proxy, or itself): its runtime's business,
+        # never a service to guard, even when the helper runs in one (docker.service)
+        for s in (s for s in all_items if s.container):
+            skipped.append(f"{unit}: {_seen_text([s])} (a container's port, never guarded: "
+                           f"{s.container})")
+        items = [s for s in all_items if not s.container]
+        if not items:
+            continue
         real = items[0].unit
         if real is not None and real.endswith(".socket"):
             targets = (activates or {}).get(real) or [real.removesuffix(".socket") + ".service"]

@@ -33,26 +33,44 @@ def unit_from_cgroup(path: str) -> str | None:
     return None
 
 
-# docker-<64 hex>.scope, libpod-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope
-_CONTAINER_SCOPE = re.compile(
-    r"(?:^|/)(docker|libpod|cri-containerd|crio|containerd)-([0-9a-f]{12,64})\.scope(?:/|$)")
+# docker-<64 hex>.scope, libpod-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope;
+# podman and CRI-O put each container's monitor in libpod-conmon-<id>.scope / crio-conmon-
+_CONTAINER_SCOPE = re.compile(r"(?:^|/)(docker|libpod|cri-containerd|crio|containerd)-"
+                              r"(conmon-)?([0-9a-f]{12,64})\.scope(?:/|$)")
 # cgroupfs driver layouts: /docker/<id>, /kubepods/.../<id>
 _CONTAINER_DIR = re.compile(r"(?:^|/)(docker|lxc)/([0-9a-f]{12,64})(?:/|$)")
 _NSPAWN = re.compile(r"(?:^|/)(?:machine-([^/]+)\.scope|systemd-nspawn@([^/]+)\.service)")
 _RUNTIME_NAMES = {"libpod": "podman", "cri-containerd": "containerd", "crio": "cri-o"}
 
 
-def container_from_cgroup(path: str) -> str | None:
-    """`docker:3f2a9c1b2d4e`, `podman:...`, `nspawn:mybox` or None."""
-    m = _CONTAINER_SCOPE.search(path) or _CONTAINER_DIR.search(path)
+def container_scope(path: str) -> tuple[str, str, bool] | None:
+    """(runtime, id as the cgroup spells it, whether it is the container's monitor).
+
+    `/machine.slice/libpod-<id>.scope` -> ("podman", id, False): the container's own
+    processes; `/machine.slice/libpod-conmon-<id>.scope` -> ("podman", id, True): its
+    conmon, which holds a published port for it. nspawn machines are named, not numbered:
+    ("nspawn", "mybox", False).
+    """
+    m = _CONTAINER_SCOPE.search(path)
     if m:
-        runtime = _RUNTIME_NAMES.get(m.group(1), m.group(1))
-        return f"{runtime}:{m.group(2)[:12]}"
+        return _RUNTIME_NAMES.get(m.group(1), m.group(1)), m.group(3), bool(m.group(2))
+    m = _CONTAINER_DIR.search(path)
+    if m:
+        return m.group(1), m.group(2), False
     m = _NSPAWN.search(path)
     if m:
         name = (m.group(1) or m.group(2)).replace("\\x2d", "-")  # systemd's escaping
-        return f"nspawn:{name}"
+        return "nspawn", name, False
     return None
+
+
+def container_from_cgroup(path: str) -> str | None:
+    """`docker:3f2a9c1b2d4e`, `podman:...`, `nspawn:mybox` or None (also for a monitor)."""
+    scope = container_scope(path)
+    if scope is None or scope[2]:
+        return None
+    runtime, ident, _ = scope
+    return f"{runtime}:{ident if runtime == 'nspawn' else ident[:12]}"
 
 
 def docker_proxy_target(cmdline: Sequence[str]) -> str | None:

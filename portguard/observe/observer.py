@@ -7,17 +7,25 @@ line and (later) preflight and the daemon are handed one, never build their own.
 from __future__ import annotations
 
 import os
+import socket as _socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from portguard.model import Holder, Process, Proto, Socket, Unit
 from portguard.observe import activation, cgroups, processes, sockets
+from portguard.observe.container_hints import may_publish
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
+
+if TYPE_CHECKING:
+    from portguard.observe import containers
 
 # States of a socket that is on its way out: no process holds it any more, or the
 # process is only draining it. They block a bind() only without SO_REUSEADDR.
 LINGERING_STATES = frozenset(
     {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING"})
+# No socket: a container's published port, forwarded by the kernel (DNAT) after the
+# runtime's helper that held it is gone (observe/containers.py, source 4).
+PUBLISHED = "PUBLISHED"
 # Sockets accepted from (or being accepted by) a listener on the same address: the
 # listener is the holder that matters; its connections are only counted.
 CHILD_STATES = frozenset({"ESTABLISHED", "SYN_RECV", "NEW_SYN_RECV"})
@@ -133,11 +141,17 @@ class Observer:
         found = sockets.on_ports(wanted, self._query)
         named = [s for s in found if _worth_naming(s, found)]
         owners = processes.find_owners(named, suspects=suspects)
+        ident = None
+        if owners.by_inode or may_publish():
+            from portguard.observe import containers
+            ident = containers.Identifier(_read_parent)  # fresh: names change, containers go
         reports = []
         for port, proto in wanted:
             mine = [s for s in found if s.local_port == port and s.proto == proto]
             holders = tuple(h for s in mine if _worth_naming(s, mine)
-                            for h in self._holders(s, owners))
+                            for h in self._holders(s, owners, ident))
+            if ident is not None:
+                holders += _published(ident, port, proto, holders)
             children = sum(1 for s in mine if not _worth_naming(s, mine))
             # A unit source only where a unit was looked up: a port with only TIME_WAIT
             # or unreadable holders asked neither D-Bus nor a cgroup.
@@ -146,7 +160,8 @@ class Observer:
                                       self.unit_lookup.source if looked_up else ""))
         return reports
 
-    def _holders(self, sock: Socket, owners: processes.Owners) -> list[Holder]:
+    def _holders(self, sock: Socket, owners: processes.Owners,
+                 ident: containers.Identifier | None) -> list[Holder]:
         """The socket and what holds it: one Holder per unit among its processes.
 
         Processes sharing a socket usually share a unit (prefork workers), not always:
@@ -178,9 +193,41 @@ class Observer:
             group.sort(key=lambda p: p.pid)
             proxy = cgroups.docker_proxy_target(group[0].cmdline)
             notes = (f"docker-proxy for container {proxy}",) if proxy else ()
-            holders.append(Holder(sock, tuple(group), unit,
-                                  cgroups.container_from_cgroup(group[0].cgroup), "", notes))
+            container = (ident.identify(group, (sock.local_port, sock.proto))
+                         if ident is not None else None)
+            holders.append(Holder(sock, tuple(group), unit, container, "", notes))
         return holders
+
+
+def _read_parent(pid: int) -> Process | None:
+    try:
+        return processes.read_process(pid)
+    except (processes.ProcessGone, PermissionError):
+        return None
+
+
+def _published(ident: containers.Identifier, port: int, proto: Proto,
+               holders: Sequence[Holder]) -> tuple[Holder, ...]:
+    """Ports a container publishes that no socket of its own holds (its helper is gone).
+
+    The kernel still forwards the port's connections to the container: a service that
+    binds it would start and never see a client. Named as a holder with no process.
+    """
+    seen = {h.container.id for h in holders if h.container is not None}
+    out = []
+    for pub, container in ident.published(port, proto):
+        if container.id in seen:
+            continue  # its conmon (or the container itself) holds the port: named already
+        seen.add(container.id)
+        family = _socket.AF_INET6 if ":" in pub.host_ip else _socket.AF_INET
+        wildcard = "::" if family == _socket.AF_INET6 else "0.0.0.0"
+        sock = Socket(proto, family, PUBLISHED, pub.host_ip or wildcard, port,
+                      pub.container_ip, pub.container_port, uid=0, inode=0)
+        note = (f"published by {container} to {pub.container_ip}:{pub.container_port} "
+                f"by the kernel (DNAT, network {pub.network}); no process holds the host "
+                "port (its runtime's helper is gone): connections go to the container")
+        out.append(Holder(sock, container=container, notes=(note,)))
+    return tuple(out)
 
 
 def _worth_naming(sock: Socket, sockets_on_port: Sequence[Socket]) -> bool:

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Mapping
 from typing import NamedTuple, TextIO
 
+from portguard.model import Container
+
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "portguard"
 SEND_TIMEOUT = 0.5  # seconds
@@ -163,6 +165,7 @@ class Journal:
         holder_pid: int | None = None,
         holder_unit: str | None = None,
         holder_kind: str | None = None,
+        holder_container: Container | None = None,
         action: str | None = None,
         result: str | None = None,
         extra: Mapping[str, str] | None = None,
@@ -176,6 +179,9 @@ class Journal:
             ("PORTGUARD_HOLDER_PID", holder_pid),
             ("PORTGUARD_HOLDER_UNIT", holder_unit),
             ("PORTGUARD_HOLDER_KIND", holder_kind),
+            # the name the administrator gave it (`podman stop web`), else its short id
+            ("PORTGUARD_HOLDER_CONTAINER", holder_container.label if holder_container
+             else None),
             ("PORTGUARD_ACTION", action),
             ("PORTGUARD_RESULT", result),
         ):

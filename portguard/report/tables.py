@@ -10,9 +10,9 @@ import socket as _socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from portguard.model import Holder, Process, Unit
+from portguard.model import Container, Holder, Process, Unit
 from portguard.observe.activation import activated_by_note
-from portguard.observe.observer import LINGERING_STATES, PortReport
+from portguard.observe.observer import LINGERING_STATES, PUBLISHED, PortReport
 
 
 def endpoint(address: str, port: int, family: int) -> str:
@@ -39,7 +39,7 @@ def holder_rows(holder: Holder, kind: str | None = None) -> list[dict[str, Any]]
         "unit": unit.id if unit else None,
         "unit_state": f"{unit.active_state}/{unit.sub_state}" if unit and unit.active_state
         else None,
-        "container": holder.container,
+        "container": container_doc(holder.container),
     }
     if unit is not None and unit.id.endswith(".socket"):
         common["activates"] = list(unit.triggers)  # PID 1 holds it for this socket unit
@@ -53,6 +53,33 @@ def holder_rows(holder: Holder, kind: str | None = None) -> list[dict[str, Any]]
             row["unknown"] = holder.unknown_reason
         return [row]
     return [{**base, **_process_fields(p), **common} for p in holder.processes]
+
+
+def container_doc(container: Container | None) -> dict[str, Any] | None:
+    """`{"runtime", "name", "id", "image", "via", "source", "stop"}`, "" for what is unknown."""
+    if container is None:
+        return None
+    return {"runtime": container.runtime, "name": container.name or None,
+            "id": container.id or None, "image": container.image or None,
+            "via": container.via or None, "source": container.source or None,
+            "stop": container.stop_command}
+
+
+def container_text(container: Container) -> str:
+    """`podman container web (94c1a2e552a2, image localhost/web:1)`."""
+    details = [d for d in (container.short_id if container.name else "",
+                           f"image {container.image}" if container.image else "") if d]
+    return f"{container.runtime} container {container.label}" + (
+        f" ({', '.join(details)})" if details else "")
+
+
+def container_note(holder: Holder) -> str:
+    """Who the container is and the runtime's own command that frees the port."""
+    c = holder.container
+    if c is None:
+        return ""
+    by = f"{c.via} for " if c.via else ""
+    return f"held by {by}{container_text(c)}: `{c.stop_command}` frees it"
 
 
 def _process_fields(proc: Process) -> dict[str, Any]:
@@ -93,17 +120,26 @@ def _command(proc: Process) -> str:
 
 def table(reports: Sequence[PortReport]) -> str:
     """The human view of `who`: one line per holder process, free ports said plainly."""
-    header = ("PORT", "STATE", "ADDRESS", "PID", "USER", "UNIT", "COMMAND")
+    header: tuple[str, ...] = ("PORT", "STATE", "ADDRESS", "PID", "USER", "UNIT", "COMMAND")
+    with_containers = any(h.container for rep in reports for h in rep.holders)
+    if with_containers:
+        header = (*header[:6], "CONTAINER", header[6])
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     for rep in reports:
         name = f"{rep.port}/{rep.proto}"
         if not rep.holders:
-            rows.append((name, "free", "", "", "", "", ""))
+            rows.append((name, "free", *[""] * (len(header) - 2)))
             continue
         for holder in rep.holders:
-            rows.extend(_holder_lines(name, holder))
+            held = _holder_lines(name, holder)
+            if with_containers:
+                label = holder.container.label if holder.container else "-"
+                held = [(*line[:6], label, line[6]) for line in held]
+            rows.extend(held)
             notes.extend(f"{name}: {n}" for n in holder.notes)
+            if holder.container:
+                notes.append(f"{name}: {container_note(holder)}")
             if holder.unit is not None and holder.unit.id.endswith(".socket"):
                 notes.append(f"{name}: {socket_note(holder.unit)}")
         if rep.connections:
@@ -133,13 +169,14 @@ def _states(rep: PortReport) -> str:
 def _holder_lines(name: str, holder: Holder) -> list[tuple[str, ...]]:
     sock = holder.socket
     addr = endpoint(sock.local_address, sock.local_port, sock.family)
-    unit = holder.unit.id if holder.unit else (holder.container or "-")
+    unit = holder.unit.id if holder.unit else "-"
     if holder.unit and holder.unit.active_state:  # known when D-Bus was asked (-v)
         unit = f"{unit} ({holder.unit.active_state})"
-    if holder.unit and holder.container:
-        unit = f"{holder.unit.id} ({holder.container})"
     if not holder.processes:
         what = holder.unknown_reason or "(no process: kernel-held)"
+        if sock.state == PUBLISHED:
+            what = "(no process: the kernel forwards it to " + endpoint(
+                sock.remote_address, sock.remote_port, sock.family) + ")"
         user = "-" if not sock.inode else str(sock.uid)  # kernel-held: no owner to name
         return [(name, sock.state, addr, "-", user, unit, what)]
     return [(name, sock.state, addr, str(p.pid), p.user or str(p.uid), unit, _command(p))

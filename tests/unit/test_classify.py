@@ -15,7 +15,7 @@ import pytest
 
 from portguard.config.schema import ALWAYS_PROTECTED, Service, loads
 from portguard.decide.classify import Conflict, Context, Kind, classify, classify_holder
-from portguard.model import FileId, Holder, Process, ProgramId, Proto, Socket, Unit
+from portguard.model import Container, FileId, Holder, Process, ProgramId, Proto, Socket, Unit
 
 CONFIG = loads("""\
 protected: ["db-*.service", "web@canary.service"]
@@ -55,7 +55,8 @@ def unit(name: str, state: str = "active") -> Unit:
 
 
 def holder(*procs: Process, unit_id: str | None = None, port: int = 8080,
-           state: str = "LISTEN", unknown: str = "", container: str | None = None) -> Holder:
+           state: str = "LISTEN", unknown: str = "", container: Container | None = None,
+           ) -> Holder:
     inode = 0 if not procs and not unknown else 55500 + port
     return Holder(sock(port, state, inode), tuple(procs),
                   unit(unit_id) if unit_id else None, container, unknown)
@@ -275,10 +276,21 @@ def test_a_program_without_exe_is_named_by_argv0() -> None:
 def test_the_program_inside_a_container_is_foreign_not_a_stray() -> None:
     cid = "3f2a9c1b7d5e"
     inside = proc(uid=WWW_DATA)  # same argv, same uid, host pid namespace
-    h = holder(inside, unit_id=f"docker-{cid}.scope", container=f"docker:{cid}")
+    h = holder(inside, unit_id=f"docker-{cid}.scope", container=Container("docker", cid, "web"))
     c = classify_holder(context(), h)
     assert c.kind is Kind.FOREIGN
-    assert f"container docker:{cid}" in c.reason
+    assert "docker container web: a container, never a duplicate" in c.reason
+    assert c.untouchable  # never signalled, whatever the policy
+
+
+def test_a_container_in_the_units_own_cgroup_is_still_foreign() -> None:
+    """conmon of a podman container run by the unit itself (quadlet): not a remnant."""
+    conmon = proc(argv=("/usr/bin/conmon", "-c", "ab" * 32, "-n", "web"))
+    c = classify_holder(context(), holder(conmon, unit_id=UNIT,
+                                          container=Container("podman", "ab" * 32, "web",
+                                                              via="conmon")))
+    assert c.kind is Kind.FOREIGN and c.untouchable
+    assert c.reason.startswith("conmon for podman container web: a container")
 
 
 # -- holders portguard cannot see, and sockets nobody holds ----------------------------

@@ -309,7 +309,9 @@ def test_containers_and_docker_proxy_are_named(world: World) -> None:
         "-container-ip", "172.17.0.2", "-container-port", "443"))
     world.units = {20: Unit(f"docker-{cid}.scope"), 21: Unit("docker.service")}
     r8080, r8443 = world.who((8080, TCP), (8443, TCP))
-    assert report.port_doc(r8080)["holders"][0]["container"] == "docker:3f2a9c1b2d4e"
+    doc = report.port_doc(r8080)["holders"][0]["container"]
+    assert (doc["runtime"], doc["id"], doc["stop"]) == ("docker", cid, f"docker stop {cid[:12]}")
+    assert report.port_doc(r8443)["holders"][0]["container"]["via"] == "docker-proxy"
     assert report.port_doc(r8443)["holders"][0]["notes"] == [
         "docker-proxy for container 172.17.0.2:443/tcp"]
     assert "8443/tcp: docker-proxy for container 172.17.0.2:443/tcp" in report.table([r8443])

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from portguard.model import Holder, Process, Proto, Socket, Unit
+from portguard.model import Container, Holder, Process, Proto, Socket, Unit
 from portguard.observe.observer import PortReport
 from portguard.report import tables as report
 
@@ -115,11 +115,14 @@ def test_port_doc_free_when_only_lingering() -> None:
 
 def test_port_doc_extras() -> None:
     six = Holder(listen(addr="::", family=AF_INET6, v6only=False), (proc(),),
-                 Unit("x.service"), "docker:3f2a9c1b2d4e", "", ("a note",))
+                 Unit("x.service"), Container("docker", "3f2a9c1b2d4e" * 5, "web", "nginx:1",
+                                              "", "config.v2.json"), "", ("a note",))
     doc = report.port_doc(held(six, connections=4, source="cgroup"))
     [row] = doc["holders"]
     assert (row["address"], row["family"], row["v6only"]) == ("::", "ipv6", False)
-    assert row["container"] == "docker:3f2a9c1b2d4e"
+    assert row["container"] == {"runtime": "docker", "name": "web", "id": "3f2a9c1b2d4e" * 5,
+                                "image": "nginx:1", "via": None, "source": "config.v2.json",
+                                "stop": "docker stop web"}
     assert row["notes"] == ["a note"]
     assert row["unit_state"] is None  # a unit known only by name
     assert doc["connections"] == 4
@@ -167,11 +170,32 @@ def test_table_brackets_ipv6_and_marks_no_unit() -> None:
 
 
 def test_table_shows_a_container_with_or_without_a_unit() -> None:
-    in_unit = Holder(listen(inode=1), (proc(1),), Unit("docker-abc.scope"), "docker:3f2a9c1b2d4e")
-    bare = Holder(listen(inode=2), (proc(2),), None, "podman:aaaaaaaaaaaa")
-    text = report.table([held(in_unit, bare)])
-    assert "docker-abc.scope (docker:3f2a9c1b2d4e)" in lines(text)[1]
-    assert lines(text)[2].split()[5] == "podman:aaaaaaaaaaaa"
+    cid = "3f2a9c1b2d4e" + "0" * 52
+    in_unit = Holder(listen(inode=1), (proc(1),), Unit("libpod-conmon-abc.scope"),
+                     Container("podman", cid, "web", "localhost/web:1", "conmon"))
+    bare = Holder(listen(inode=2), (proc(2),), None, Container("podman", "a" * 64))
+    plain = Holder(listen(inode=3), (proc(3),), WEB)
+    text = report.table([held(in_unit, bare, plain)])
+    header, first, second, third = lines(text)[:4]
+    assert header.split() == ["PORT", "STATE", "ADDRESS", "PID", "USER", "UNIT", "CONTAINER",
+                              "COMMAND"]
+    assert first.split()[5:7] == ["libpod-conmon-abc.scope", "web"]
+    assert second.split()[5:7] == ["-", "aaaaaaaaaaaa"]  # no name known: the short id
+    assert third.split()[5:7] == ["web@blue.service", "(active)"]
+    assert third.split()[7] == "-"
+    assert ("note: 8080/tcp: held by conmon for podman container web (3f2a9c1b2d4e, image "
+            "localhost/web:1): `podman stop web` frees it") in text.splitlines()
+    assert "note: 8080/tcp: held by podman container aaaaaaaaaaaa: `podman stop aaaaaaaaaaaa` " \
+        "frees it" in text.splitlines()
+
+
+def test_table_names_a_published_port_no_process_holds() -> None:
+    sock = listen(inode=0, state="PUBLISHED", remote=("10.88.0.2", 8080), uid=0)
+    text = report.table([held(Holder(sock, container=Container("podman", "b" * 64, "web")))])
+    row = lines(text)[1]
+    assert row.split()[:2] == ["8080/tcp", "PUBLISHED"]
+    assert row.split()[3:7] == ["-", "-", "-", "web"]
+    assert row.endswith("(no process: the kernel forwards it to 10.88.0.2:8080)")
 
 
 def test_table_every_worker_gets_a_row() -> None:
