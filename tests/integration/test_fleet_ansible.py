@@ -3,28 +3,40 @@ a real systemd 252 (the sandbox), with a local connection that runs inside it.
 
 ansible-playbook runs in the sandbox's namespaces (`sb.run`), so `-c local` manages the
 sandbox: its /etc/portguard, /etc/systemd/system and systemd. Its HOME (~/.ansible) is the
-sandbox's private /tmp. portguard is this checkout's (`portguard_package_source: none`,
-`portguard_bin` the venv's console script); the .deb path of the role is covered by
-test_fleet_deb.py. Each test's config is /etc/portguard/<uid>.yaml and its daemon the
-shipped unit under the name pgd-<uid>.service (cases.Case), so the role is pointed at
-those with its variables, as a user would point it at theirs.
+sandbox's private /tmp. In the first two tests portguard is this checkout's
+(`portguard_package_source: none`, `portguard_bin` the venv's console script); each
+test's config is /etc/portguard/<uid>.yaml and its daemon the shipped unit under the name
+pgd-<uid>.service (cases.Case), so the role is pointed at those with its variables, as a
+user would point it at theirs.
 
 What a user sees is asserted: the play recap (ok/changed/failed), the files, `systemctl
 cat`, `is-active`/`is-enabled`, check-config's verdict, the daemon's journal (reloaded or
 not), and, for the drop-in, that a guarded unit starts although a stray copy held its port.
+
+The last test is what a new user does: the collection built with ansible-galaxy and
+installed, and packaging/ansible/README.md's playbook run as it is written, with the .deb
+(scripts/build-deb), in an isolated Debian root (debroot.py) where portguard was never
+installed: apt installs it, the shipped portguard.service runs.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 from cases import RELOADED, SIGNAL, Case
-from sandbox import REPO, Sandbox, listener_exec
+from conftest import require_sandbox
+from debroot import PKG_DIR, PrepareFailed, booted_root, build_deb
+from sandbox import REPO, Sandbox, SandboxError, listener_exec
 
-ROLES = REPO / "packaging" / "ansible" / "roles"
+ANSIBLE = REPO / "packaging" / "ansible"
+ROLES = ANSIBLE / "roles"
 PORTGUARD_BIN = str(REPO / ".venv" / "bin" / "portguard")
 PLAY = """\
 - hosts: localhost
@@ -41,8 +53,9 @@ def playbook(sb: Sandbox, uid: str, variables: dict[str, Any], *args: str,
     """ansible-playbook -c local inside the sandbox with these extra vars; its result and
     the recap's counters (ok, changed, failed, ...)."""
     home = f"/tmp/ansible-{uid}"
-    sb.write_file(f"{home}/play.yml", play)
-    sb.write_file(f"{home}/vars.json", json.dumps(variables))
+    sb.run(["mkdir", "-p", home], check=True)
+    for name, text in (("play.yml", play), ("vars.json", json.dumps(variables))):
+        sb.run(["sh", "-c", 'cat > "$1"', "put", f"{home}/{name}"], input=text, check=True)
     done = sb.run(["ansible-playbook", "-c", "local", "-i", "localhost,",
                    "-e", f"@{home}/vars.json", *args, f"{home}/play.yml"], timeout=120,
                   env={"HOME": home, "ANSIBLE_ROLES_PATH": str(ROLES),
@@ -157,3 +170,76 @@ def test_check_diff_a_refused_config_and_a_change_that_reloads_the_daemon(
     case.daemon_record(RELOADED)
     assert case.main_pid(case.daemon) == daemon_pid  # SIGHUP, not a restart
     assert case.status_text().startswith("watching 2 services"), case.status_text()
+
+
+def readme_playbook() -> str:
+    text = (ANSIBLE / "README.md").read_text()
+    found = re.search(r"<!-- playbook -->\n```yaml\n(.*?)```\n<!-- /playbook -->", text, re.S)
+    assert found, "packaging/ansible/README.md has no marked playbook"
+    return found.group(1)
+
+
+def test_the_readme_playbook_installs_the_deb_with_the_collection(
+        tmp_path: Path, uid: str) -> None:
+    require_sandbox()
+    try:
+        deb = build_deb()
+    except SandboxError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    built = subprocess.run(["ansible-galaxy", "collection", "build", str(ANSIBLE),
+                            "--output-path", str(tmp_path)], capture_output=True, text=True,
+                           check=False, timeout=120)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (tarball,) = tmp_path.glob("portguard-portguard-*.tar.gz")
+    try:
+        with booted_root(deb) as sb:
+            readme_playbook_in_a_bare_root(sb, uid, deb, tarball)
+    except PrepareFailed as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {exc}", pytrace=False)
+        pytest.skip(str(exc))
+
+
+def readme_playbook_in_a_bare_root(sb: Sandbox, uid: str, deb: Path, tarball: Path) -> None:
+    home = f"/tmp/ansible-{uid}"
+    assert sb.run(["test", "-e", "/usr/bin/portguard"]).returncode == 1  # never installed
+    sb.run(["sh", "-c", 'mkdir -p "$1" && base64 -d > "$1/c.tar.gz"', "put", home],
+           input=base64.b64encode(tarball.read_bytes()).decode(), check=True)
+    got = sb.run(["ansible-galaxy", "collection", "install", f"{home}/c.tar.gz", "-p",
+                  f"{home}/collections"], env={"HOME": home}, timeout=120)
+    assert got.returncode == 0, got.stdout + got.stderr
+    web = f"web-{uid}.service"
+    sb.write_unit(web, "[Service]\nExecStart=/usr/bin/python3 -m http.server 8080\n")
+    sb.run(["mkdir", "-p", "/var/lib/prometheus/node-exporter"], check=True)
+    variables = {"portguard_deb": f"{PKG_DIR}/{deb.name}", "ansible_become": False,
+                 "portguard_services": {web: {"ports": ["8080"]}}}
+    env = {"ANSIBLE_COLLECTIONS_PATH": f"{home}/collections"}
+
+    # --check --diff on the bare host: says what it would do, does nothing
+    checked, recap = playbook(sb, uid, variables, "--check", "--diff", play=readme_playbook(),
+                              env=env)
+    assert checked.returncode == 0 and recap["failed"] == 0, checked.stdout
+    assert recap["changed"] >= 4, checked.stdout  # dir, .deb, config, drop-in
+    assert "+    - '8080'\n" in checked.stdout, checked.stdout
+    assert sb.run(["dpkg-query", "-W", "portguard"]).returncode == 1
+    assert sb.run(["test", "-e", "/etc/portguard/config.yaml"]).returncode == 1
+
+    done, recap = playbook(sb, uid, variables, play=readme_playbook(), env=env)
+    assert done.returncode == 0 and recap["failed"] == 0, done.stdout + done.stderr
+    status = sb.run(["dpkg-query", "-W", "-f=${Status} ${Version}", "portguard"]).stdout
+    assert status.startswith("install ok installed "), status
+    assert sb.run(["/usr/bin/portguard", "--version"]).stdout.split()[0] == "portguard"
+    assert sb.read_file("/etc/portguard/config.yaml").startswith("# Ansible managed")
+    checked = sb.run(["/usr/bin/portguard", "check-config"])
+    assert checked.stdout.strip() == "OK: /etc/portguard/config.yaml", checked
+    assert "ExecStartPre=+/usr/bin/portguard preflight %n" in sb.systemctl("cat", web).stdout
+    assert sb.systemctl("is-enabled", "portguard.service").stdout.strip() == "enabled"
+    sb.wait_unit_state("portguard.service", "active")
+    sb.wait_for(lambda: "portguard_services 1\n" in sb.run(
+        ["cat", "/var/lib/prometheus/node-exporter/portguard.prom"]).stdout, 10,
+        "the daemon's metrics file")
+    assert sb.systemctl("start", web).returncode == 0  # its preflight passes
+    sb.wait_listening(8080)
+
+    again, recap = playbook(sb, uid, variables, play=readme_playbook(), env=env)
+    assert again.returncode == 0 and recap["changed"] == 0, again.stdout
