@@ -172,6 +172,29 @@ def test_check_diff_a_refused_config_and_a_change_that_reloads_the_daemon(
     assert case.status_text().startswith("watching 2 services"), case.status_text()
 
 
+def test_ansible_galaxy_installs_it_as_a_role(tmp_path: Path) -> None:
+    """The plain-role way (packaging/ansible/README.md): a tarball of roles/portguard and
+    a requirements file; no sandbox needed, everything stays in tmp_path."""
+    subprocess.run(["tar", "czf", str(tmp_path / "portguard.tar.gz"), "-C", str(ROLES),
+                    "portguard"], check=True)
+    (tmp_path / "requirements.yml").write_text("- src: ./portguard.tar.gz\n  name: portguard\n")
+    (tmp_path / "play.yml").write_text(PLAY)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_ROLES_PATH": str(tmp_path / "roles")}
+
+    def run(*argv: str) -> str:
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              check=False, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "portguard was installed successfully" in run(
+        "ansible-galaxy", "role", "install", "-p", "roles", "-r", "requirements.yml")
+    assert "- portguard, (unknown version)" in run("ansible-galaxy", "role", "list")
+    assert run("ansible-playbook", "--syntax-check", "-i", "localhost,", "play.yml").strip() \
+        == "playbook: play.yml"
+
+
 def readme_playbook() -> str:
     text = (ANSIBLE / "README.md").read_text()
     found = re.search(r"<!-- playbook -->\n```yaml\n(.*?)```\n<!-- /playbook -->", text, re.S)
