@@ -16,7 +16,8 @@ not), and, for the drop-in, that a guarded unit starts although a stray copy hel
 The last test is what a new user does: the collection built with ansible-galaxy and
 installed, and packaging/ansible/README.md's playbook run as it is written, with the .deb
 (scripts/build-deb), in an isolated Debian root (debroot.py) where portguard was never
-installed: apt installs it, the shipped portguard.service runs.
+installed: apt installs it, the shipped portguard.service runs; then, purged, the same
+package comes from an apt repository (`portguard_apt_repository`, a file: repository).
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def readme_playbook() -> str:
     return found.group(1)
 
 
-def test_the_readme_playbook_installs_the_deb_with_the_collection(
+def test_the_readme_playbook_installs_the_deb_then_from_a_repository(
         tmp_path: Path, uid: str) -> None:
     require_sandbox()
     try:
@@ -266,3 +267,24 @@ def readme_playbook_in_a_bare_root(sb: Sandbox, uid: str, deb: Path, tarball: Pa
 
     again, recap = playbook(sb, uid, variables, play=readme_playbook(), env=env)
     assert again.returncode == 0 and recap["changed"] == 0, again.stdout
+    from_a_repository(sb, uid, deb, {**variables, "portguard_deb": ""}, env)
+
+
+def from_a_repository(sb: Sandbox, uid: str, deb: Path, variables: dict[str, Any],
+                      env: dict[str, str]) -> None:
+    """portguard_apt_repository: the same package, purged first, from an apt repository
+    (a flat file: repository in the root, the only source: the root has no network)."""
+    sb.run(["sh", "-c", 'dpkg --purge portguard && mkdir -p /srv/pgrepo && cp "$1" /srv/pgrepo/'
+            " && cd /srv/pgrepo && dpkg-scanpackages . > Packages"
+            " && rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*", "repo",
+            f"{PKG_DIR}/{deb.name}"], check=True)
+    assert sb.run(["test", "-e", "/usr/bin/portguard"]).returncode == 1
+    source = "deb [trusted=yes] file:/srv/pgrepo ./"
+    done, recap = playbook(sb, uid, {**variables, "portguard_apt_repository": source},
+                           play=readme_playbook(), env=env)
+    assert done.returncode == 0 and recap["failed"] == 0, done.stdout
+    assert sb.read_file("/etc/apt/sources.list.d/portguard.list").strip() == source
+    policy = sb.run(["apt-cache", "policy", "portguard"]).stdout
+    assert "Installed: 0" in policy and "file:/srv/pgrepo ./ Packages" in policy, policy
+    assert sb.run(["/usr/bin/portguard", "check-config"]).returncode == 0
+    sb.wait_unit_state("portguard.service", "active")
