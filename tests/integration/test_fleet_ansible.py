@@ -60,6 +60,9 @@ def playbook(sb: Sandbox, uid: str, variables: dict[str, Any], *args: str,
     done = sb.run(["ansible-playbook", "-c", "local", "-i", "localhost,",
                    "-e", f"@{home}/vars.json", *args, f"{home}/play.yml"], timeout=120,
                   env={"HOME": home, "ANSIBLE_ROLES_PATH": str(ROLES),
+                       # not the host's /root/.ansible; and a directory others can write,
+                       # as a remote user's ~/.ansible/tmp is to root under `become`
+                       "ANSIBLE_REMOTE_TMP": f"{home}/remote-tmp",
                        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0",
                        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
                        "ANSIBLE_LOCALHOST_WARNING": "0", **(env or {})})
