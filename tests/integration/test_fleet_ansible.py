@@ -215,7 +215,7 @@ def test_the_readme_playbook_installs_the_deb_then_from_a_repository(
         pytest.fail(str(exc), pytrace=False)
     built = subprocess.run(["ansible-galaxy", "collection", "build", str(ANSIBLE),
                             "--output-path", str(tmp_path)], capture_output=True, text=True,
-                           check=False, timeout=120)
+                           check=False, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
     assert built.returncode == 0, built.stdout + built.stderr
     (tarball,) = tmp_path.glob("portguard-portguard-*.tar.gz")
     try:
