@@ -155,13 +155,20 @@ def test_check_diff_a_refused_config_and_a_change_that_reloads_the_daemon(
     assert sb.read_file(case.cfg) == installed
     assert sb.run(["test", "-e", later_dropin]).returncode == 1
 
-    # a config the role renders wrong: refused by validate (check-config), old one kept
+    # a config the role renders wrong: --check already says so (check-config runs on a
+    # private copy); for real, validate (check-config) refuses it; the old one stays
     wrong = unit_vars(case, {web: {"ports": [str(port)], "policy": "stopp"}},
                       portguard_daemon_enabled=True)
+    checked, recap = playbook(sb, uid, wrong, "--check")
+    assert checked.returncode == 2 and recap["failed"] == 1, checked.stdout
+    assert "(check mode) portguard check-config" in checked.stdout
+    assert "policy" in checked.stdout and "stopp" in checked.stdout, checked.stdout
+    assert sb.run(["sh", "-c", "ls -d /run/portguard-check.*"]).returncode != 0  # removed
     refused, recap = playbook(sb, uid, wrong)
     assert refused.returncode == 2 and recap["failed"] == 1, refused.stdout
     assert "failed to validate" in refused.stdout, refused.stdout
     assert "policy" in refused.stdout and "stopp" in refused.stdout, refused.stdout
+    assert sb.run(["sh", "-c", "ls -d /run/portguard-validate.*"]).returncode != 0
     assert sb.read_file(case.cfg) == installed
     assert not case.records(f"MESSAGE_ID={RELOADED}")
 
