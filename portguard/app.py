@@ -25,11 +25,16 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG_FILE = "/etc/portguard/config.yaml"
 
 
-def default_config_path() -> Path:
+def default_config_file() -> str:
     """$PORTGUARD_CONFIG when set and non-empty, else /etc/portguard/config.yaml."""
+    return os.environ.get("PORTGUARD_CONFIG", "") or DEFAULT_CONFIG_FILE
+
+
+def default_config_path() -> Path:
+    """default_config_file() as a Path."""
     from pathlib import Path  # not at import time: `who` never needs it (~4 ms)
 
-    return Path(os.environ.get("PORTGUARD_CONFIG", "") or DEFAULT_CONFIG_FILE)
+    return Path(default_config_file())
 
 
 def _connect_systemd() -> Systemd:
@@ -58,15 +63,18 @@ class App:
         if self._observer is None:
             from portguard.observe.observer import Observer, UnitLookup
             connect = self.connect_systemd if self.unit_states else None
-            self._observer = Observer(UnitLookup(connect))
+            self._observer = Observer(UnitLookup(connect, self.connect_systemd))
         return self._observer
 
     @property
     def config(self) -> Config:
         """The validated config, loaded on first use (commands like `who` need none)."""
         if self._config is None:
-            from portguard.config.schema import load
-            self._config = load(self.config_path)
+            from portguard.config import compiled
+            from portguard.config.schema import load_source
+            path = self.config_path
+            self._config, source = load_source(path)
+            compiled.store(str(path), source, self._config)  # for the next guarded start
         return self._config
 
     def close(self) -> None:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -16,50 +15,61 @@ from portguard.errors import ExitStatus, PortguardError, UsageError
 from portguard.report.output import Output
 
 if TYPE_CHECKING:
-    pass
+    import argparse
 
-
-
-Handler = Callable[[argparse.Namespace, App, Output], ExitStatus]
+    Handler = Callable[[argparse.Namespace, App, Output], ExitStatus]
 
 
 def _handler(name: str) -> Handler:
     """`module:function` in portguard.commands, imported only for the command that runs:
     `who` on a free port must not pay for YAML, D-Bus or dataclasses."""
-    import importlib
     module, function = name.split(":")
-    found: Handler = getattr(importlib.import_module(f"portguard.commands.{module}"), function)
+    # __import__, not importlib.import_module: only the former shows in `-X importtime`.
+    found: Handler = getattr(__import__(f"portguard.commands.{module}", fromlist=[function]),
+                             function)
     return found
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter, sized without `shutil` (argparse imports it for every parse,
-    ~3 ms, even when no help is printed)."""
-
-    def __init__(self, prog: str, **kwargs: Any) -> None:
-        import os
-        try:
-            columns = os.get_terminal_size(sys.stdout.fileno()).columns
-        except (OSError, ValueError):
-            columns = int(os.environ.get("COLUMNS", "80") or 80)
-        kwargs.setdefault("width", max(40, columns - 2))
-        super().__init__(prog, **kwargs)
+_PARSER_TYPE: type[argparse.ArgumentParser] | None = None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so main() stays the only exit point."""
+def _parser_type() -> type[argparse.ArgumentParser]:
+    """argparse's parser, made to raise instead of exiting so main() stays the only exit
+    point. Built on first use: a guarded start on free ports never parses (argparse and
+    what it imports cost more than the rest of that start)."""
+    global _PARSER_TYPE  # noqa: PLW0603 -- built once per process
+    if _PARSER_TYPE is not None:
+        return _PARSER_TYPE
+    import argparse
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
+    class Formatter(argparse.HelpFormatter):
+        """argparse's formatter, sized without `shutil` (argparse imports it for every
+        parse, ~3 ms, even when no help is printed)."""
 
-    def error(self, message: str) -> Any:  # argparse calls this on bad usage
-        raise UsageError(f"{self.prog}: {message}\nTry '{self.prog} --help'.")
+        def __init__(self, prog: str, **kwargs: Any) -> None:
+            import os
+            try:
+                columns = os.get_terminal_size(sys.stdout.fileno()).columns
+            except (OSError, ValueError):
+                columns = int(os.environ.get("COLUMNS", "80") or 80)
+            kwargs.setdefault("width", max(40, columns - 2))
+            super().__init__(prog, **kwargs)
 
-    def exit(self, status: int = 0, message: str | None = None) -> Any:
-        if message:
-            sys.stderr.write(message)
-        raise _HelpExit(status)
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", Formatter)
+            super().__init__(*args, **kwargs)
+
+        def error(self, message: str) -> Any:  # argparse calls this on bad usage
+            raise UsageError(f"{self.prog}: {message}\nTry '{self.prog} --help'.")
+
+        def exit(self, status: int = 0, message: str | None = None) -> Any:
+            if message:
+                sys.stderr.write(message)
+            raise _HelpExit(status)
+
+    _PARSER_TYPE = Parser
+    return Parser
 
 
 class _HelpExit(Exception):
@@ -69,7 +79,8 @@ class _HelpExit(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser_type = _parser_type()
+    parser = parser_type(
         prog="portguard",
         description="Keep systemd services from failing with 'bind: Address already in use'.",
     )
@@ -82,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="count", default=0, help="say more")
     noise.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_type)
     commands.required = True
 
     check = commands.add_parser(
@@ -127,6 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     daemon.set_defaults(handler="daemon:run")
 
+    why = commands.add_parser(
+        "why", help="why UNIT failed to bind: the journal's words, who holds it now, the fix",
+        description="Read UNIT's recent runs in the journal (newest first), find the bind "
+        "failure in the daemon's own words, and say for each port who holds it now, what "
+        "kind of holder that is for UNIT, and the command that fixes it. Needs no config. "
+        "Exit 0 a bind failure was found and its ports are free now, 1 a port is still "
+        "held (or unknown), 3 the journal shows no bind failure.",
+    )
+    why.add_argument("unit", metavar="UNIT", help="the unit that failed, e.g. nginx.service "
+                     "or web@blue.service")
+    why.set_defaults(handler="why:run")
+
+    discover = commands.add_parser(
+        "discover", help="propose a config from the services listening now",
+        description="List every service unit that listens now (instances grouped under "
+        "their template), with its ports as it binds them, as commented YAML that "
+        "check-config accepts. Units portguard should not guard (PID 1, portguard, "
+        "protected ones, systemd's own) appear as comments.",
+    )
+    discover.add_argument("--write", metavar="PATH",
+                          help="write the config to PATH (atomically, mode 0644); refuses "
+                          "to overwrite an existing file")
+    discover.set_defaults(handler="discover:run")
+
     for name, verb in (("install", "add"), ("uninstall", "remove")):
         sub = commands.add_parser(
             name, help=f"{verb} the drop-in that runs preflight as UNIT's ExecStartPre=",
@@ -143,6 +178,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     """Run one command and return its exit status; the one place errors become statuses."""
     out_stream = stdout if stdout is not None else sys.stdout
     err_stream = stderr if stderr is not None else sys.stderr
+    words = list(argv) if argv is not None else sys.argv[1:]
+    # the drop-in's exact form (`portguard preflight %n`) tries the fast path first
+    if (len(words) == 2 and words[0] == "preflight" and not words[1].startswith("-")
+            and _preflight_fast(words[1], err_stream)):
+        return int(ExitStatus.OK)
     parser = build_parser()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
@@ -178,6 +218,21 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         return int(ExitStatus.BLOCKED)
     finally:
         app.close()
+
+
+def _preflight_fast(unit: str, err_stream: TextIO) -> bool:
+    """True when the compiled config showed every port of `unit` free (and said so); False
+    sends the run the whole way, which decides again from the YAML."""
+    from portguard.app import default_config_file
+    from portguard.commands.preflight_fast import attempt
+    from portguard.report.journal import Journal
+    journal = Journal(echo=None, verbose=False, stream=err_stream)
+    try:
+        return attempt(default_config_file(), unit, journal)
+    except (OSError, PortguardError):
+        return False  # e.g. EMFILE: the whole way reports it properly
+    finally:
+        journal.close()
 
 
 def _silence_stdout() -> None:

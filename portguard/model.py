@@ -68,6 +68,27 @@ class Socket(NamedTuple):
     cgroup_id: int | None = None  # cgroup v2 id the socket was created in, if known
 
 
+class FileId(NamedTuple):
+    """A file's identity whatever its name: (st_dev, st_ino), symlinks followed."""
+
+    dev: int
+    ino: int
+
+
+class ProgramId(NamedTuple):
+    """What a process or an ExecStart= line runs (observe/programs.py says how it is read).
+
+    `exe` is the executable file; an interpreter's program is the `target` script or jar
+    (None: unreadable) or the `module`; a multi-call binary's is its `applet`.
+    """
+
+    exe: FileId
+    target: FileId | None = None
+    module: str = ""
+    applet: str = ""
+    interpreted: bool = False
+
+
 INTERPRETERS = ("python", "perl", "ruby", "node", "java", "php", "bash", "sh", "dash")
 
 
@@ -84,13 +105,15 @@ class Process(NamedTuple):
     cgroup: str = ""  # unified-hierarchy path, e.g. /system.slice/web@blue.service
     fds: tuple[int, ...] = ()  # the fds through which it holds the socket in question
     pid_namespace: int = 0  # inode of /proc/PID/ns/pid, 0 when unknown
+    program_id: ProgramId | None = None  # what it runs, by file identity; None: unknown
+    name: str = ""  # the program's name as its administrator knows it (redis-server)
 
     @property
     def program(self) -> str:
         """A short name for messages: the executable, and the script an interpreter runs
         (`python3.11 app.py`), since the interpreter alone names nothing."""
         path = self.exe or (self.cmdline[0] if self.cmdline else "")
-        name = path.rsplit("/", 1)[-1] or f"pid {self.pid}"
+        name = self.name or path.rsplit("/", 1)[-1] or f"pid {self.pid}"
         if name.startswith(INTERPRETERS):
             script = next((a for a in self.cmdline[1:] if not a.startswith("-")), "")
             if script:
@@ -119,6 +142,8 @@ class Unit(NamedTuple):
     exec_start: tuple[tuple[str, ...], ...] = ()  # argv of each ExecStart= line
     user: str = ""
     from_dbus: bool = True  # False: inferred from /proc/PID/cgroup only
+    triggers: tuple[str, ...] = ()  # units it activates (a .socket's service), Triggers=
+    listen: tuple[tuple[str, str], ...] = ()  # a .socket's Listen: ("Stream", "[::]:22")
 
 
 class Holder(NamedTuple):

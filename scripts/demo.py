@@ -13,6 +13,8 @@ turn:
     3. stray      a copy of webd started by hand (in a tmux, say) holds 8080
     4. foreign    prometheus-pushgateway holds metrics-gateway's 9091
     5. lingering  TIME_WAIT after a fast restart: web (SO_REUSEADDR) and api (without)
+    6. why        metrics-gateway, unguarded, really fails to bind; `portguard why` names
+                  the holder and the fix, then says the port is free once it is
 
 Each scene shows who holds the port (`portguard who`), what portguard decided and why,
 its journal records and how the unit ended up. The demo checks every outcome and exits 1
@@ -26,8 +28,8 @@ config, and exits 0.
 Colour only when stdout is a terminal (and NO_COLOR is unset).
 
 This file is the entry point and the host-side fallback; the story lives beside it:
-demo_story.py (the sandbox, the services, setup), demo_scenes.py (the five scenes) and
-demo_output.py (how it all prints).
+demo_story.py (the sandbox, the services, setup), demo_scenes.py (the five scenes),
+demo_why.py (the sixth) and demo_output.py (how it all prints).
 """
 
 from __future__ import annotations

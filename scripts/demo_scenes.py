@@ -25,6 +25,7 @@ from demo_story import (
     expect,
     setup,
 )
+from demo_why import scene_why
 
 
 def scene_remnant(st: Story) -> str:
@@ -137,14 +138,15 @@ SCENES: list[tuple[str, str, Callable[[Story], str]]] = [
     ("stray", "A copy of webd left running by hand holds 8080", scene_stray),
     ("foreign", "Another program holds metrics-gateway's port 9091", scene_foreign),
     ("lingering", "TIME_WAIT after a fast restart", scene_lingering),
+    ("why", "After the fact: a unit that failed to bind, explained", scene_why),
 ]
 
 
 def run_story(sandbox_mod: ModuleType) -> int:
     t0 = time.monotonic()
     results: list[tuple[str, str, bool, str]] = []
-    out(S.bold("portguard demo: five ways a port is taken, and what portguard does about "
-               "each"))
+    out(S.bold("portguard demo: five ways a port is taken, what portguard does about each, "
+               "and `portguard why` after a failure"))
     out()
     with sandbox_mod.Sandbox() as sb:
         st = Story(sb, sandbox_mod)

@@ -13,11 +13,14 @@ from benchlib.timing import GAP, TIMED_ENV, fmt, median_ms, summary
 
 from preflightlib.scenario import Outcome
 from preflightlib.scene import (
+    BARE_START,
     CONFIG,
     FAST,
     FUSER,
     FUSER3,
     FUSER_PORT,
+    FUSER_START,
+    GUARD_START,
     OTHER,
     PY,
     SLOW,
@@ -42,18 +45,27 @@ def verdict(o: Outcome) -> list[str]:
     cfast, cpy, cfu = (median_ms(t, k, "cpu") for k in (FAST, PY, FUSER))
     twin, unconf, slow, venv = (median_ms(t, k) for k in (TWIN, UNCONF, SLOWC, VENV))
     proofs_ok = all(p.ok for p in o.proofs)
+    bare, guard, fstart = (median_ms(t, k) for k in (BARE_START, GUARD_START, FUSER_START))
+    added, fuser_added = guard - bare, fstart - bare
     if fu >= fast:
         vs_fuser = f"**{fu / fast:.1f}x faster** (by CPU time {cfu / cfast:.1f}x)"
     else:
         vs_fuser = f"**{fast / fu:.1f}x slower** (by CPU time {cfast / cfu:.1f}x)"
     return [
+        f"- **What the guard adds to a unit's start** (`systemctl start` of a oneshot, "
+        f"{fmt(bare)} ms bare): **{added:+.1f} ms** with portguard's drop-in line "
+        f"= **{added / py:.2f}x** `python3 -c pass` (target <= 3x: "
+        + ("met" if added <= 3 * py else "**not met**")
+        + f"); the fuser idiom adds {fuser_added:+.1f} ms.",
         f"- **Fast path** (`preflight {SVC}`, 3 free ports): **{fmt(fast)} ms** median, "
         f"**{fast / py:.2f}x** `python3 -c pass` ({fmt(py)} ms; by CPU time "
         f"{cfast / cpy:.2f}x) and {fast / venv:.2f}x the venv's `python -c pass`.",
         f"- Against the idiom it replaces: `fuser -k -n tcp {FUSER_PORT}` takes "
         f"{fmt(fu)} ms on this load ({fmt(fu3)} ms for the 3 ports): the fast path is "
-        f"{vs_fuser}, and it also checks the ports as bind() would, journals, and kills "
-        "nothing. On a free port fuser only reads /proc/net/tcp and tcp6 (every TCP socket "
+        f"{vs_fuser} (target on the L host: >= 5x faster: "
+        + ("met" if fu >= 5 * fast else "**not met**")
+        + "), and it also checks the ports as bind() would, journals, and kills nothing. "
+        "On a free port fuser only reads /proc/net/tcp and tcp6 (every TCP socket "
         f"on the host, {o.counts['tcp'] + o.counts['tw']:,} here), finds no inode and exits "
         "1 without looking at a process; on a held port it also reads every process's fd "
         "table, then kills whoever holds it.",

@@ -24,6 +24,11 @@ TWIN_UNIT, TWIN_PORTS = "web@blue.service", ("9110", "9111/udp", "127.0.0.1:9112
 SLOW, SLOW_PORT = "slow.service", 9120
 OTHER = "other.service"
 FUSER_PORT = SVC_PORTS[0]
+# A unit's whole start, as issue 14 measures the guard: `systemctl start` of a oneshot
+# (ExecStart=/bin/true) bare, with portguard's drop-in line, and with the fuser idiom.
+START_PORTS = (9130, 9131, 9132)
+START_BARE, START_GUARD, START_FUSER = ("start-bare.service", "start-guard.service",
+                                        "start-fuser.service")
 
 CONFIG_TEXT = f"""\
 # bench/preflight_bench.py: every port below is free except {SLOW_PORT}, held by a stray.
@@ -39,6 +44,8 @@ services:
   {SLOW}:
     ports: ["{SLOW_PORT}"]
     policy: fail
+  {START_GUARD}:
+    ports: [{", ".join(f'"{p}"' for p in START_PORTS)}]
 """
 
 
@@ -69,13 +76,21 @@ def commands() -> list[Cmd]:
         Cmd(f"fuser -k -n tcp {' '.join(fuser3)}", ["/usr/bin/fuser", "-k", "-n", "tcp",
                                                     *fuser3],
             "the idiom for the same 3 ports in one call", 1),
+        Cmd(f"systemctl start {START_BARE}", ["systemctl", "start", START_BARE],
+            "a oneshot unit's whole start (ExecStart=/bin/true), unguarded", 0),
+        Cmd(f"systemctl start {START_GUARD}", ["systemctl", "start", START_GUARD],
+            f"the same with `ExecStartPre=+portguard preflight %n` ({len(START_PORTS)} free "
+            "ports)", 0),
+        Cmd(f"systemctl start {START_FUSER}", ["systemctl", "start", START_FUSER],
+            f"the same with `ExecStartPre=-/usr/bin/fuser -k {START_PORTS[0]}/tcp`", 0),
         Cmd("python3 -c pass", ["python3", "-c", "pass"], "reference: `/usr/bin/python3`", 0),
         Cmd("venv python -c pass", [PYTHON, "-c", "pass"],
             "reference: the interpreter portguard runs on", 0),
     ]
 
 
-FAST, TWIN, UNCONF, SLOWC, FUSER, FUSER3, PY, VENV = (c.key for c in commands())
+(FAST, TWIN, UNCONF, SLOWC, FUSER, FUSER3, BARE_START, GUARD_START, FUSER_START, PY,
+ VENV) = (c.key for c in commands())
 
 
 def setup(sb: Sandbox, sc: Scale, log: Log) -> tuple[float, dict[str, Any], int]:
@@ -89,6 +104,10 @@ def setup(sb: Sandbox, sc: Scale, log: Log) -> tuple[float, dict[str, Any], int]
     checked = sb.run([PORTGUARD, "check-config"], env=TIMED_ENV)
     if checked.returncode != 0:
         raise SandboxError(f"bad bench config: {checked.stdout}{checked.stderr}")
+    oneshot = "[Service]\nType=oneshot\nExecStart=/bin/true\n"
+    sb.write_unit(START_BARE, oneshot)
+    sb.write_unit(START_GUARD, oneshot + f"ExecStartPre=+{PORTGUARD} preflight %n\n")
+    sb.write_unit(START_FUSER, oneshot + f"ExecStartPre=-/usr/bin/fuser -k {START_PORTS[0]}/tcp\n")
     # slow.service is loaded, not started: its ExecStart= is what makes the copy a stray.
     argv = ["--port", str(SLOW_PORT), "--name", "slowd"]
     sb.write_unit(SLOW, f"[Service]\nExecStart={listener_exec(*argv)}\n")
@@ -100,7 +119,8 @@ def setup(sb: Sandbox, sc: Scale, log: Log) -> tuple[float, dict[str, Any], int]
 
 def free_ports_busy(sb: Sandbox) -> list[str]:
     """Lines of `ss` for ports that must be free (fuser -k would kill what holds them)."""
-    nums = [*SVC_PORTS, *(int(p.split("/")[0].rpartition(":")[2]) for p in TWIN_PORTS)]
+    nums = [*SVC_PORTS, *START_PORTS,
+            *(int(p.split("/")[0].rpartition(":")[2]) for p in TWIN_PORTS)]
     expr = " or ".join(f"sport = :{p}" for p in nums)
     return sb.run(["ss", "-Htuan", expr]).stdout.splitlines()
 

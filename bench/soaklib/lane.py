@@ -30,9 +30,11 @@ from soaklib.oracle import expect
 from soaklib.programs import HELPER_CODE, HOLDER_CODE
 from soaklib.world import (
     CFGDIR,
+    CMDCOPY,
     ENVDIR,
     EXEC,
     HOLDER,
+    OTHER,
     OTHER_UNIT,
     PY3,
     SERVICE_UNIT,
@@ -57,7 +59,8 @@ class Soak:
 
     def install(self) -> None:
         sb = self.sb
-        sb.write_file(HOLDER, HOLDER_CODE)
+        for path in (HOLDER, OTHER, CMDCOPY):
+            sb.write_file(path, HOLDER_CODE)
         sb.run(["install", "-d", "-m", "0755", ENVDIR, CFGDIR], check=True)
         sb.run(["install", "-d", "-m", "1777", SIGDIR], check=True)
         for lane in range(self.lanes):
@@ -136,7 +139,7 @@ class Lane:
         if sc.dups_listed:
             lines.append(f'      units: ["soakx{self.lane}@s{sc.n}-dup*.service"]')
         if sc.cmds_listed:
-            lines.append('      commands: ["*/holder.py cmdcopy"]')
+            lines.append('      commands: ["*/cmdcopy.py"]')
         return "\n".join(lines) + "\n"
 
     # -- one scenario ----------------------------------------------------------------------
@@ -245,9 +248,9 @@ class Lane:
                 continue
             argv = list(EXEC)
             if (h.made, h.variant) == ("foreign", "proc"):
-                argv.append("foreign")
+                argv[-1] = OTHER
             elif (h.made, h.variant) == ("stray", "cmdglob"):
-                argv.append("cmdcopy")
+                argv[-1] = CMDCOPY
             if h.uid:
                 argv = ["setpriv", f"--reuid={h.uid}", f"--regid={h.uid}", "--clear-groups",
                         "--", *argv]

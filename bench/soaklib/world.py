@@ -10,6 +10,10 @@ from __future__ import annotations
 PY3 = "/usr/bin/python3"
 HOLDER = "/run/soak/holder.py"
 EXEC = (PY3, "-I", "-S", HOLDER)  # the services' ExecStart=: a stray runs exactly this
+# The same code in other files: other programs (DESIGN case 3 judges the script file, not
+# the arguments); CMDCOPY is a stray only when duplicates.commands names it.
+OTHER = "/run/soak/other.py"
+CMDCOPY = "/run/soak/cmdcopy.py"
 SIGDIR = "/run/soak/sig"  # SIGDIR/s<N>/<tag>.<pid>.log, <tag>.ready
 ENVDIR = "/run/soak/env"  # one EnvironmentFile per unit, by full unit name
 CFGDIR = "/etc/portguard/soak"

@@ -6,23 +6,27 @@
 #    source ~/.local/share/bash_completion/portguard
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_portguard_subparsers=(check-config who status preflight daemon install uninstall)
+_shtab_portguard_subparsers=(check-config who status preflight daemon why discover install uninstall)
 
 _shtab_portguard_check_config_option_strings=(-h --help)
 _shtab_portguard_who_option_strings=(-h --help)
 _shtab_portguard_status_option_strings=(-h --help)
 _shtab_portguard_preflight_option_strings=(-h --help --dry-run)
 _shtab_portguard_daemon_option_strings=(-h --help)
+_shtab_portguard_why_option_strings=(-h --help)
+_shtab_portguard_discover_option_strings=(-h --help --write)
 _shtab_portguard_install_option_strings=(-h --help)
 _shtab_portguard_uninstall_option_strings=(-h --help)
 _shtab_portguard_option_strings=(-h --help --version --config --json -v --verbose -q --quiet)
 
 _shtab_portguard_preflight_pos_0_COMPGEN=_portguard_units
+_shtab_portguard_why_pos_0_COMPGEN=_portguard_units
+_shtab_portguard_discover___write_COMPGEN=_shtab_compgen_files
 _shtab_portguard_install_pos_0_COMPGEN=_portguard_units
 _shtab_portguard_uninstall_pos_0_COMPGEN=_portguard_installed_units
 _shtab_portguard___config_COMPGEN=_shtab_compgen_files
 
-_shtab_portguard_pos_0_choices=(check-config who status preflight daemon install uninstall)
+_shtab_portguard_pos_0_choices=(check-config who status preflight daemon why discover install uninstall)
 
 _shtab_portguard_check_config__h_nargs=0
 _shtab_portguard_check_config___help_nargs=0
@@ -36,6 +40,10 @@ _shtab_portguard_preflight___help_nargs=0
 _shtab_portguard_preflight___dry_run_nargs=0
 _shtab_portguard_daemon__h_nargs=0
 _shtab_portguard_daemon___help_nargs=0
+_shtab_portguard_why__h_nargs=0
+_shtab_portguard_why___help_nargs=0
+_shtab_portguard_discover__h_nargs=0
+_shtab_portguard_discover___help_nargs=0
 _shtab_portguard_install__h_nargs=0
 _shtab_portguard_install___help_nargs=0
 _shtab_portguard_uninstall__h_nargs=0

@@ -126,7 +126,11 @@ class Reconciler:
                 outcome = self._refused(check, check.unit.id, exc, None)
             if outcome is not None:
                 outcomes.append(outcome)
-        self.told = {k: t for k, t in self.told.items() if k in seen}  # gone: forget
+        # Forget what was told only once its holders are gone: a unit that flips between
+        # auto-restart (act) and failed (report) with the same holders was told already.
+        holders_seen = {k[2] for k in seen if k[2]}
+        self.told = {k: t for k, t in self.told.items()
+                     if k in seen or k[2] in holders_seen}
         live = {b.socket.inode for c in checks for p in c.ports for b in p.blockers}
         self.kinds = {i: k for i, k in self.kinds.items() if i in live}
         self.journal.history.clear()  # a long-lived process must not keep every record
@@ -146,6 +150,11 @@ class Reconciler:
             f"{h.socket.local_port}/{h.socket.proto} held by {describe_holder(h)}"
             for h in holders))
         if check.verdict == "report":
+            acted = self.told.get(("act", unit, who))
+            if acted is not None and acted[1] == "refused":
+                # a Restart= unit between two attempts (briefly active, or failed): what
+                # the guard did about these holders is still the story
+                return Outcome(service.name, unit, "refused", f"{text}, refused")
             if sig not in self.told:
                 self.told[sig] = (self.clock(), "not acted on")
                 self._report(app, check, holders)

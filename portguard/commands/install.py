@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from portguard import __version__
 from portguard.app import DEFAULT_CONFIG_FILE
-from portguard.config.values import mangle_unit, service_name
+from portguard.config.unitnames import mangle_unit
+from portguard.config.values import service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 
 if TYPE_CHECKING:

@@ -10,23 +10,23 @@ locks in /run/portguard, so two guards never act on one port at once.
 
 from __future__ import annotations
 
-import os
 import pwd
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from portguard.act.lock import LockTimedOut, port_locks
 from portguard.act.signals import REAL_CLOCK, Clock, wait_until
+from portguard.commands import preflight_fast
 from portguard.commands.preflight_execute import Executor, describe_conflict
+from portguard.commands.preflight_fast import on_port, probe_ok
 from portguard.config.schema import Config, Service
-from portguard.config.values import mangle_unit
-from portguard.decide import bind_probe as probe
+from portguard.config.unitnames import mangle_unit
 from portguard.decide import conflicts
 from portguard.decide.classify import Conflict, Context, Kind, classify
-from portguard.decide.policy import Action, Plan, plan
+from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
-from portguard.model import Holder, Proto, Socket, Unit, format_ports
-from portguard.observe import processes, sockets
+from portguard.model import Holder, Proto, Unit
+from portguard.observe import processes, programs, sockets
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 from portguard.report.journal import Event
 
@@ -87,24 +87,10 @@ class Preflight:
 
     def _fast_path_clear(self, service: Service, intents: Sequence[conflicts.BindIntent],
                          ports: Sequence[tuple[int, Proto]]) -> bool:
-        if self._starting_twins(service):
-            return False
-        found = sockets.on_ports(ports)
-        for intent in intents:
-            if not conflicts.assess(intent, _on_port(found, intent.port, intent.proto)).free:
-                return False
-        return all(_probe_ok(intent) for intent in intents)
+        return preflight_fast.ports_clear(self.unit, intents, _twin_globs(service))
 
     def _starting_twins(self, service: Service) -> list[str]:
-        """Twin units with live processes (running or starting), seen in the cgroup tree."""
-        globs = list(service.duplicates.units)
-        if service.is_template:
-            globs.append(service.instance_glob)
-        names: set[str] = set()
-        for glob in globs:
-            names.update(processes.populated_cgroups(glob))
-        names.discard(self.unit)
-        return sorted(names)
+        return preflight_fast.starting_twins(self.unit, _twin_globs(service))
 
     # -- slow path -----------------------------------------------------------------
 
@@ -119,7 +105,7 @@ class Preflight:
             if not the_plan.steps:
                 self._report_clear(service, ports, "all declared ports are free")
                 return ExitStatus.OK
-            for step in the_plan.steps:
+            for step in distinct(the_plan.steps):
                 self._record_decision(step.conflict, step.action, step.why)
             if the_plan.refused:
                 return self._refuse(service, the_plan)
@@ -149,37 +135,7 @@ class Preflight:
             return None
 
     def _context(self, cfg: Config, service: Service, systemd: Systemd | None) -> Context:
-        unit_info: Unit | None = None
-        twins: list[Unit] = []
-        if systemd is not None:
-            unit_info = systemd.describe(self.unit)
-            globs = [*service.duplicates.units]
-            if service.is_template:
-                globs.append(service.instance_glob)
-            if globs:
-                for uid in systemd.list_units(globs):
-                    if uid != self.unit:
-                        try:
-                            twins.append(systemd.describe(uid))
-                        except SystemdError:
-                            continue  # unloaded meanwhile
-        if unit_info is not None and unit_info.exec_start:
-            # Compare against the program both as written and with symlinks resolved.
-            resolved = tuple((os.path.realpath(line[0]), *line[1:])
-                             for line in unit_info.exec_start)
-            unit_info = unit_info._replace(exec_start=unit_info.exec_start + resolved)
-        return Context(
-            unit=self.unit,
-            service=service,
-            unit_info=unit_info,
-            # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
-            # unless systemd could say whose it is (classify: unknown user -> foreign).
-            unit_uid=_uid_of(unit_info.user) if unit_info is not None else None,
-            protected_units=(*ALWAYS_PROTECTED, *cfg.protected),
-            own_pids=processes.ancestors(),
-            own_pid_namespace=processes.pid_namespace(),
-            claiming_twins=tuple(twins),
-        )
+        return service_context(self.unit, service, systemd, cfg.protected)
 
     def _observe(self, ctx: Context, intents: Sequence[conflicts.BindIntent],
                  ports: Sequence[tuple[int, Proto]],
@@ -196,7 +152,7 @@ class Preflight:
             for holder in rep.holders:
                 if id(holder.socket) in keep:
                     relevant[id(holder)] = holder
-            if verdict.free and not _probe_ok(intent):
+            if verdict.free and not probe_ok(intent):
                 bind_refused.add((intent.port, intent.proto))
         found = classify(ctx, relevant.values())
         if bind_refused and not found:
@@ -210,12 +166,12 @@ class Preflight:
         if conflict.holder is None:  # a twin claiming the port: held while it is up
             return self._twin_up(conflict.unit)
         sock = conflict.holder.socket
-        current = _on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
+        current = on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)
         if conflict.kind is Kind.LINGERING:
             # No identity to follow: kernel-owned sockets have no inode and change state
             # (FIN_WAIT2 -> TIME_WAIT) as they go. Held while the bind would still fail.
-            return any(not conflicts.assess(i, current).free or not _probe_ok(i)
+            return any(not conflicts.assess(i, current).free or not probe_ok(i)
                        for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
         same = [s for s in current if s.inode == sock.inode and s.local_address ==
                 sock.local_address and s.state == sock.state]
@@ -239,14 +195,14 @@ class Preflight:
         """The ports must be free now: sockets say so and a bind() probe agrees."""
         def clear() -> bool:
             found = sockets.on_ports(ports)
-            return all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free
-                       and _probe_ok(i) for i in intents)
+            return all(conflicts.assess(i, on_port(found, i.port, i.proto)).free
+                       and probe_ok(i) for i in intents)
 
         if wait_until(clear, deadline, self.clock):
             self._report_clear(service, ports, "ports cleared")
             return ExitStatus.OK
         found = sockets.on_ports(ports)
-        if all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free for i in intents):
+        if all(conflicts.assess(i, on_port(found, i.port, i.proto)).free for i in intents):
             # No live socket left, yet bind() fails: lingering sockets whose own socket did
             # not set SO_REUSEADDR (unprobeable while a live holder shared the port). They
             # expire on their own: this is a wait that timed out, as when it was planned.
@@ -279,7 +235,7 @@ class Preflight:
 
     def _refuse(self, service: Service, the_plan: Plan) -> ExitStatus:
         lines = []
-        for step in the_plan.refused:
+        for step in distinct(the_plan.refused):
             c = step.conflict
             lines.append(f"{c.port}/{c.proto} is held by {describe_conflict(c)}; "
                          f"{step.why}. {advice(service, c)}")
@@ -299,9 +255,64 @@ class Preflight:
 
     def _report_clear(self, service: Service, ports: Iterable[tuple[int, Proto]],
                       how: str) -> None:
-        names = format_ports(ports)
-        self.journal.emit(Event.PORTS_CLEAR, f"{self.unit}: {how} ({names})",
-                          unit=self.unit, action="none", result="clear")
+        preflight_fast.report_clear(self.journal, self.unit, ports, how)
+
+
+def _twin_globs(service: Service) -> list[str]:
+    globs = list(service.duplicates.units)
+    if service.is_template:
+        globs.append(service.instance_glob)
+    return globs
+
+
+def service_context(unit: str, service: Service, systemd: Systemd | None,
+                    protected: Sequence[str]) -> Context:
+    """What classification needs about `unit` (`portguard why` builds one too): its unit
+    and ExecStart= from systemd, its twins that are up, portguard's own pids."""
+    unit_info: Unit | None = None
+    twins: list[Unit] = []
+    if systemd is not None:
+        unit_info = systemd.describe(unit)
+        globs = _twin_globs(service)
+        if globs:
+            for uid in systemd.list_units(globs):
+                if uid != unit:
+                    try:
+                        twins.append(systemd.describe(uid))
+                    except SystemdError:
+                        continue  # unloaded meanwhile
+    found = [programs.of_exec_start(line) for line in
+             (unit_info.exec_start if unit_info is not None else ())]
+    return Context(
+        unit=unit,
+        service=service,
+        unit_info=unit_info,
+        # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
+        # unless systemd could say whose it is (classify: unknown user -> foreign).
+        unit_uid=_uid_of(unit_info.user) if unit_info is not None else None,
+        protected_units=(*ALWAYS_PROTECTED, *protected),
+        own_pids=processes.ancestors(),
+        own_pid_namespace=processes.pid_namespace(),
+        claiming_twins=tuple(twins),
+        unit_programs=tuple(p for p in found if p is not None),
+    )
+
+
+def distinct(steps: Iterable[Step]) -> list[Step]:
+    """One step per holder and port, for records and messages: a daemon listening on
+    0.0.0.0:P and [::]:P is two sockets (two conflicts, two steps), but one holder a person
+    hears about once. The first step is kept (a twin's StopUnit over "already planned")."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for step in steps:
+        c = step.conflict
+        key = (c.port, c.proto, c.kind, c.unit, c.pids)
+        if c.pids or c.unit:  # sockets nobody owns (TIME_WAIT) are each their own
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(step)
+    return out
 
 
 def describe_holder(holder: Holder) -> str:
@@ -336,18 +347,7 @@ def _uid_of(user: str) -> int | None:
         return None
 
 
-def _on_port(found: Iterable[Socket], port: int, proto: Proto) -> list[Socket]:
-    return [s for s in found if s.local_port == port and s.proto == proto]
-
-
-def _probe_ok(intent: conflicts.BindIntent) -> bool:
-    """The kernel's own answer; an address this host does not have is not our conflict."""
-    import errno
-    err = probe.probe_bind(intent)
-    return err is None or err.errno != errno.EADDRINUSE
-
-
-__all__ = ["Preflight", "TimedOutError", "advice", "describe_holder"]
+__all__ = ["Preflight", "TimedOutError", "advice", "describe_holder", "service_context"]
 
 
 def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:

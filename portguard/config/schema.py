@@ -22,7 +22,9 @@ from signal import Signals
 import yaml
 
 from portguard.config import strictyaml as sy
+from portguard.config import trust
 from portguard.config import values as ct
+from portguard.config.unitnames import mangle_unit, service_keys
 from portguard.errors import ConfigError, NotPermittedError
 from portguard.model import PortSpec
 
@@ -86,7 +88,7 @@ class Service:
 
     def matches(self, unit: str) -> bool:
         """Whether `unit` is this service's unit or, for a template, one of its instances."""
-        name = ct.mangle_unit(unit)
+        name = mangle_unit(unit)
         if name == self.name:
             return True
         prefix = self.name.removesuffix(".service")
@@ -112,21 +114,25 @@ class Config:
 
     def service_for(self, unit: str) -> Service | None:
         """The service declared for `unit`: its own key first, then its template's."""
-        name = ct.mangle_unit(unit)
         by_name = {service.name: service for service in self.services}
-        if name in by_name:
-            return by_name[name]
-        prefix, at, _ = name.partition("@")
-        return by_name.get(f"{prefix}@.service") if at and name.endswith(".service") else None
+        for key in service_keys(unit):
+            if key in by_name:
+                return by_name[key]
+        return None
 
     def is_protected(self, unit: str) -> bool:
         """Whether `unit` matches a `protected` glob, or is PID 1's or portguard's own."""
-        name = ct.mangle_unit(unit)
+        name = mangle_unit(unit)
         return any(fnmatch.fnmatchcase(name, g) for g in (*ALWAYS_PROTECTED, *self.protected))
 
 
 def load(path: Path, *, check_owner: bool | None = None) -> Config:
     """Read and validate `path`; `check_owner` (default: when root) refuses unsafe modes."""
+    return load_source(path, check_owner=check_owner)[0]
+
+
+def load_source(path: Path, *, check_owner: bool | None = None) -> tuple[Config, bytes]:
+    """`load`, and the bytes it validated (what config.compiled stores beside them)."""
     data, file_stat = _read(path)
     problems = []
     if check_owner if check_owner is not None else _running_as_root():
@@ -141,7 +147,7 @@ def load(path: Path, *, check_owner: bool | None = None) -> Config:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError([*problems, f"{path}:{line}: not UTF-8 (byte"
                            f" 0x{data[exc.start]:02x}); save the file as UTF-8"]) from None
-    return _parse(text, str(path), path, problems)
+    return _parse(text, str(path), path, problems), data
 
 
 def loads(text: str, *, filename: str = "<string>") -> Config:
@@ -193,30 +199,22 @@ def ownership_problems(path: Path, file_stat: os.stat_result, *,
     no business in one. The fix offered there is to move the file, not to chmod /tmp.
     """
     problems = []
-    if why := _unsafe(file_stat):
+    if why := trust.unsafe(file_stat):
         problems.append(f"{path}: {why}; a root-run portguard refuses a config others can"
                         f" change. Fix: {_fix(file_stat, path)}")
-    lexical = Path(os.path.abspath(path)).parents
-    for directory in dict.fromkeys([*lexical, *Path(os.path.realpath(path)).parents]):
+    for directory in map(Path, trust.ancestors(str(path))):
         try:
             dir_stat = stat_dir(directory)
         except OSError as exc:
             problems.append(f"{path}: cannot check directory {directory}: {exc.strerror}")
             continue
-        if why := _unsafe(dir_stat):
+        if why := trust.unsafe(dir_stat):
             sticky = dir_stat.st_mode & stat.S_ISVTX and dir_stat.st_mode & stat.S_IWOTH
             fix = ("move the config to a root-owned directory such as /etc/portguard"
                    if sticky else _fix(dir_stat, directory))
             problems.append(f"{path}: directory {directory} {why}; others could replace"
                             f" the config. Fix: {fix}")
     return problems
-
-
-def _unsafe(st: os.stat_result) -> str:
-    reasons = [f"is owned by uid {st.st_uid}, not root"] if st.st_uid != 0 else []
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        reasons.append(f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
-    return " and ".join(reasons)
 
 
 def _fix(st: os.stat_result, path: Path) -> str:

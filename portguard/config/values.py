@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from signal import Signals
 from typing import TypeVar
 
+from portguard.config.unitnames import UNIT_TYPES, mangle_unit
 from portguard.model import PortSpec, Proto
 
 T = TypeVar("T")
@@ -27,8 +28,6 @@ DURATION_FORMS = "250ms, 10s, 2m, 1h or bare seconds (30, 1.5)"
 BOOL_TRAPS = re.compile(r"y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF")
 TRUE_FALSE = {"true": True, "True": True, "TRUE": True,
               "false": False, "False": False, "FALSE": False}
-UNIT_TYPES = ("service", "socket", "target", "device", "mount", "automount", "swap",
-              "timer", "path", "slice", "scope")
 
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+", re.ASCII)
@@ -197,13 +196,6 @@ def _port_number(text: str, spec: str) -> int:
     if len(text) > 5 or not 1 <= int(text) <= 65535:
         raise ValueError(f"'{spec}': port {text} is out of range 1-65535")
     return int(text)
-
-
-def mangle_unit(name: str) -> str:
-    """Append `.service` to a name without a unit-type suffix, as systemctl does."""
-    suffix = name.rpartition(".")[2] if "." in name else ""
-    keep = suffix in UNIT_TYPES or any(c in suffix for c in "*?[")  # `foo.*` stays a glob
-    return name if keep else f"{name}.service"
 
 
 def service_name(text: str) -> str:

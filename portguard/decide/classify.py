@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from portguard.config.schema import Service
-from portguard.model import INTERPRETERS, Holder, Process, Proto, Unit
+from portguard.model import Holder, Process, ProgramId, Proto, Unit
 from portguard.observe.observer import LINGERING_STATES
 
 
@@ -38,6 +38,7 @@ class Context(NamedTuple):
     own_pids: frozenset[int]  # portguard itself and its ancestors
     own_pid_namespace: int  # inode of our pid namespace; 0 when unknown
     claiming_twins: tuple[Unit, ...] = ()  # twin units active/activating, maybe not bound
+    unit_programs: tuple[ProgramId, ...] = ()  # what its ExecStart= lines run (identity)
 
 
 class Conflict(NamedTuple):
@@ -69,29 +70,38 @@ def _glob_any(name: str, globs: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
-def matches_command(proc: Process, exec_start: Sequence[Sequence[str]],
-                    command_globs: Sequence[str]) -> bool:
-    """Whether the process runs this service's program: its ExecStart= argv, or a glob.
+def same_program(a: ProgramId, b: ProgramId) -> bool:
+    """The same program by file identity (DESIGN.md, case 3): the same executable file
+    (and applet, for busybox); for interpreters the same script or jar file, or the same
+    module under the same interpreter. Arguments and process titles never count."""
+    if a.interpreted or b.interpreted:
+        if not (a.interpreted and b.interpreted):
+            return False
+        if a.module or b.module:
+            return a.module == b.module and a.exe == b.exe
+        return a.target is not None and a.target == b.target
+    return a.exe == b.exe and a.applet == b.applet
 
-    ExecStart matches when the program is the same (the executable, or argv[0] as
-    written; callers add a line with argv[0] resolved through symlinks) and every argument
-    is equal: a different script under the same interpreter never matches.
-    """
-    argv = proc.cmdline
-    for line in exec_start:
-        if line and argv and line[0] in (proc.exe, argv[0]) and tuple(argv[1:]) == tuple(line[1:]):
-            return True
-        # A script service (ExecStart=/opt/webd, a #! script) started by hand through its
-        # interpreter: `python3 /opt/webd ...` runs the same program with the same args.
-        if line and len(argv) > 1 and _is_interpreter(argv[0]) and tuple(argv[1:]) == tuple(line):
-            return True
-    joined = " ".join(argv)
+
+def matches_command(proc: Process, programs: Sequence[ProgramId],
+                    command_globs: Sequence[str]) -> bool:
+    """Whether the process runs this service's program: one of its ExecStart= lines'
+    (`programs`, by file identity), or a configured glob on its exe or command line."""
+    if proc.program_id is not None and any(same_program(proc.program_id, p)
+                                           for p in programs):
+        return True
+    joined = " ".join(proc.cmdline)
     return any(fnmatch.fnmatchcase(proc.exe, g) or fnmatch.fnmatchcase(joined, g)
                for g in command_globs)
 
 
-def _is_interpreter(path: str) -> bool:
-    return path.rsplit("/", 1)[-1].startswith(INTERPRETERS)
+def tree_order(procs: Sequence[Process]) -> tuple[list[Process], tuple[Process, ...]]:
+    """The roots of the process tree holding a socket (a holder whose parent is not one),
+    and all of it with the roots first: a master and its workers are judged by the master
+    (its user, program, unit) and signalled master first, its workers going with it."""
+    pids = {p.pid for p in procs}
+    roots = [p for p in procs if p.ppid not in pids] or list(procs)
+    return roots, (*roots, *(p for p in procs if p not in roots))
 
 
 def untouchable_reason(ctx: Context, unit: Unit | None,
@@ -113,7 +123,7 @@ def untouchable_reason(ctx: Context, unit: Unit | None,
 def classify_holder(ctx: Context, holder: Holder) -> Conflict:
     sock = holder.socket
     unit = holder.unit
-    procs = holder.processes
+    roots, procs = tree_order(holder.processes)
     unit_id = unit.id if unit else None
 
     def conflict(kind: Kind, reason: str) -> Conflict:
@@ -140,18 +150,17 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
     if holder.container:
         return conflict(Kind.FOREIGN, f"{procs[0].program} in container "
                         f"{holder.container}: never a stray, whatever it runs")
-    if is_outside_service(unit):
-        exec_start = ctx.unit_info.exec_start if ctx.unit_info else ()
-        matching = [p for p in procs if matches_command(p, exec_start, svc.duplicates.commands)]
-        if matching:
-            if ctx.unit_uid is None or any(p.uid != ctx.unit_uid for p in procs):
-                # Never a stray by name alone when it runs as someone else (or when the
-                # unit's user cannot be resolved, so nobody can say it does not).
-                return conflict(Kind.FOREIGN, "runs the service's program but as user "
-                                f"{procs[0].user or procs[0].uid}, not the unit's user")
-            where = f"in {unit_id}" if unit_id else "outside any unit"
-            return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}")
-    where = f"in {unit_id}" if unit_id else "outside any unit"
+    if is_outside_service(unit) and all(
+            matches_command(p, ctx.unit_programs, svc.duplicates.commands) for p in roots):
+        other = [p for p in roots if ctx.unit_uid is None or p.uid != ctx.unit_uid]
+        if other:
+            # Never a stray when it runs as someone else (or when the unit's user cannot
+            # be resolved, so nobody can say it does not). Its workers' users do not
+            # count: they go with their master.
+            return conflict(Kind.FOREIGN, "runs the service's program but as user "
+                            f"{other[0].user or other[0].uid}, not the unit's user")
+        where = f"in {unit_id}" if unit_id else "outside any unit"
+        return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}")
     return conflict(Kind.FOREIGN, f"not {svc.name}'s program")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from portguard.model import Holder, Process, Proto, Socket, Unit
-from portguard.observe import cgroups, processes, sockets
+from portguard.observe import activation, cgroups, processes, sockets
 from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
 
 # States of a socket that is on its way out: no process holds it any more, or the
@@ -45,34 +45,55 @@ class UnitLookup:
     the unit comes from the cgroup alone: the same answer GetUnitByPID gives (systemd
     maps a pid to its unit by its cgroup), without the unit's state, and without the
     ~30 ms of importing pystemd. `who` does that unless the state is asked for.
+
+    A listener PID 1 holds is named by its .socket unit, which only D-Bus knows:
+    `sockets_connect` is used for that alone when `connect` is None.
     """
 
-    def __init__(self, connect: Callable[[], Systemd] | None) -> None:
+    def __init__(self, connect: Callable[[], Systemd] | None,
+                 sockets_connect: Callable[[], Systemd] | None = None) -> None:
         self._connect = connect
+        self._sockets_connect = sockets_connect or connect
         self._systemd: Systemd | None = None
         self.failure = ""  # why D-Bus was not used, for the output
         self._cache: dict[int, Unit | None] = {}
+        self._socket_units: list[Unit] | None = None
 
-    def _bus(self) -> Systemd | None:
-        if self._systemd is None and self._connect is not None and not self.failure:
+    def _bus(self, connect: Callable[[], Systemd] | None = None) -> Systemd | None:
+        connect = connect or self._connect
+        if self._systemd is None and connect is not None and not self.failure:
             try:
-                self._systemd = self._connect()
+                self._systemd = connect()
             except SystemdUnavailable as exc:
                 self.failure = exc.message
         return self._systemd
+
+    def socket_unit_for(self, sock: Socket) -> Unit | None:
+        """The .socket unit whose Listen= PID 1 holds this socket for (None: unknown)."""
+        if self._socket_units is None:
+            systemd = self._bus(self._sockets_connect)
+            self._socket_units = []
+            if systemd is not None:
+                try:
+                    self._socket_units = systemd.socket_units()
+                except SystemdUnavailable as exc:
+                    self.failure = exc.message
+                except SystemdError:
+                    pass  # e.g. a socket unit unloaded meanwhile: named from cgroups
+        return activation.socket_unit_for(sock, self._socket_units)
 
     @property
     def source(self) -> str:
         """"dbus"; "cgroup" when D-Bus was wanted but unreachable; "" when not wanted."""
         if self.failure:
             return "cgroup"
-        return "dbus" if self._systemd is not None else ""
+        return "dbus" if self._systemd is not None and self._connect is not None else ""
 
     def unit_of(self, proc: Process) -> Unit | None:
         if proc.pid in self._cache:
             return self._cache[proc.pid]
         unit: Unit | None = None
-        systemd = self._bus()
+        systemd = self._bus() if self._connect is not None else None
         if systemd is not None and not self.failure:
             try:
                 unit = systemd.unit_for_pid(proc.pid)
@@ -148,6 +169,9 @@ class Observer:
         by_unit: dict[str | None, tuple[Unit | None, list[Process]]] = {}
         for group in by_cgroup.values():
             unit = self.unit_lookup.unit_of(group[0])
+            if any(p.pid == 1 for p in group) and (unit is None or unit.id == "init.scope"):
+                # systemd holds it for a .socket unit (case 7): that unit is the holder
+                unit = self.unit_lookup.socket_unit_for(sock) or unit
             by_unit.setdefault(unit.id if unit else None, (unit, []))[1].extend(group)
         holders = []
         for unit, group in by_unit.values():

@@ -28,6 +28,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from portguard.model import Process, Socket, Usage
+from portguard.observe import programs
 
 PROC = "/proc"
 
@@ -109,6 +110,7 @@ def read_process(pid: int, fds: Sequence[int] = (), proc: str = PROC) -> Process
     except FileNotFoundError as exc:
         raise ProcessGone(pid) from exc
     exe = _readlink(f"{proc}/{pid}/exe")
+    program_id = programs.of_process(pid, cmdline, exe, proc) if exe else None
     try:
         ns = os.stat(f"{proc}/{pid}/ns/pid").st_ino
     except OSError:
@@ -124,6 +126,9 @@ def read_process(pid: int, fds: Sequence[int] = (), proc: str = PROC) -> Process
         cgroup=cgroup_of(pid, proc),
         fds=tuple(fds),
         pid_namespace=ns,
+        program_id=program_id,
+        name=programs.display_name(exe, cmdline, program_id.exe if program_id else None,
+                                   f"{proc}/{pid}/root"),
     )
     # The pid may have been reused between the first and the last read: pin the identity.
     if start_time(pid, proc) != started:
@@ -336,7 +341,6 @@ def find_owners(
                 continue
         by_inode[inode] = tuple(procs)
     return Owners(by_inode, unreadable, full)
-
 
 
 def state(pid: int, proc: str = PROC) -> str:

@@ -63,6 +63,7 @@ PATH = b"/org/freedesktop/systemd1"
 MANAGER = b"org.freedesktop.systemd1.Manager"
 UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
+SOCKET_IFACE = b"org.freedesktop.systemd1.Socket"
 JOB_IFACE = b"org.freedesktop.systemd1.Job"
 PROPERTIES = b"org.freedesktop.DBus.Properties"
 
@@ -195,7 +196,25 @@ class Systemd:
             exec_start=_exec_argvs(service.get("ExecStart", [])),
             user=_s(service.get("User", b"")),
             from_dbus=True,
+            triggers=tuple(_s(t) for t in unit.get("Triggers", ()) or ()),
         )
+
+    def socket_units(self, patterns: Sequence[str] = ("*.socket",)) -> list[Unit]:
+        """Loaded .socket units matching the globs, each with `listen` (systemd's Listen:
+        ("Stream", "[::]:22"), ...) and `triggers` (the service it activates): case 7."""
+        return [self.describe_socket(u) for u in self.list_units(patterns)
+                if u.endswith(".socket")]
+
+    def activation_sockets(self, unit_id: str) -> list[Unit]:
+        """The .socket units that activate `unit_id` (its TriggeredBy=), described."""
+        by = self._get(self.unit_path(unit_id), UNIT_IFACE, "TriggeredBy") or ()
+        return [self.describe_socket(_s(s)) for s in by if _s(s).endswith(".socket")]
+
+    def describe_socket(self, unit_id: str) -> Unit:
+        path = self.unit_path(unit_id)
+        listen = self._get(path, SOCKET_IFACE, "Listen") or ()
+        return self.describe_path(path)._replace(
+            listen=tuple((_s(kind), _s(addr)) for kind, addr in listen))
 
     def list_units(self, patterns: Sequence[str], states: Sequence[str] = ()) -> list[str]:
         """ListUnitsByPatterns: ids of loaded units matching the globs."""

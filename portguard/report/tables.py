@@ -10,7 +10,8 @@ import socket as _socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from portguard.model import Holder, Process
+from portguard.model import Holder, Process, Unit
+from portguard.observe.activation import activated_by_note
 from portguard.observe.observer import LINGERING_STATES, PortReport
 
 
@@ -40,6 +41,8 @@ def holder_rows(holder: Holder, kind: str | None = None) -> list[dict[str, Any]]
         else None,
         "container": holder.container,
     }
+    if unit is not None and unit.id.endswith(".socket"):
+        common["activates"] = list(unit.triggers)  # PID 1 holds it for this socket unit
     if kind is not None:
         common["kind"] = kind
     if holder.notes:
@@ -58,6 +61,7 @@ def _process_fields(proc: Process) -> dict[str, Any]:
         "user": proc.user or None,
         "cmdline": list(proc.cmdline),
         "exe": proc.exe or None,
+        "program": proc.program,  # as its admin knows it: redis-server, not redis-check-rdb
         "start_time": proc.start_time,
         "fds": list(proc.fds),
     }
@@ -100,6 +104,8 @@ def table(reports: Sequence[PortReport]) -> str:
         for holder in rep.holders:
             rows.extend(_holder_lines(name, holder))
             notes.extend(f"{name}: {n}" for n in holder.notes)
+            if holder.unit is not None and holder.unit.id.endswith(".socket"):
+                notes.append(f"{name}: {socket_note(holder.unit)}")
         if rep.connections:
             notes.append(f"{name}: {rep.connections} accepted connection(s) not listed")
         if not rep.live:
@@ -111,6 +117,12 @@ def table(reports: Sequence[PortReport]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in [header, *rows]]
     return "\n".join(lines + [f"note: {n}" for n in dict.fromkeys(notes)])
+
+
+def socket_note(unit: Unit) -> str:
+    """Why PID 1 holds a port, and what frees it (DESIGN case 4's socket units)."""
+    return (f"PID 1 (systemd) listens for {activated_by_note(unit)}; "
+            f"`systemctl stop {unit.id}` frees it")
 
 
 def _states(rep: PortReport) -> str:

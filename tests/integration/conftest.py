@@ -17,7 +17,6 @@ instead, so CI never goes green without them.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from availability import require_sandbox
 from cases import Case
 from sandbox import Sandbox
 
@@ -38,16 +38,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.sandbox)
-
-
-def require_sandbox() -> None:
-    """Skip (or, under CI=true, fail) when no sandbox can run here."""
-    reason = Sandbox.unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the systemd sandbox cannot run: {reason}", pytrace=False)
-    pytest.skip(f"systemd sandbox unavailable: {reason}")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ Then the tests, in file order (they share the root; the last one removes the pac
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -38,14 +37,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from availability import require_sandbox, skip_or_fail
 from cases import CONFLICT, SIGNAL
 from cases import RELOADED as DAEMON_RELOADED
 from cases import STARTED as DAEMON_STARTED
-from conftest import require_sandbox
 from debroot import PKG_DIR, DebRoot, PrepareFailed, booted_root, build_deb
 from sandbox import REPO, SandboxError
 
-CI = os.environ.get("CI", "").lower() == "true"
 WEB_PORT = 8080  # the root has a network namespace of its own
 WEBD = "/run/portguard-test/webd.py"
 DSH_STATE = "/var/lib/systemd/deb-systemd-helper-enabled/portguard.service.dsh-also"
@@ -68,12 +66,6 @@ while True:
 
 # -- fixtures --------------------------------------------------------------------------------
 
-def _fail_or_skip(message: str) -> None:
-    if CI:
-        pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def deb() -> Path:
     """dist/portguard_<version>_all.deb, built now unless up to date."""
@@ -95,7 +87,7 @@ def debroot(deb: Path) -> Iterator[DebRoot]:
             print(f"debroot: install {time.monotonic() - started:.1f} s")
             yield sb
     except PrepareFailed as exc:
-        _fail_or_skip(str(exc))
+        skip_or_fail(str(exc))
 
 
 def _install(sb: DebRoot, deb: Path) -> str:

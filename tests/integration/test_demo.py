@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox import BASE_ENV, PYTHON, REPO, Sandbox, _cgroup_hierarchies
+from availability import require_sandbox, skip_or_fail
+from sandbox import BASE_ENV, PYTHON, REPO, _cgroup_hierarchies
 
 DEMO = REPO / "scripts" / "demo.py"
 PROMISED_SECONDS = 60  # README / issue 6: "readable in under a minute"
@@ -34,11 +35,12 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 HEADINGS = [
-    "1/5  A remnant of web@blue's previous run holds 8080  [self]",
-    "2/5  Blue/green: web@green starts while web@blue holds 8080  [twin]",
-    "3/5  A copy of webd left running by hand holds 8080  [stray]",
-    "4/5  Another program holds metrics-gateway's port 9091  [foreign]",
-    "5/5  TIME_WAIT after a fast restart  [lingering]",
+    "1/6  A remnant of web@blue's previous run holds 8080  [self]",
+    "2/6  Blue/green: web@green starts while web@blue holds 8080  [twin]",
+    "3/6  A copy of webd left running by hand holds 8080  [stray]",
+    "4/6  Another program holds metrics-gateway's port 9091  [foreign]",
+    "5/6  TIME_WAIT after a fast restart  [lingering]",
+    "6/6  After the fact: a unit that failed to bind, explained  [why]",
 ]
 # journal table rows: EVENT  PORT  KIND  ACTION  RESULT ...
 JOURNAL_ROWS = {
@@ -52,20 +54,6 @@ JOURNAL_ROWS = {
 
 
 RUNTIME_PACKAGES = ("yaml", "pystemd", "lxml", "psutil", "sdnotify")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip where this host cannot run the test; under CI=true that is a failure."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def require_sandbox() -> None:
-    """As conftest.require_sandbox: skip where no sandbox runs, fail under CI=true."""
-    reason = Sandbox.unavailable_reason()
-    if reason is not None:
-        skip_or_fail(f"the systemd sandbox cannot run: {reason}")
 
 
 def leftovers(pid: int) -> list[str]:
@@ -116,7 +104,7 @@ def test_the_demo_tells_every_scene_and_exits_0(
         assert re.search(row, out), f"no journal row for {kind}: {row}\n{out}"
     assert out.count("outcome: ✓") == len(HEADINGS)
     assert "✗" not in out
-    assert "All 5 scenes behaved as expected" in out
+    assert "All 6 scenes behaved as expected" in out
     assert "\x1b[" not in out  # stdout is a pipe: no colour
 
 
@@ -124,7 +112,7 @@ def test_each_scene_shows_who_held_the_port_and_why(
         story: tuple[subprocess.CompletedProcess[str], float, int]) -> None:
     out = story[0].stdout
     scenes = [out[out.index(h):] for h in HEADINGS]
-    for i, h in enumerate(HEADINGS[:-1]):
+    for i, h in enumerate(HEADINGS[:-1]):  # the five guarded scenes (why's is last)
         scenes[i] = scenes[i][:scenes[i].index(HEADINGS[i + 1])]
         assert "$ portguard who" in scenes[i], h
         assert "decided:" in scenes[i], h
@@ -132,7 +120,7 @@ def test_each_scene_shows_who_held_the_port_and_why(
                      scenes[0])
     assert re.search(r"8080/tcp +LISTEN +0\.0\.0\.0:8080 +\d+ +root +- ", scenes[2])
     # the rest is prose, wrapped to the terminal: compare it with whitespace folded
-    remnant, twin, stray, foreign, lingering = (" ".join(s.split()) for s in scenes)
+    remnant, twin, stray, foreign, lingering, why = (" ".join(s.split()) for s in scenes)
     assert "[self: left over from the unit's previous run" in remnant
     assert "in web@blue.service [twin: another instance of web@.service" in twin
     assert "web@blue.service inactive" in twin
@@ -146,6 +134,13 @@ def test_each_scene_shows_who_held_the_port_and_why(
     assert "prometheus-pushgateway.service untouched" in foreign
     assert "TIME_WAIT" in lingering and "reuse_address: false" in lingering
     assert "activating (start-pre)" in lingering
+    # why, after a real bind failure: the program's words, the holder, the fix, then free
+    assert "$ portguard why metrics-gateway.service" in why
+    assert "bind: Address already in use" in why
+    assert re.search(r"9091/tcp +0\.0\.0\.0 +config +held +\d+ +root "
+                     r"+prometheus-pushgateway\.service +foreign", why)
+    assert "$ systemctl stop prometheus-pushgateway.service" in why
+    assert "the port is free now: `systemctl restart metrics-gateway.service`" in why
 
 
 def test_the_demo_finishes_within_its_promise_and_leaves_nothing_behind(

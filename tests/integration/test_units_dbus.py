@@ -354,3 +354,29 @@ def test_pystemd_signal_callback_and_jobremoved_body(sandbox: Sandbox, uid: str)
     assert (seen["error"], seen["userdata"]) == (None, None)
     assert seen["member"] == "JobRemoved"
     assert seen["interface"] == "/org/freedesktop/systemd1"  # pystemd bug: it is the path
+
+
+# -- socket units (DESIGN case 7) ---------------------------------------------------------
+
+
+def test_socket_units_list_what_they_listen_on_and_activate(sandbox: Sandbox, uid: str) -> None:
+    sock, svc, port = f"lsn-{uid}.socket", f"lsn-{uid}.service", free_port(uid)
+    sandbox.write_unit(sock, f"[Socket]\nListenStream={port}\nListenDatagram=127.0.0.1:{port}\n"
+                       "ListenStream=/run/lsn-" + uid + ".sock\n")
+    sandbox.write_unit(svc, "[Service]\nExecStart=/bin/sleep 1000\n")
+    sandbox.systemctl("start", sock, check=True)
+    try:
+        listed, of_service, described = api(
+            sandbox, "[u._asdict() for u in sd.socket_units([U[0]])]",
+            "[u.id for u in sd.activation_sockets(U[1])]", "sd.describe_socket(U[0])._asdict()",
+            args=(sock, svc))
+        [unit] = listed["value"]
+        assert (unit["id"], unit["active_state"], unit["sub_state"]) == (
+            sock, "active", "listening")
+        assert unit["triggers"] == [svc]
+        assert unit["listen"] == [["Stream", f"[::]:{port}"], ["Datagram", f"127.0.0.1:{port}"],
+                                  ["Stream", f"/run/lsn-{uid}.sock"]]
+        assert of_service["value"] == [sock]
+        assert described["value"] == unit
+    finally:
+        sandbox.systemctl("stop", sock, svc)

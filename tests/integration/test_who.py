@@ -239,7 +239,13 @@ def test_socket_activated_service(sandbox: Sandbox, stage: Stage, uid: str) -> N
     rows = {h["pid"]: h for h in holders(doc, 8008)}
     assert set(rows) == pids
     assert (rows[service_pid]["user"], rows[service_pid]["unit"]) == ("nobody", svc)
-    assert rows[1]["unit"] == "init.scope"
+    # PID 1 holds it for the socket unit (DESIGN case 4): named so, never init.scope
+    assert (rows[1]["unit"], rows[1]["activates"]) == (sock_unit, [svc])
+    assert "activates" not in rows[service_pid]
+    status, table, notes = who(sandbox, "8008")  # no -v: no D-Bus but for PID 1's socket
+    assert {(r[3], r[5]) for r in table} == {("1", sock_unit), (str(service_pid), svc)}
+    assert notes == [f"note: 8008/tcp: PID 1 (systemd) listens for {sock_unit}, which activates "
+                     f"{svc}; `systemctl stop {sock_unit}` frees it"]
 
 
 # --- 2, 4. free ports, ranges -------------------------------------------------------------

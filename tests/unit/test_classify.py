@@ -15,7 +15,7 @@ import pytest
 
 from portguard.config.schema import ALWAYS_PROTECTED, Service, loads
 from portguard.decide.classify import Conflict, Context, Kind, classify, classify_holder
-from portguard.model import Holder, Process, Proto, Socket, Unit
+from portguard.model import FileId, Holder, Process, ProgramId, Proto, Socket, Unit
 
 CONFIG = loads("""\
 protected: ["db-*.service", "web@canary.service"]
@@ -33,12 +33,16 @@ OUR_NS = 4026531836  # a typical inode of the host's pid namespace
 APP_ARGV = ("/usr/bin/python3", "/opt/web/app.py", "--port", "8080")
 EXEC_START = (APP_ARGV,)
 PYTHON_EXE = "/usr/bin/python3.11"  # what /proc/PID/exe shows: the symlink resolved
+# file identities (st_dev, st_ino), as observe/programs.py reads them
+PYTHON_FILE, APP_FILE, OTHER_FILE = FileId(8, 1001), FileId(8, 2002), FileId(8, 3003)
+APP = ProgramId(PYTHON_FILE, target=APP_FILE, interpreted=True)  # python3 /opt/web/app.py
 
 
 def proc(pid: int = 4242, argv: tuple[str, ...] = APP_ARGV, *, exe: str = PYTHON_EXE,
-         uid: int = WWW_DATA, user: str = "www-data", ns: int = OUR_NS) -> Process:
-    return Process(pid=pid, start_time=987654, ppid=1, uid=uid, user=user, exe=exe,
-                   cmdline=argv, fds=(3,), pid_namespace=ns)
+         uid: int = WWW_DATA, user: str = "www-data", ns: int = OUR_NS,
+         program: ProgramId | None = APP, ppid: int = 1) -> Process:
+    return Process(pid=pid, start_time=987654, ppid=ppid, uid=uid, user=user, exe=exe,
+                   cmdline=argv, fds=(3,), pid_namespace=ns, program_id=program)
 
 
 def sock(port: int = 8080, state: str = "LISTEN", inode: int = 55501) -> Socket:
@@ -67,6 +71,7 @@ def context(**changes: Any) -> Context:
         protected_units=(*ALWAYS_PROTECTED, *CONFIG.protected),
         own_pids=frozenset({1, 700, 701}),  # systemd -> portguard's parent -> portguard
         own_pid_namespace=OUR_NS,
+        unit_programs=(APP,),
     )
     return ctx._replace(**changes)
 
@@ -140,14 +145,16 @@ def test_execstart_copy_outside_any_service_is_a_stray(where: str, unit_id: str 
     assert c.untouchable == ""
 
 
-def test_execstart_matches_argv0_as_written_or_the_resolved_program() -> None:
-    """Started by hand as `python3 app.py ...`: argv[0] is relative, exe is resolved;
-    preflight adds the ExecStart line with its program resolved, which then matches."""
-    by_hand = proc(argv=("python3", *APP_ARGV[1:]))
-    assert classify_holder(context(), holder(by_hand)).kind is Kind.FOREIGN
-    resolved = ((PYTHON_EXE, *APP_ARGV[1:]),)
-    ctx = context(unit_info=Unit(UNIT, exec_start=EXEC_START + resolved))
-    assert classify_holder(ctx, holder(by_hand)).kind is Kind.STRAY
+@pytest.mark.parametrize("argv", [
+    ("python3", "app.py"),  # by hand, from /opt/web: relative names, no arguments
+    ("/usr/bin/python3", "/opt/web/app.py", "--port", "8080", "--debug"),
+    ("web: master [app]",),  # retitled (setproctitle)
+])
+def test_the_same_program_whatever_its_title_or_arguments_is_a_stray(
+        argv: tuple[str, ...]) -> None:
+    """DESIGN.md case 3: the program is the file it runs (observed as program_id), not
+    the command line; arguments no longer decide."""
+    assert classify_holder(context(), holder(proc(argv=argv))).kind is Kind.STRAY
 
 
 @pytest.mark.parametrize(("argv", "exe"), [
@@ -155,18 +162,24 @@ def test_execstart_matches_argv0_as_written_or_the_resolved_program() -> None:
     (("/usr/bin/python3", "-m", "gunicorn", "web.wsgi:app"), PYTHON_EXE),  # joined cmdline
 ])
 def test_duplicates_commands_globs_make_a_stray(argv: tuple[str, ...], exe: str) -> None:
-    c = classify_holder(context(unit_info=None), holder(proc(argv=argv, exe=exe)))
+    other = ProgramId(FileId(8, 4004))
+    c = classify_holder(context(unit_info=None, unit_programs=()),
+                        holder(proc(argv=argv, exe=exe, program=other)))
     assert c.kind is Kind.STRAY
 
 
-@pytest.mark.parametrize(("argv", "program"), [
-    (("/usr/bin/python3", "/opt/other/app.py", "--port", "8080"), "python3.11 app.py"),
-    ((*APP_ARGV, "--debug"), "python3.11 app.py"),  # an extra argument
-    (("/usr/bin/python3",), "python3.11"),  # the bare interpreter
+@pytest.mark.parametrize(("argv", "program", "identity"), [
+    (("/usr/bin/python3", "/opt/other/app.py", "--port", "8080"), "python3.11 app.py",
+     APP._replace(target=OTHER_FILE)),
+    (("/usr/bin/python3",), "python3.11", APP._replace(target=None)),  # bare interpreter
+    (("/usr/bin/python3", "-c", "..."), "python3.11 ...", APP._replace(target=None)),
+    (("/usr/bin/python3", "-m", "app"), "python3.11 app",
+     APP._replace(target=None, module="app")),
+    (APP_ARGV, "python3.11 app.py", None),  # its files could not be read: in doubt
 ])
 def test_a_different_script_under_the_same_interpreter_is_foreign(
-        argv: tuple[str, ...], program: str) -> None:
-    c = classify_holder(context(), holder(proc(argv=argv)))
+        argv: tuple[str, ...], program: str, identity: ProgramId | None) -> None:
+    c = classify_holder(context(), holder(proc(argv=argv, program=identity)))
     assert c.kind is Kind.FOREIGN
     assert c.reason == "not web@.service's program"
     # messages name the script, not only the interpreter
@@ -176,17 +189,21 @@ def test_a_different_script_under_the_same_interpreter_is_foreign(
 def test_a_script_service_started_through_its_interpreter_is_a_stray() -> None:
     """ExecStart=/opt/web/webd --port 8080 (a #! script) started by hand as
     `python3 /opt/web/webd --port 8080`: the same program with the same arguments."""
-    unit_info = Unit("web@green.service", exec_start=(("/opt/web/webd", "--port", "8080"),))
-    copy = proc(argv=("/usr/bin/python3", "/opt/web/webd", "--port", "8080"))
-    assert classify_holder(context(unit_info=unit_info), holder(copy)).kind is Kind.STRAY
-    other = proc(argv=("/usr/bin/python3", "/opt/web/webd", "--port", "9090"))
-    assert classify_holder(context(unit_info=unit_info), holder(other)).kind is Kind.FOREIGN
+    webd = FileId(8, 5005)
+    ctx = context(unit_programs=(ProgramId(webd, target=webd, interpreted=True),))
+    copy = proc(argv=("/usr/bin/python3", "/opt/web/webd", "--port", "9090"),
+                program=APP._replace(target=webd))
+    assert classify_holder(ctx, holder(copy)).kind is Kind.STRAY
+    # the interpreter alone (the #! script's file, not run as a script) is not it
+    assert classify_holder(ctx, holder(proc(program=ProgramId(webd)))).kind is Kind.FOREIGN
+    assert classify_holder(ctx, holder(proc())).kind is Kind.FOREIGN  # another script
 
 
 def test_without_execstart_or_globs_a_copy_is_not_recognised() -> None:
     """No D-Bus (no ExecStart) and no configured pattern: nothing to match, so foreign."""
     plain = loads("services:\n  web@.service:\n    ports: ['8080']\n").services[0]
-    c = classify_holder(context(service=plain, unit_info=None), holder(proc()))
+    c = classify_holder(context(service=plain, unit_info=None, unit_programs=()),
+                        holder(proc()))
     assert c.kind is Kind.FOREIGN
 
 
@@ -204,10 +221,29 @@ def test_never_a_stray_by_name_alone_when_it_runs_as_another_user(
                         f"{user}, not the unit's user")
 
 
-def test_one_holder_process_of_another_user_makes_the_whole_holder_foreign() -> None:
-    """A prefork copy whose worker runs as someone else is not ours to signal."""
+def test_one_root_process_of_another_user_makes_the_whole_holder_foreign() -> None:
+    """Two unrelated processes share the socket, one of them someone else's: not ours."""
     h = holder(proc(4242), proc(4243, uid=1000, user="alice"))
     assert classify_holder(context(), h).kind is Kind.FOREIGN
+
+
+def test_a_master_and_workers_are_judged_by_the_master() -> None:
+    """nginx started by hand from a root shell: the master runs as root (the unit's user),
+    its workers as www-data; the tree is one stray, named by its master, master first."""
+    nginx = ProgramId(FileId(8, 6006))
+    worker = proc(4243, ("nginx: worker process",), exe="/usr/sbin/nginx", program=nginx,
+                  ppid=4242)
+    master = proc(4242, ("nginx: master process /usr/sbin/nginx",), exe="/usr/sbin/nginx",
+                  uid=0, user="root", program=nginx)
+    ctx = context(unit_uid=0, unit_programs=(nginx,))
+    c = classify_holder(ctx, holder(worker, master))
+    assert c.kind is Kind.STRAY
+    assert c.pids == (4242, 4243)
+    # a stray master of another user is foreign, whatever its workers run as
+    assert classify_holder(context(unit_programs=(nginx,)),
+                           holder(worker, master)).kind is Kind.FOREIGN
+    # workers whose master is gone (SIGKILLed) are judged by themselves: www-data here
+    assert classify_holder(ctx, holder(worker)).kind is Kind.FOREIGN
 
 
 def test_the_program_in_another_service_unit_is_foreign_not_a_stray() -> None:
@@ -221,7 +257,7 @@ def test_the_program_in_another_service_unit_is_foreign_not_a_stray() -> None:
 
 def test_a_different_program_outside_units_is_foreign_and_named() -> None:
     nginx = proc(900, ("nginx: master process /usr/sbin/nginx",), exe="/usr/sbin/nginx",
-                 uid=0, user="root")
+                 uid=0, user="root", program=ProgramId(FileId(8, 6006)))
     c = classify_holder(context(), holder(nginx, unit_id="session-2.scope"))
     assert c.kind is Kind.FOREIGN
     assert c.reason == "not web@.service's program"
@@ -337,8 +373,9 @@ def test_active_and_activating_twins_claim_the_ports_before_binding() -> None:
 
 
 def test_a_claiming_twin_is_one_conflict_however_many_ports() -> None:
-    holders = [holder(proc(900, ("nginx",), exe="/usr/sbin/nginx"), port=8080),
-               holder(proc(901, ("nginx",), exe="/usr/sbin/nginx"), port=9090)]
+    nginx = ProgramId(FileId(8, 6006))
+    holders = [holder(proc(900, ("nginx",), exe="/usr/sbin/nginx", program=nginx), port=8080),
+               holder(proc(901, ("nginx",), exe="/usr/sbin/nginx", program=nginx), port=9090)]
     found = classify(context(claiming_twins=(unit("web@blue.service"),)), holders)
     assert [c.kind for c in found] == [Kind.FOREIGN, Kind.FOREIGN, Kind.TWIN]
     assert (found[2].port, found[2].unit) == (8080, "web@blue.service")

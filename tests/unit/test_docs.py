@@ -1,11 +1,12 @@
-"""The man page and the shell completions: current, complete, and working.
+"""The man page, the shell completions and docs/commands.md's exit-code table: current,
+complete, and working (the rest of docs/ against the code: test_docs_drift.py).
 
 packaging/man/portguard.8 and packaging/completion/{portguard.bash,_portguard} are made by
 scripts/gen-docs from `portguard.cli.build_parser()` (argparse-manpage, shtab) and
 committed, so packagers need no generator. These tests prove that:
 
-- they are exactly what gen-docs makes of the parser now (the man page's date aside), so
-  a new option or command fails here until `make docs` is run;
+- they are exactly what gen-docs makes of the parser and errors.py now (the man page's
+  date aside), so a new option, command or exit code fails here until `make docs` is run;
 - the man page names every command, every option and argument of each with its help, and
   every exit code of ExitStatus, and has the sections a parser cannot know;
 - groff renders it without a warning, and man(1) formats it;
@@ -83,12 +84,22 @@ def without_date(text: str) -> str:
 
 # ------------------------------------------------------------------ the files are current
 
+def docs_copy(tmp_path: Path) -> Path:
+    """A copy of docs/, for gen-docs to write into instead of the checkout."""
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    return tmp_path / "docs"
+
+
 def test_committed_files_are_what_gen_docs_makes_now(tmp_path: Path) -> None:
     need_generators()
-    done = gen_docs("--output-dir", tmp_path)
+    docs = docs_copy(tmp_path)
+    (docs / "commands.md").write_text(re.sub(  # the table gen-docs renders, emptied
+        r"(<!-- BEGIN exit-codes[^\n]*-->\n).*?(<!-- END exit-codes -->)", r"\1\2",
+        (docs / "commands.md").read_text(), flags=re.DOTALL))
+    done = gen_docs("--output-dir", tmp_path, "--docs-dir", docs)
     assert done.returncode == 0, done.stderr
     stale = []
-    for name, committed in GENERATED.items():
+    for name, committed in {**GENERATED, "docs/commands.md": ROOT / "docs/commands.md"}.items():
         fresh = (tmp_path / name).read_text()
         old = committed.read_text()
         if name.startswith("man/"):
@@ -129,13 +140,15 @@ def test_an_unchanged_page_keeps_its_date(tmp_path: Path) -> None:
     page.write_text(TH_DATE.sub(r'\1"2001\\-02\\-03"', MAN.read_text()))
     before = page.read_text()
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
-    done = subprocess.run([sys.executable, str(GEN_DOCS), "--output-dir", str(tmp_path)],
+    docs = docs_copy(tmp_path)
+    done = subprocess.run([sys.executable, str(GEN_DOCS), "--output-dir", str(tmp_path),
+                           "--docs-dir", str(docs)],
                           capture_output=True, text=True, check=False, env=env)
     assert done.returncode == 0, done.stderr
     assert page.read_text() == before
     # SOURCE_DATE_EPOCH (reproducible builds) wins: 2009-02-13 23:31:30 UTC.
-    assert gen_docs("--output-dir", tmp_path, env={"SOURCE_DATE_EPOCH": "1234567890"}
-                    ).returncode == 0
+    assert gen_docs("--output-dir", tmp_path, "--docs-dir", docs,
+                    env={"SOURCE_DATE_EPOCH": "1234567890"}).returncode == 0
     assert '"2009\\-02\\-13"' in page.read_text().splitlines()[1]
 
 
@@ -228,7 +241,7 @@ def test_man_page_exit_status_is_the_enum() -> None:
     block = source.split(".SH EXIT STATUS\n", 1)[1].split("\n.SH ", 1)[0]
     codes = [int(code) for code in re.findall(r"^\.B (\d+)$", block, re.MULTILINE)]
     assert codes == [int(status) for status in ExitStatus]
-    assert codes == [0, 1, 2, 75, 77, 78]  # DESIGN.md's contract
+    assert codes == [0, 1, 2, 3, 75, 77, 78]  # DESIGN.md's contract (3: `why` only)
 
 
 def test_man_page_has_what_the_parser_cannot_know() -> None:

@@ -42,6 +42,7 @@ class World:
         self.sockets: list[Socket] = []
         self.queries: list[tuple[list[int], tuple[Proto, ...]]] = []
         self.units: dict[int, Unit | Exception | None] = {}
+        self.socket_units: list[Unit] = []
         self.connects = 0
         self.connect_error: Exception | None = None
         self.asked: list[int] = []
@@ -79,6 +80,10 @@ class World:
                 if isinstance(found, Exception):
                     raise found
                 return found
+
+            def socket_units(self) -> list[Unit]:
+                world.asked.append("socket_units")
+                return world.socket_units
 
             def close(self) -> None:
                 pass
@@ -271,7 +276,28 @@ def test_each_process_is_named_with_its_own_unit(world: World) -> None:
                    50: Unit("sa.service", "active", "running", 50)}
     [rep] = world.who((8080, TCP))
     rows = report.port_doc(rep)["holders"]
+    # no socket unit listens there (D-Bus says none): PID 1 stays init.scope
     assert [(r["pid"], r["unit"]) for r in rows] == [(1, "init.scope"), (50, "sa.service")]
+
+    # ... and with sa.socket listening on [::]:8080, PID 1's row is sa.socket's (case 4)
+    world.socket_units = [Unit("sa.socket", "active", "listening", triggers=("sa.service",),
+                               listen=(("Stream", "[::]:8081"), ("Stream", "[::]:8080")))]
+    [rep] = world.who((8080, TCP))
+    rows = report.port_doc(rep)["holders"]
+    assert [(r["pid"], r["unit"], r.get("activates")) for r in rows] == [
+        (1, "sa.socket", ["sa.service"]), (50, "sa.service", None)]
+    assert ("note: 8080/tcp: PID 1 (systemd) listens for sa.socket, which activates "
+            "sa.service; `systemctl stop sa.socket` frees it") in report.table([rep])
+
+
+def test_socket_units_are_asked_only_when_pid_1_holds_a_port(world: World) -> None:
+    world.sockets = [sock(8080, 180)]
+    world.add_process(50, "/system.slice/web.service", {3: 180})
+    world.units = {50: Unit("web.service", "active", "running", 50)}
+    world.socket_units = [Unit("web.socket", listen=(("Stream", "0.0.0.0:8080"),))]
+    [rep] = world.who((8080, TCP))
+    assert "socket_units" not in world.asked
+    assert rep.holders[0].unit is not None and rep.holders[0].unit.id == "web.service"
 
 
 def test_containers_and_docker_proxy_are_named(world: World) -> None:

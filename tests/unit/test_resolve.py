@@ -179,6 +179,26 @@ def test_a_refusal_is_journaled_once_not_at_every_pass(cfg: Config, world: World
     assert len(world.preflights) == 2
 
 
+def test_a_restart_loop_behind_a_foreign_holder_is_refused_once_across_its_states(
+        cfg: Config, world: World) -> None:
+    """Restart=always against a foreign holder: between attempts the unit is briefly
+    active (Type=simple forks before it binds), which alone would be "not acted on"; what
+    the guard did about these same holders is still told, once, and still what it says."""
+    j = Capture()
+    r = make(world, j)
+    s = sock(8080, 3)
+    world.holders = [Holder(s, (proc(33),), None)]
+    world.answer = BlockedError("web.service cannot start: 8080/tcp is held (foreign)")
+    for state, sub in [("activating", "auto-restart"), ("active", "running")] * 3:
+        world.facts = facts([unit("web.service", state, sub)], [(s, "")])
+        [o] = run(r, cfg, world)
+        assert (o.state, o.text.rpartition(", ")[2]) == ("refused", "refused"), o
+        world.now += 1
+    assert world.preflights == [("web.service", False)]  # judged once, not at every attempt
+    assert len(j.of(Event.REFUSED)) == 1
+    assert not j.of(Event.CONFLICT)  # never "not acted on" after refusing it
+
+
 def test_policy_warn_is_tolerated_and_told_once(cfg: Config, world: World) -> None:
     twin_fight(world)
     [step] = world.plan.steps if world.plan else []

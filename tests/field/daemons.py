@@ -1,0 +1,236 @@
+"""Real Debian daemons under their packaged unit files, inside a systemd sandbox.
+
+The one place that says which daemons the field suite runs and what each needs
+(`DAEMONS`); scripts/bootstrap (FIELD_PACKAGES) installs them, with a policy-rc.d guard so
+nothing starts on the host. `Field(sb)` sets a daemon up inside a Sandbox
+(tests/integration/sandbox.py) the way a booted Debian host has it:
+
+    field = Field(sb)
+    field.install("nginx")                      # packaged units copied unchanged, dirs made
+    field.config("/etc/nginx/sites-enabled", {"default": "server { listen 8080; }"})
+    field.start("nginx.service"); field.holders(8080) -> {pid: "nginx"}
+    field.unit_pids("nginx.service"); field.status("nginx.service"); field.journal(...)
+
+What it writes and where (nothing lands on the host):
+- unit files: /etc/systemd/system inside (a private tmpfs), byte for byte the packaged
+  /lib/systemd/system files;
+- the directories a boot's tmpfiles or the package's postinst would have made on the empty
+  private tmpfs (/run, /var/log, /var/cache), with the owner and mode the host's copy has
+  (or the package's tmpfiles.d entry says);
+- the host directories the daemon writes (its /var/lib state, say) get a tmpfs over them
+  inside, holding a copy of the host's contents: the daemon's writes stay in the sandbox;
+- config(): a tmpfs over a config directory inside, holding the host's files plus the
+  test's, so a test changes a listen port without touching /etc on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sandbox import Sandbox
+
+UNIT_DIR = "/lib/systemd/system"
+
+
+class Daemon(NamedTuple):
+    package: str  # the Debian package that ships it (scripts/bootstrap installs it)
+    units: tuple[str, ...]  # packaged unit files to copy, unchanged
+    exe: str  # its executable, as the unit's ExecStart= names it
+    made_dirs: tuple[str, ...] = ()  # on the sandbox's empty tmpfs: made like the host's
+    tmpfiles: tuple[str, ...] = ()  # tmpfiles.d entries a boot would apply
+    private_dirs: tuple[str, ...] = ()  # host dirs it writes: a tmpfs over them inside
+
+
+DAEMONS: dict[str, Daemon] = {
+    "nginx": Daemon("nginx", ("nginx.service",), "/usr/sbin/nginx",
+                    made_dirs=("/var/log/nginx",), private_dirs=("/var/lib/nginx",)),
+    "redis": Daemon("redis-server", ("redis-server.service", "redis-server@.service"),
+                    "/usr/bin/redis-server",
+                    made_dirs=("/var/log/redis",),
+                    private_dirs=("/var/lib/redis", "/etc/redis")),
+    "php-fpm": Daemon("php8.2-fpm", ("php8.2-fpm.service",), "/usr/sbin/php-fpm8.2",
+                      tmpfiles=("php8.2-fpm.conf",)),
+    "haproxy": Daemon("haproxy", ("haproxy.service",), "/usr/sbin/haproxy",
+                      tmpfiles=("haproxy.conf",), private_dirs=("/var/lib/haproxy",)),
+    "lighttpd": Daemon("lighttpd", ("lighttpd.service",), "/usr/sbin/lighttpd",
+                       tmpfiles=("lighttpd.tmpfile.conf",)),
+    "memcached": Daemon("memcached", ("memcached.service",), "/usr/bin/memcached",
+                        tmpfiles=("memcached.conf",)),
+}
+
+
+def missing_packages(names: list[str]) -> list[str]:
+    """The Debian packages of these daemons that are not installed on this machine."""
+    out = []
+    for name in names:
+        spec = DAEMONS[name]
+        if not all(Path(UNIT_DIR, u).is_file() for u in spec.units) or \
+                not os.path.exists(spec.exe):
+            out.append(spec.package)
+    return out
+
+
+class Field:
+    """Daemons set up inside one running sandbox; see the module docstring."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self.sb = sb
+        self.installed: set[str] = set()
+        self._mounted: set[str] = set()
+
+    # -- setting up -----------------------------------------------------------------
+
+    def install(self, name: str) -> Daemon:
+        """Copy the daemon's packaged units in, make its directories; idempotent."""
+        spec = DAEMONS[name]
+        if name in self.installed:
+            return spec
+        for d in spec.private_dirs:
+            self._private(d, {})
+        for d in spec.made_dirs:
+            st = os.stat(d)
+            self.sb.run(["install", "-d", "-o", str(st.st_uid), "-g", str(st.st_gid),
+                         "-m", oct(stat.S_IMODE(st.st_mode))[2:], d], check=True)
+        for conf in spec.tmpfiles:
+            self.sb.run(["systemd-tmpfiles", "--create", f"/usr/lib/tmpfiles.d/{conf}"],
+                        check=True)
+        for unit in spec.units:
+            self.sb.write_unit(unit, Path(UNIT_DIR, unit).read_text(), reload=False)
+        self.sb.systemctl("daemon-reload", check=True)
+        self.installed.add(name)
+        return spec
+
+    def config(self, directory: str, files: Mapping[str, str], *,
+               remove: tuple[str, ...] = ()) -> None:
+        """Put `files` (name -> text) into `directory` inside the sandbox, on a tmpfs that
+        holds a copy of the host's directory (minus `remove`): the host's stays as it is."""
+        self._private(directory, files, remove)
+
+    def _private(self, directory: str, files: Mapping[str, str],
+                 remove: tuple[str, ...] = ()) -> None:
+        if directory not in self._mounted:
+            st = os.stat(directory)
+            save = f"/run/portguard-field/save{directory}"
+            script = (
+                'set -e; d=$1; save=$2; mkdir -p "$save"; cp -a "$d/." "$save/"; '
+                'mount -t tmpfs -o "mode=$3,uid=$4,gid=$5" field "$d"; cp -a "$save/." "$d/"')
+            self.sb.run(["/bin/sh", "-c", script, "private", directory, save,
+                         oct(stat.S_IMODE(st.st_mode))[2:], str(st.st_uid), str(st.st_gid)],
+                        check=True)
+            self._mounted.add(directory)
+        for name in remove:
+            self.sb.run(["rm", "-f", "--", f"{directory}/{name}"], check=True)
+        for name, text in files.items():
+            path = f"{directory}/{name}"
+            self.sb.run(["/bin/sh", "-c", 'cat > "$1"', "write", path], input=text, check=True)
+
+    # -- running --------------------------------------------------------------------
+
+    def start(self, unit: str, *, check: bool = True) -> Any:
+        out = self.sb.systemctl("start", unit, timeout=60)
+        if check and out.returncode != 0:
+            raise AssertionError(f"systemctl start {unit} exited {out.returncode}: "
+                                 f"{out.stderr}\n{self.status(unit)}")
+        return out
+
+    def stop(self, unit: str) -> None:
+        self.sb.systemctl("stop", unit, timeout=60)
+
+    def is_active(self, unit: str) -> str:
+        return self.sb.systemctl("is-active", unit).stdout.strip()
+
+    def status(self, unit: str) -> str:
+        """`systemctl status UNIT` as an administrator reads it (all lines, no pager)."""
+        out = self.sb.systemctl("status", "--full", "--lines=30", unit)
+        return out.stdout + out.stderr
+
+    def unit_pids(self, unit: str) -> set[int]:
+        """Every process in the unit's cgroup (cgroup.procs of it and its children)."""
+        cgroup = self.sb.unit_property(unit, "ControlGroup")
+        if not cgroup:
+            return set()
+        out = self.sb.run(["/bin/sh", "-c", 'cat $(find "$1" -name cgroup.procs)', "procs",
+                           f"/sys/fs/cgroup{cgroup}"])
+        return {int(p) for p in out.stdout.split()}
+
+    def holders(self, port: int, proto: str = "tcp") -> dict[int, str]:
+        """`ss -Hl(t|u)np` on the port: pid -> the process name ss shows."""
+        flag = {"tcp": "-Hltnp", "udp": "-Hlunp"}[proto]
+        text = self.sb.run(["ss", flag, "sport", "=", f":{port}"], check=True).stdout
+        return {int(pid): name for name, pid in re.findall(r'\("([^"]*)",pid=(\d+),', text)}
+
+    def wait_holders(self, port: int, *, gone: set[int] | None = None,
+                     timeout: float = 10.0) -> dict[int, str]:
+        """The port's holders once there are some (and none of `gone` among them)."""
+        found: dict[int, str] = {}
+
+        def ready() -> bool:
+            nonlocal found
+            found = self.holders(port)
+            return bool(found) and not (gone and gone & set(found))
+
+        self.sb.wait_for(ready, timeout, f"a listener on {port}")
+        return found
+
+    def spawn_by_hand(self, command: str, *, user: str = "root") -> None:
+        """Run a shell command line outside any unit, as an admin would from a root shell
+        (daemons that fork into the background return at once)."""
+        argv = ["/bin/sh", "-c", command]
+        if user != "root":
+            argv = ["runuser", "-u", user, "--", *argv]
+        out = self.sb.run(["setsid", *argv], timeout=30)
+        if out.returncode != 0:
+            raise AssertionError(f"{command!r} by hand exited {out.returncode}: "
+                                 f"{out.stdout}{out.stderr}")
+
+    def wait_master(self, port: int, user: str = "root", workers: str = "www-data",
+                    timeout: float = 10.0) -> tuple[int, set[int]]:
+        """A prefork holder of the port once settled: one master running as `user`, every
+        other holder its worker running as `workers` (they switch user after fork).
+        Returns (master pid, master and all its descendants)."""
+        master = 0
+
+        def settled() -> bool:
+            nonlocal master
+            users = self.users(self.holders(port))
+            masters = [p for p, u in users.items() if u == user]
+            master = masters[0] if len(masters) == 1 else 0
+            return bool(master) and len(users) > 1 and all(
+                u == workers for p, u in users.items() if p != master)
+
+        self.sb.wait_for(settled, timeout, f"a {user} master with {workers} workers on {port}")
+        return master, self.tree(master)
+
+    def tree(self, pid: int) -> set[int]:
+        """pid and its descendants, inside."""
+        out = {pid}
+        for child in self.sb.run(["cat", f"/proc/{pid}/task/{pid}/children"]).stdout.split():
+            out |= self.tree(int(child))
+        return out
+
+    def ps(self, pids: set[int] | dict[int, str]) -> str:
+        """`ps` of those pids (user, title), for failure messages and user checks."""
+        if not pids:
+            return ""
+        return self.sb.run(["ps", "-o", "pid=,ppid=,user=,args=", "-p",
+                            ",".join(str(p) for p in pids)]).stdout
+
+    def users(self, pids: set[int] | dict[int, str]) -> dict[int, str]:
+        """pid -> user name, as ps shows it."""
+        out = {}
+        for line in self.ps(pids).splitlines():
+            pid, _ppid, user, *_ = line.split()
+            out[int(pid)] = user
+        return out
+
+    def journal(self, unit: str, since_cursor: str | None = None) -> list[dict[str, Any]]:
+        return self.sb.journal("-u", unit, since_cursor=since_cursor)
+
+    def shell(self, command: str) -> str:
+        return self.sb.run(["/bin/sh", "-c", command]).stdout
+

@@ -1,0 +1,79 @@
+"""redis-server under its packaged template redis-server@.service (User=redis, Type=notify,
+heavy sandboxing; /usr/bin/redis-server is a symlink to redis-check-rdb; listens on
+127.0.0.1:6379 and [::1]:6379)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemons import Field
+from guard import CONFLICT, STOP_UNIT, Guard, guarding
+
+DAEMONS_USED = ["redis"]
+TEMPLATE = "redis-server@.service"
+PORT = 6379
+
+
+def instance_conf(name: str, *, daemonize: bool = False) -> str:
+    """The packaged /etc/redis/redis.conf as redis-server@.service's comments say to make
+    an instance's: its own pid file and database; logging to the journal (stdout)."""
+    base = Path("/etc/redis/redis.conf").read_text()
+    return base + (f"\ndaemonize {'yes' if daemonize else 'no'}\nlogfile \"\"\n"
+                   f"pidfile /run/redis-{name}/redis-server.pid\ndbfilename dump-{name}.rdb\n")
+
+
+@pytest.fixture
+def guard(field: Field) -> Iterator[Guard]:
+    field.install("redis")
+    with guarding(field.sb, TEMPLATE, PORT, stop="redis-server@*.service") as g:
+        yield g
+
+
+def test_twin_instances_on_one_port_the_second_stops_the_first(field: Field, guard: Guard,
+                                                               uid: str) -> None:
+    a, b = f"redis-server@a{uid}.service", f"redis-server@b{uid}.service"
+    field.config("/etc/redis", {f"redis-a{uid}.conf": instance_conf(f"a{uid}"),
+                                f"redis-b{uid}.conf": instance_conf(f"b{uid}")})
+    field.start(a)
+    first = field.wait_holders(PORT)
+    assert set(first) <= field.unit_pids(a)
+    field.start(b)
+    assert field.is_active(b) == "active"
+    assert field.is_active(a) == "inactive"
+    after = field.wait_holders(PORT, gone=set(first))
+    assert set(after) <= field.unit_pids(b), field.ps(after)
+    stopped = guard.records(STOP_UNIT, unit=b)
+    assert [r["PORTGUARD_HOLDER_UNIT"] for r in stopped] == [a]
+    decided = guard.records(CONFLICT, unit=b)
+    assert len(decided) == 1, [r["MESSAGE"] for r in decided]  # 127.0.0.1 and ::1: one
+    assert decided[0]["PORTGUARD_HOLDER_KIND"] == "twin"
+    assert "(redis-server, user redis)" in decided[0]["MESSAGE"]
+    assert guard.signalled() == set()  # a twin unit is stopped through systemd
+
+
+def test_hand_started_redis_is_a_stray_named_redis_server(field: Field, guard: Guard,
+                                                          uid: str) -> None:
+    unit = f"redis-server@h{uid}.service"
+    field.config("/etc/redis", {f"redis-h{uid}.conf": instance_conf(f"h{uid}"),
+                                f"hand{uid}.conf": instance_conf(f"hand{uid}", daemonize=True)
+                                .replace(f"/run/redis-hand{uid}/", "/run/")})
+    # as an admin would: the unit's user, the same binary, another config and arguments
+    field.spawn_by_hand(f"/usr/bin/redis-server /etc/redis/hand{uid}.conf", user="redis")
+    held = field.wait_holders(PORT)
+    assert set(field.users(held).values()) == {"redis"}
+    who = guard.run("who", str(PORT))
+    assert "redis-server" in who.stdout and "redis-check-rdb" not in who.stdout, who.stdout
+    doc = json.loads(guard.run("--json", "who", str(PORT)).stdout)
+    assert {h["program"] for h in doc["ports"][0]["holders"]} == {"redis-server"}
+    field.start(unit)
+    assert field.is_active(unit) == "active"
+    after = field.wait_holders(PORT, gone=set(held))
+    assert set(after) <= field.unit_pids(unit)
+    assert guard.signalled() == set(held)
+    decided = guard.records(CONFLICT, unit=unit)
+    assert len(decided) == 1, [r["MESSAGE"] for r in decided]
+    assert decided[0]["PORTGUARD_HOLDER_KIND"] == "stray"
+    assert "(redis-server, user redis)" in decided[0]["MESSAGE"]
