@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import yaml
 from cases import FLAPPING, REFUSED, Case
-from sandbox import REPO, listener_argv, listener_exec
+from sandbox import LISTENER, PYTHON, REPO, listener_exec
 
 RULES = REPO / "packaging" / "prometheus" / "portguard.rules.yml"
 ALERTS = ("PortguardForeignHolder", "PortguardRefusals", "PortguardFlapping",
@@ -214,7 +214,10 @@ daemon:
     with Recorder(case, metrics, scrape) as rec:
         sb.wait_for(lambda: rec.last(flapping_key) == 0, 10, "the first file")
         time.sleep(3)  # quiet
-        foreign = sb.spawn(listener_argv("--port", str(foreign_port), "--name", "otherd"))
+        # another program: a copy of listener.py is another file (DESIGN case 3)
+        otherd = f"/run/pgd-{uid}/otherd.py"
+        sb.write_file(otherd, Path(LISTENER).read_text())
+        foreign = sb.spawn([PYTHON, otherd, "--port", str(foreign_port)])
         case.pids.append(foreign)
         case.wait_listening(foreign_port, foreign)
         case.start(web)
