@@ -195,9 +195,9 @@ daemon:
   flap_window: 5m
   metrics_file: {metrics}
 """)
-    # Restart=no: it fails once and stays failed. (Restarting every 300 ms, the daemon saw
-    # it alternately active and failing, refused again each time and tripped the flap
-    # guard on a conflict it never resolved: a daemon bug reported with this test.)
+    # Restart=no: it fails once and stays failed. (Restarting every 300 ms, the daemon was
+    # once seen to find it alternately active and failing, refuse again, and trip the flap
+    # guard on a conflict it never resolved: timing-dependent, reported with this test.)
     case.unit(web, "--port", str(foreign_port), guarded=False)
     sb.write_unit(template, "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
                   f"ExecStart={listener_exec('--port', str(fight_port))}\n"
