@@ -1,19 +1,30 @@
 """The isolated Debian root test_deb.py installs the package into (its docstring tells
 the story): the overlay root prepared on the host (PREPARE_SCRIPT), and `DebRoot`, a
 Sandbox that boots systemd with that root as `/` (ROOT_BOOT_SCRIPT) and otherwise has the
-whole Sandbox API."""
+whole Sandbox API. `build_deb()` builds the package, `booted_root(deb)` prepares and
+boots a root with the .deb in PKG_DIR (not installed: test_deb.py installs it with dpkg,
+test_fleet_ansible.py with the Ansible role)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sandbox import REPO, Sandbox, SandboxError
+from sandbox import BASE_ENV, REPO, Sandbox, SandboxError
+
+PKG_DIR = "/var/cache/portguard-test"  # inside the root: the .deb under test
+
+
+class PrepareFailed(SandboxError):
+    """apt-get could not download the package's dependencies into the root."""
 
 # The stock targets (seeded empty by the sandbox) whose .wants/ in the root's /lib and
 # /etc would pull the host's units (udev, tmpfiles, timesyncd, getty, ...) into the boot.
@@ -144,3 +155,49 @@ def rmtree_layers(path: Path) -> None:
     if os.path.ismount(path / "merged"):  # never: mounts are private; but never follow one
         raise SandboxError(f"{path}/merged is a mount point on the host; not removing")
     shutil.rmtree(path, ignore_errors=True)
+
+
+def build_deb() -> Path:
+    """dist/portguard_<version>_all.deb, built now unless up to date (scripts/build-deb)."""
+    started = time.monotonic()
+    done = subprocess.run([str(REPO / "scripts/build-deb")], capture_output=True, text=True,
+                          timeout=600, check=False)
+    if done.returncode != 0:
+        raise SandboxError(f"scripts/build-deb failed:\n{done.stdout}{done.stderr}")
+    found = re.search(r"dist/(portguard_\S+_all\.deb)", done.stderr)
+    assert found, done.stderr
+    print(f"build-deb: {time.monotonic() - started:.1f} s: {done.stderr.strip()}")
+    return REPO / "dist" / found.group(1)
+
+
+@contextlib.contextmanager
+def booted_root(deb: Path) -> Iterator[DebRoot]:
+    """An isolated root with the package's dependencies in its apt cache and `deb` in
+    PKG_DIR, booted; stopped and removed with everything in it afterwards. PrepareFailed
+    when apt could not download the dependencies."""
+    remove_stale()
+    layers = Path(tempfile.mkdtemp(prefix=f"portguard-debroot-{os.getpid()}-"))
+    sb: DebRoot | None = None
+    try:
+        for sub in ("upper", "work", "merged"):
+            (layers / sub).mkdir()
+        started = time.monotonic()
+        prep = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--", "/bin/bash", "-c",
+             PREPARE_SCRIPT, "prepare", str(layers), str(deb)],
+            capture_output=True, text=True, timeout=600, check=False,
+            env={**BASE_ENV, **{k: v for k, v in os.environ.items() if k.endswith("_proxy")}})
+        if prep.returncode != 0:
+            raise PrepareFailed(f"could not prepare the root (apt-get --download-only of the "
+                                f"package's dependencies):\n{prep.stdout[-3000:]}"
+                                f"{prep.stderr[-3000:]}")
+        prepared = time.monotonic()
+        sb = DebRoot(layers)
+        sb.start()
+        print(f"debroot: prepare {prepared - started:.1f} s, boot "
+              f"{time.monotonic() - prepared:.1f} s")
+        yield sb
+    finally:
+        if sb is not None:
+            sb.stop()
+        rmtree_layers(layers)

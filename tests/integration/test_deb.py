@@ -28,7 +28,6 @@ Then the tests, in file order (they share the root; the last one removes the pac
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -38,15 +37,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from availability import require_sandbox
+from availability import require_sandbox, skip_or_fail
 from cases import CONFLICT, SIGNAL
 from cases import RELOADED as DAEMON_RELOADED
 from cases import STARTED as DAEMON_STARTED
-from debroot import PREPARE_SCRIPT, DebRoot, remove_stale, rmtree_layers
-from sandbox import BASE_ENV, REPO
+from debroot import PKG_DIR, DebRoot, PrepareFailed, booted_root, build_deb
+from sandbox import REPO, SandboxError
 
-CI = os.environ.get("CI", "").lower() == "true"
-PKG_DIR = "/var/cache/portguard-test"  # inside the root: the .deb under test
 WEB_PORT = 8080  # the root has a network namespace of its own
 WEBD = "/run/portguard-test/webd.py"
 DSH_STATE = "/var/lib/systemd/deb-systemd-helper-enabled/portguard.service.dsh-also"
@@ -69,59 +66,28 @@ while True:
 
 # -- fixtures --------------------------------------------------------------------------------
 
-def _fail_or_skip(message: str) -> None:
-    if CI:
-        pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def deb() -> Path:
     """dist/portguard_<version>_all.deb, built now unless up to date."""
     require_sandbox()  # root, unshare, systemd: the same needs, checked first
-    started = time.monotonic()
-    done = subprocess.run([str(REPO / "scripts/build-deb")], capture_output=True, text=True,
-                          timeout=600, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"scripts/build-deb failed:\n{done.stdout}{done.stderr}", pytrace=False)
-    found = re.search(r"dist/(portguard_\S+_all\.deb)", done.stderr)
-    assert found, done.stderr
-    path = REPO / "dist" / found.group(1)
-    print(f"build-deb: {time.monotonic() - started:.1f} s: {done.stderr.strip()}")
-    return path
+    try:
+        return build_deb()
+    except SandboxError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="module")
 def debroot(deb: Path) -> Iterator[DebRoot]:
     """The isolated root with systemd running and the package installed (dpkg -i, then
     apt-get install -f); removed with everything in it afterwards."""
-    remove_stale()
-    layers = Path(tempfile.mkdtemp(prefix=f"portguard-debroot-{os.getpid()}-"))
-    sb: DebRoot | None = None
     try:
-        for sub in ("upper", "work", "merged"):
-            (layers / sub).mkdir()
-        started = time.monotonic()
-        prep = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--", "/bin/bash", "-c",
-             PREPARE_SCRIPT, "prepare", str(layers), str(deb)],
-            capture_output=True, text=True, timeout=600, check=False,
-            env={**BASE_ENV, **{k: v for k, v in os.environ.items() if k.endswith("_proxy")}})
-        if prep.returncode != 0:
-            _fail_or_skip(f"could not prepare the root (apt-get --download-only of the "
-                          f"package's dependencies):\n{prep.stdout[-3000:]}{prep.stderr[-3000:]}")
-        prepared = time.monotonic()
-        sb = DebRoot(layers)
-        sb.start()
-        booted = time.monotonic()
-        sb.install_log = _install(sb, deb)
-        print(f"debroot: prepare {prepared - started:.1f} s, boot {booted - prepared:.1f} s, "
-              f"install {time.monotonic() - booted:.1f} s")
-        yield sb
-    finally:
-        if sb is not None:
-            sb.stop()
-        rmtree_layers(layers)
+        with booted_root(deb) as sb:
+            started = time.monotonic()
+            sb.install_log = _install(sb, deb)
+            print(f"debroot: install {time.monotonic() - started:.1f} s")
+            yield sb
+    except PrepareFailed as exc:
+        skip_or_fail(str(exc))
 
 
 def _install(sb: DebRoot, deb: Path) -> str:
