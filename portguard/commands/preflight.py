@@ -90,10 +90,9 @@ class Preflight:
         if self._starting_twins(service):
             return False
         found = sockets.on_ports(ports)
-        for intent in intents:
-            if not conflicts.assess(intent, _on_port(found, intent.port, intent.proto)).free:
-                return False
-        return all(_probe_ok(intent) for intent in intents)
+        kernel = probe.Kernel()
+        return all(conflicts.judge(i, _on_port(found, i.port, i.proto), kernel).free
+                   for i in intents)
 
     def _starting_twins(self, service: Service) -> list[str]:
         """Twin units with live processes (running or starting), seen in the cgroup tree."""
@@ -188,18 +187,20 @@ class Preflight:
         reports = self.app.observer.ports(list(ports))
         relevant: dict[int, Holder] = {}
         bind_refused: set[tuple[int, Proto]] = set()
+        unseen = False
         for intent in intents:
             rep = next(r for r in reports if (r.port, r.proto) == (intent.port, intent.proto))
-            socks = [h.socket for h in rep.holders]
-            verdict = conflicts.assess(intent, socks)
-            keep = {id(s) for s in (*verdict.blockers, *verdict.lingering, *verdict.uncertain)}
+            judged = conflicts.judge(intent, [h.socket for h in rep.holders],
+                                     probe.Kernel(rep.holders))
+            keep = {id(s) for s in judged.blockers}
             for holder in rep.holders:
                 if id(holder.socket) in keep:
                     relevant[id(holder)] = holder
-            if verdict.free and not _probe_ok(intent):
+            if not judged.free:
                 bind_refused.add((intent.port, intent.proto))
+                unseen = unseen or judged.unseen
         found = classify(ctx, relevant.values())
-        if bind_refused and not found:
+        if unseen and not found:
             raise BlockedError(f"{self.unit}: bind() is refused on a declared port but no "
                                "socket on it is visible (another network namespace?)")
         return found, bind_refused
@@ -215,13 +216,14 @@ class Preflight:
         if conflict.kind is Kind.LINGERING:
             # No identity to follow: kernel-owned sockets have no inode and change state
             # (FIN_WAIT2 -> TIME_WAIT) as they go. Held while the bind would still fail.
-            return any(not conflicts.assess(i, current).free or not _probe_ok(i)
+            kernel = probe.Kernel()
+            return any(not conflicts.judge(i, current, kernel).free
                        for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
         same = [s for s in current if s.inode == sock.inode and s.local_address ==
                 sock.local_address and s.state == sock.state]
         if not same:
             return False
-        return any(conflicts.assess(i, same).blockers
+        return any(conflicts.judge(i, same).blockers
                    for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
 
     def _twin_up(self, unit: str | None) -> bool:
@@ -237,19 +239,23 @@ class Preflight:
     def _verify(self, service: Service, intents: Sequence[conflicts.BindIntent],
                 ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
         """The ports must be free now: sockets say so and a bind() probe agrees."""
-        def clear() -> bool:
+        def judged() -> list[conflicts.Judgement]:
             found = sockets.on_ports(ports)
-            return all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free
-                       and _probe_ok(i) for i in intents)
+            kernel = probe.Kernel()
+            return [conflicts.judge(i, _on_port(found, i.port, i.proto), kernel)
+                    for i in intents]
+
+        def clear() -> bool:
+            return all(j.free for j in judged())
 
         if wait_until(clear, deadline, self.clock):
             self._report_clear(service, ports, "ports cleared")
             return ExitStatus.OK
         found = sockets.on_ports(ports)
-        if all(conflicts.assess(i, _on_port(found, i.port, i.proto)).free for i in intents):
+        if not any(s.inode for j in judged() for s in j.blockers):
             # No live socket left, yet bind() fails: lingering sockets whose own socket did
-            # not set SO_REUSEADDR (unprobeable while a live holder shared the port). They
-            # expire on their own: this is a wait that timed out, as when it was planned.
+            # not set SO_REUSEADDR. They expire on their own: this is a wait that timed
+            # out, as when it was planned.
             detail = "; ".join(f"{s.state} {s.local_address}:{s.local_port}" for s in found
                                if s.inode == 0) or "lingering sockets"
             self.journal.emit(Event.TIMED_OUT, f"{self.unit}: timed out waiting for "
@@ -338,13 +344,6 @@ def _uid_of(user: str) -> int | None:
 
 def _on_port(found: Iterable[Socket], port: int, proto: Proto) -> list[Socket]:
     return [s for s in found if s.local_port == port and s.proto == proto]
-
-
-def _probe_ok(intent: conflicts.BindIntent) -> bool:
-    """The kernel's own answer; an address this host does not have is not our conflict."""
-    import errno
-    err = probe.probe_bind(intent)
-    return err is None or err.errno != errno.EADDRINUSE
 
 
 __all__ = ["Preflight", "TimedOutError", "advice", "describe_holder"]

@@ -6,8 +6,9 @@ address (a dual-stack `[::]` bind to port 0), sets up real sockets on it, builds
 `Socket` values sock_diag would report from the live sockets (getsockname, fstat,
 IPV6_V6ONLY), and asserts three answers agree with the expected one: the pure function
 (told the peer's real options), `probe_bind`, and a plain bind() written here.
-Also asserted everywhere: when `assess` (which has to guess the peer's options) does not
-ask for a probe, its guess is right.
+Also asserted everywhere: `judge` with the live `Kernel` (options read from our own
+sockets' fds, bind() where they cannot be) gives the kernel's answer, and `judge` without
+one, when no socket's answer hangs on its options, is right too.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import NamedTuple
 
 import pytest
 
-from portguard.decide.bind_probe import probe_bind
+from portguard.decide.bind_probe import Kernel, probe_bind
 from portguard.decide.conflicts import (
     BindIntent,
     PeerOptions,
-    assess,
     blockers,
+    judge,
     lingering,
+    uncertain,
 )
 from portguard.model import Proto, Socket
 
@@ -120,9 +122,9 @@ def check(intent: BindIntent, socks: list[Socket], peer: PeerOptions, blocked: b
     assert plain in (0, errno.EADDRINUSE), f"plain bind: {os.strerror(plain)}"
     assert (err is not None) == (plain != 0), "probe_bind and bind() disagree"
     assert (pure, plain != 0) == (blocked, blocked), f"pure={pure} kernel={plain != 0}"
-    a = assess(intent, socks)
-    if not a.needs_probe:
-        assert a.free != blocked, "assess was sure, and wrong"
+    assert judge(intent, socks, Kernel()).free != blocked, "judge with the kernel is wrong"
+    if not any(uncertain(intent, s) for s in socks):
+        assert judge(intent, socks).free != blocked, "judge was sure, and wrong"
 
 
 # --- one existing bound socket vs one intent --------------------------------------------
