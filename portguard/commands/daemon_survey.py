@@ -5,10 +5,13 @@ every declared port, one ListUnitsByPatterns call for the state of every configu
 and one walk of the cgroup tree to name the unit each socket was created in (sock_diag
 gives its cgroup id). /proc is read only for sockets without a cgroup id.
 
-Analyse (`analyse`) says, for each configured unit (every loaded instance of a template),
-which sockets block its declared binds and whose they are: `self` (its own cgroup), `twin`
-(another instance, a `duplicates.units` unit), `lingering`, or `other` (a stray or a
-foreign program: only Preflight's classification tells them apart), and its verdict:
+Analyse (`analyse`, pure but for the `Kernel` in the facts: `conflicts.judge` reads an
+owner's socket options or tries bind() where the rules alone cannot answer, and never
+on a port where no socket is seen) says, for each configured unit (every loaded
+instance of a template), which sockets block its declared binds and whose they are:
+`self` (its own cgroup), `twin` (another instance, a `duplicates.units` unit),
+`lingering`, or `other` (a stray or a foreign program: only Preflight's classification
+tells them apart), and its verdict:
 
 - `act`: the unit **wants its port** (failed; activating, auto-restart included) and is
   blocked (by a twin, an other, lingering sockets, or a remnant in its own cgroup while

@@ -33,10 +33,6 @@ from portguard.model import PortSpec, Proto, Socket
 
 LISTEN = "LISTEN"
 TIME_WAIT = "TIME_WAIT"
-# Non-listening TCP leftovers of a closed connection (DESIGN case 5).
-LEFTOVER_STATES = frozenset(
-    {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING"}
-)
 # Request mini-sockets (inet_reqsk_alloc) live in the established hash only, never in the
 # bind hash: they hold no port, their listener does. (sock_diag reports them as
 # SYN_RECV, which is treated like any accepted child: harmless, the listener is there.)
@@ -101,9 +97,10 @@ class Verdict(enum.Enum):
     """What one observed socket means for one bind."""
 
     NO_CONFLICT = "no-conflict"  # bind() is not stopped by it
-    BLOCKS = "blocks"  # stops bind() whatever SO_REUSEADDR says: a listener, a UDP socket
-    # A non-listening TCP socket that stops bind() only because SO_REUSEADDR is missing
-    # on one side (`inet_bind_conflict`: sk_reuse && sk2->sk_reuse && sk2 not LISTEN).
+    BLOCKS = "blocks"  # a live socket that stops bind(): listening, or only bound
+    # A connection's TCP socket (TIME_WAIT, CLOSE_WAIT, ESTABLISHED ...) that stops bind():
+    # only because SO_REUSEADDR is missing on one side (`inet_bind_conflict`: sk_reuse &&
+    # sk2->sk_reuse && sk2 not LISTEN), or SO_REUSEPORT does not apply.
     LINGERING = "lingering"
 
 
@@ -294,22 +291,6 @@ def blockers(
     """The sockets that make this bind() fail under options `peer` (default assumed),
     in input order, accepted children under their listener left out."""
     return _unshadowed([s for s in sockets if blocks(intent, s, peer)])
-
-
-def lingering(intent: BindIntent, sockets: list[Socket]) -> list[Socket]:
-    """DESIGN case 5: TCP leftovers on an overlapping address with no live listener.
-
-    TIME_WAIT / FIN_WAIT1/2 / CLOSE_WAIT / LAST_ACK / CLOSING sockets on the port that no
-    LISTEN socket covers, whether or not they block *this* intent.
-    """
-    return [
-        s
-        for s in sockets
-        if s.proto is Proto.TCP
-        and normalize_state(s.state) in LEFTOVER_STATES
-        and overlaps(intent, s)
-        and not any(_listens_over(lsn, s) for lsn in sockets)
-    ]
 
 
 def uncertain(intent: BindIntent, sock: Socket) -> bool:

@@ -29,7 +29,6 @@ from portguard.decide.conflicts import (
     PeerOptions,
     blockers,
     judge,
-    lingering,
     uncertain,
 )
 from portguard.model import Proto, Socket
@@ -337,37 +336,36 @@ def time_wait(reuse: bool, reuseport: bool = False) -> tuple[int, Socket]:
 
 
 TW_CASES = {
-    # name: (listener had SO_REUSEADDR, intent, bind() fails, `lingering()` lists it)
-    "reuse-vs-reuse": (True, intent("127.0.0.1"), False, True),
-    "reuse-vs-no-reuse": (True, intent("127.0.0.1", reuse_address=False), True, True),
-    "reuse-vs-any4-no-reuse": (True, intent("0.0.0.0", reuse_address=False), True, True),
-    "reuse-vs-127.0.0.2-no-reuse": (True, intent("127.0.0.2", reuse_address=False), False, False),
-    "reuse-vs-no-address-no-reuse": (True, intent(None, reuse_address=False), True, True),
+    # name: (listener had SO_REUSEADDR, intent, bind() fails)
+    "reuse-vs-reuse": (True, intent("127.0.0.1"), False),
+    "reuse-vs-no-reuse": (True, intent("127.0.0.1", reuse_address=False), True),
+    "reuse-vs-any4-no-reuse": (True, intent("0.0.0.0", reuse_address=False), True),
+    "reuse-vs-127.0.0.2-no-reuse": (True, intent("127.0.0.2", reuse_address=False), False),
+    "reuse-vs-no-address-no-reuse": (True, intent(None, reuse_address=False), True),
     "reuse-vs-v6only-no-reuse": (
         True,
         intent("::", v6only=True, reuse_address=False),
         False,
-        False,
     ),
     # The TIME_WAIT socket keeps its own sk_reuse: without it, even SO_REUSEADDR fails.
-    "no-reuse-vs-reuse": (False, intent("127.0.0.1"), True, True),
-    "no-reuse-vs-no-reuse": (False, intent("127.0.0.1", reuse_address=False), True, True),
-    "no-reuse-vs-dual-reuse": (False, intent("::", v6only=False), True, True),
+    "no-reuse-vs-reuse": (False, intent("127.0.0.1"), True),
+    "no-reuse-vs-no-reuse": (False, intent("127.0.0.1", reuse_address=False), True),
+    "no-reuse-vs-dual-reuse": (False, intent("::", v6only=False), True),
 }
 
 
 @pytest.mark.parametrize(
-    ("reuse", "want", "blocked", "listed"),
+    ("reuse", "want", "blocked"),
     [
         pytest.param(*c, id=name, marks=_marks(Setup("127.0.0.1"), c[1]))
         for name, c in TW_CASES.items()
     ],
 )
-def test_time_wait(reuse: bool, want: BindIntent, blocked: bool, listed: bool) -> None:
+def test_time_wait(reuse: bool, want: BindIntent, blocked: bool) -> None:
     port, tw = time_wait(reuse)
     want = want._replace(port=port)
     check(want, [tw], PeerOptions(reuse), blocked)
-    assert lingering(want, [tw]) == ([tw] if listed else [])
+    assert judge(want, [tw], Kernel()).blockers == ((tw,) if blocked else ())
 
 
 def test_time_wait_reuseport_any_uid() -> None:
@@ -398,7 +396,7 @@ def test_listener_and_children_name_the_listener() -> None:
         want = BindIntent("127.0.0.1", port, TCP, False)
         check(want, socks, PeerOptions(True), blocked=True)
         assert blockers(want, socks) == [socks[1]]
-        assert lingering(want, socks) == []
+        assert judge(want, socks, Kernel()).blockers == (socks[1],)
 
 
 # --- probe_bind, other answers ---------------------------------------------------------

@@ -16,7 +16,6 @@ from portguard.decide.conflicts import (
     group_holders,
     intents,
     judge,
-    lingering,
     normalize_state,
     uncertain,
     verdict,
@@ -293,24 +292,6 @@ def test_udp_sockets_are_never_children() -> None:
         sk("0.0.0.0", "UNCONN", proto=UDP),
         udp,
     ]
-
-
-def test_lingering_without_listener() -> None:
-    socks = [OLD_CHILD, sk("127.0.0.1", "CLOSE_WAIT"), CHILD]
-    # Listed whatever reuse_address says; ESTABLISHED is not a leftover state.
-    for reuse in (True, False):
-        assert lingering(want("127.0.0.1", reuse=reuse), socks) == socks[:2]
-    assert lingering(want("127.0.0.2"), socks) == []
-
-
-def test_lingering_under_a_live_listener_is_not_case_5() -> None:
-    assert lingering(want("127.0.0.1", reuse=False), [OLD_CHILD, LISTENER]) == []
-    # A listener on a disjoint address is no cover.
-    assert lingering(want(None), [OLD_CHILD, sk("127.0.0.2")]) == [OLD_CHILD]
-
-
-def test_lingering_only_tcp() -> None:
-    assert lingering(want("127.0.0.1", proto=UDP), [sk("127.0.0.1", "UNCONN", proto=UDP)]) == []
 
 
 def test_blockers_with_only_lingering_sockets() -> None:
