@@ -422,3 +422,43 @@ def test_probe_free_port_and_no_address() -> None:
 def test_probe_mapped_address_on_v6only_intent() -> None:
     err = probe_bind(BindIntent("::ffff:127.0.0.1", free_port(TCP), TCP, v6only=True))
     assert err is not None and err.errno == errno.EINVAL
+
+
+# --- Kernel.options: a socket's flags read from its owner's fd ---------------------------
+
+
+@pytest.mark.parametrize(("reuse", "reuseport"), [(True, False), (False, True), (False, False)])
+def test_kernel_reads_a_holders_socket_options(reuse: bool, reuseport: bool) -> None:
+    from portguard.model import Holder, Process
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the holder: another process, as a server would be
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuseport))
+            s.bind(("127.0.0.1", 0))
+            os.write(w, f"{s.fileno()} {s.getsockname()[1]} {os.fstat(s.fileno()).st_ino}"
+                     .encode())
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    try:
+        fd, port, inode = (int(x) for x in os.read(r, 64).split())
+        sock = Socket(UDP, socket.AF_INET, "UNCONN", "127.0.0.1", port, "", 0, os.getuid(),
+                      inode)
+        held = Holder(sock, (Process(pid, 0, fds=(fd,)),))
+        assert Kernel([held]).options(sock) == PeerOptions(reuse, reuseport)
+        # the fd is not that socket (a number reused meanwhile): nothing is read
+        assert Kernel([held]).options(sock._replace(inode=inode + 1)) is None
+        assert Kernel([held._replace(processes=(Process(pid, 0, fds=(0,)),))]).options(
+            sock) is None
+        # what the rules then say is the kernel's answer: shared only with SO_REUSEADDR
+        want = BindIntent("127.0.0.1", port, UDP, True)
+        assert plain_bind(want) == (0 if reuse else errno.EADDRINUSE)
+        assert judge(want, [sock], Kernel([held])).blockers == (() if reuse else (sock,))
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
