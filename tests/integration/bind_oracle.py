@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 
 from bind_zoo import NOBODY, ZOO_ADDRESSES, Desc, Intent, build, refused  # noqa: E402
 
-FIRST_PORT = 10000  # zoo N uses FIRST_PORT + N % 10000: TIME_WAIT never leaks across zoos
+PORTS = range(10000, 30000)  # zoo ports: below the ephemeral range, none used twice
 PORTS_CLEAR = "718392d18d1d40e2a9e43cb92f8fe39d"  # MESSAGE_IDs of the journal contract
 CONFLICT = "d74d81e4b74f43ecb06f332d7e10fca9"
 COMMANDS = ("preflight", "status", "who")
@@ -161,8 +161,27 @@ def _blocking_pids(port_doc: dict[str, Any]) -> list[int]:
     return sorted({h["pid"] for h in port_doc["holders"] if h["blocks"] and h["pid"]})
 
 
+def _used_ports() -> set[int]:
+    """Every local port any socket of this network namespace holds (TIME_WAIT too)."""
+    used = set()
+    for name in ("tcp", "tcp6", "udp", "udp6"):
+        with open(f"/proc/net/{name}") as table:
+            used.update(int(line.split()[1].rsplit(":", 1)[1], 16)
+                        for line in list(table)[1:])
+    return used
+
+
+def zoo_port(seed: int, zoo: int) -> int:
+    """A port no socket has touched lately: a TIME_WAIT of an earlier zoo (60 s) on it
+    would be a socket the zoo does not know of."""
+    used = _used_ports()
+    start = (seed * 7919 + zoo * 104729) % len(PORTS)
+    return next(p for i in range(len(PORTS))
+                if (p := PORTS[(start + i) % len(PORTS)]) not in used)
+
+
 def run_zoo(seed: int, zoo: int, specs: int, tag: str, scratch: Scratch) -> list[dict[str, Any]]:
-    port = FIRST_PORT + zoo % 10000
+    port = zoo_port(seed, zoo)
     descs, intents = draw(seed, zoo, specs)
     holders = Holders()
     try:
