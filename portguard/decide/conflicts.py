@@ -325,12 +325,12 @@ class Judgement(NamedTuple):
 def judge(intent: BindIntent, sockets: list[Socket], kernel: Kernel | None = None) -> Judgement:
     """Every command's verdict on one bind: preflight, status, who, the daemon.
 
-    A socket blocks by the rules when every answer its unknowns allow says so, with its
-    options read by `kernel` where they can be. Only when some socket's answer stays open
-    is the kernel's own bind() asked (also when the rules alone find it free: a socket
-    portguard cannot see still blocks): refused with no certain blocker, every open
-    socket is named (each may be the one); not refused, nothing blocks. No `kernel`:
-    `assumed_peer` decides what is open, and nothing is probed.
+    A socket certainly blocks when every answer its unknowns allow says so, its options
+    read by `kernel` where they can be. Unless one does, the kernel's own bind() has the
+    last word (also when the rules find the port free: a socket portguard cannot see
+    still blocks): not refused, nothing blocks; refused, every socket whose answer stays
+    open is named (each may be the one). No `kernel`: `assumed_peer` settles what is
+    open, and nothing is probed.
     """
     certain: list[Socket] = []
     open_: list[Socket] = []
