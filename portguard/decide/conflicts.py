@@ -329,8 +329,9 @@ def judge(intent: BindIntent, sockets: list[Socket], kernel: Kernel | None = Non
     read by `kernel` where they can be. Unless one does, the kernel's own bind() has the
     last word (also when the rules find the port free: a socket portguard cannot see
     still blocks): not refused, nothing blocks; refused, every socket whose answer stays
-    open is named (each may be the one). No `kernel`: `assumed_peer` settles what is
-    open, and nothing is probed.
+    open is named (each may be the one). Past a certain blocker, open kernel-held
+    leftovers are named too. No `kernel`: `assumed_peer` settles what is open, and
+    nothing is probed.
     """
     certain: list[Socket] = []
     open_: list[Socket] = []
@@ -342,9 +343,13 @@ def judge(intent: BindIntent, sockets: list[Socket], kernel: Kernel | None = Non
         elif len(found) > 1:
             open_.append(sock)
     if certain or kernel is None:
-        named = [*certain, *(s for s in open_ if blocks(intent, s))]
-        ordered = [s for s in sockets if any(s is n for n in named)]
-        return Judgement(intent, not ordered, tuple(_unshadowed(ordered)))
+        named = _unshadowed([*certain, *(s for s in open_ if blocks(intent, s))])
+        if kernel is not None:
+            # A kernel-held leftover's own SO_REUSEADDR cannot be probed past a live
+            # blocker: it may be one, and a wait for it ends as soon as bind() works.
+            named += [s for s in open_ if not s.inode]
+        ordered = tuple(s for s in sockets if any(s is n for n in named))
+        return Judgement(intent, not ordered, ordered)
     if not kernel.refused(intent):
         return Judgement(intent, True, (), True)
     return Judgement(intent, False, tuple(_unshadowed(open_)), True)

@@ -509,3 +509,14 @@ def test_observed_garbage_address_raises() -> None:
 )  # fmt: skip
 def test_normalize_state(raw: str, name: str) -> None:
     assert normalize_state(raw) == name
+
+
+def test_a_time_wait_past_a_live_blocker_may_block_too() -> None:
+    # Its own SO_REUSEADDR cannot be probed while the listener blocks anyway: named (a
+    # wait for it ends when bind() works), unlike a live socket whose options are read.
+    other = sk("127.0.0.2", inode=3)
+    bound = sk("127.0.0.1", "CLOSE", inode=4)
+    kernel = FakeKernel(refused=True, options={4: REUSE})
+    j = judge(want(None), [LISTENER, OLD_CHILD, bound, other], kernel)
+    assert j.blockers == (LISTENER, OLD_CHILD, other) and kernel.probes == []
+    assert judge(want(None), [LISTENER, OLD_CHILD]).blockers == (LISTENER,)  # assumed
