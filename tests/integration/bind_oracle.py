@@ -63,7 +63,10 @@ def random_desc(rng: random.Random) -> Desc:
         dest = {"0.0.0.0": rng.choice(("127.0.0.1", "127.0.0.2")),
                 "::": "::1" if v6only else rng.choice(("::1", "127.0.0.1", "127.0.0.2")),
                 "::ffff:127.0.0.1": "127.0.0.1"}.get(addr, addr)
-    return Desc(proto, kind, addr, v6only, rng.random() < 0.5, rng.random() < 0.4,
+    # No SO_REUSEPORT on a TIME_WAIT's listener: its connection could land in another
+    # listener of the group (and a service bind never sets it, so the flag is moot).
+    reuseport = rng.random() < 0.4 and kind != "timewait"
+    return Desc(proto, kind, addr, v6only, rng.random() < 0.5, reuseport,
                 rng.choice(("root", "nobody")), dest, rng.random() < 0.3)
 
 

@@ -92,6 +92,7 @@ def build(d: Desc, port: int) -> list[socket.socket]:
         if d.kind == "listen":
             return [s]
         cli = socket.create_connection((d.dest, port), timeout=5)
+        s.settimeout(5)  # never hang the zoo: a timeout is an OSError, "not made"
         conn, _ = s.accept()
         conn.close()  # the server closes first: its side goes TIME_WAIT
         cli.recv(1)
