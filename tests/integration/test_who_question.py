@@ -47,7 +47,8 @@ def test_udp_sharing_is_the_kernels_answer(sandbox: Sandbox) -> None:
     port = 9631
     pid = sandbox.spawn(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                          SYSTEM_PYTHON, LISTENER, "--udp", "--addr", "0.0.0.0",
-                         "--port", str(port), "--reuseaddr"])
+                         "--port", str(port), "--reuseaddr"],
+                        wait_exec=False)  # setpriv execs python: wait_listening waits
     try:
         assert sandbox.wait_listening(port, "udp") == {pid}
         assert kernel_says(sandbox, "127.0.0.2", port, "udp", True) == "free"
