@@ -36,7 +36,7 @@ bench: setup
 	$(PY) bench/daemon_cost.py
 
 soak: setup
-	$(PY) bench/soak.py --scenarios 1000
+	$(PY) bench/soak.py --scenarios 1000 && $(PY) bench/bind_oracle.py
 
 docs: setup
 	$(PY) scripts/gen-docs

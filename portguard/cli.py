@@ -79,6 +79,8 @@ class _HelpExit(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here, not at import: see _parser_type
+
     parser_type = _parser_type()
     parser = parser_type(
         prog="portguard",
@@ -105,10 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     who = commands.add_parser(
         "who", help="who holds these ports",
         description="Show who holds each port: address, state, pid, user, command line, "
-        "unit. Exit 0 when every port is free, 1 when any is held.",
+        "unit. Exit 0 when every port is free, 1 when any is held. With an address or "
+        "--[no-]reuse-address: whether a service could bind() it so now, and which "
+        "holders stop it; exit 1 when any such bind() would fail.",
     )
-    who.add_argument("ports", nargs="+", metavar="PORT[/PROTO]",
-                     help="e.g. 8080, 5353/udp, 7000-7010/tcp (tcp when no protocol)")
+    who.add_argument("ports", nargs="+", metavar="[ADDR:]PORT[/PROTO]",
+                     help="e.g. 8080, 5353/udp, 7000-7010/tcp (tcp when no protocol); "
+                     "with an address, 127.0.0.2:8080/udp or [::1]:8443, ask as a "
+                     "service binding it would (preflight's question)")
+    who.add_argument("--reuse-address", action=argparse.BooleanOptionalAction, default=None,
+                     help="ask whether a service that sets (or, --no-reuse-address, does "
+                     "not set) SO_REUSEADDR could bind each port now, and who stops it "
+                     "(default with an address: set, as reuse_address: true)")
     who.set_defaults(handler="who:run")
 
     status = commands.add_parser(

@@ -9,7 +9,7 @@
 _shtab_portguard_subparsers=(check-config who status preflight daemon why discover install uninstall)
 
 _shtab_portguard_check_config_option_strings=(-h --help)
-_shtab_portguard_who_option_strings=(-h --help)
+_shtab_portguard_who_option_strings=(-h --help --reuse-address --no-reuse-address)
 _shtab_portguard_status_option_strings=(-h --help)
 _shtab_portguard_preflight_option_strings=(-h --help --dry-run)
 _shtab_portguard_daemon_option_strings=(-h --help)
@@ -33,6 +33,8 @@ _shtab_portguard_check_config___help_nargs=0
 _shtab_portguard_who_pos_0_nargs=+
 _shtab_portguard_who__h_nargs=0
 _shtab_portguard_who___help_nargs=0
+_shtab_portguard_who___reuse_address_nargs=0
+_shtab_portguard_who___no_reuse_address_nargs=0
 _shtab_portguard_status__h_nargs=0
 _shtab_portguard_status___help_nargs=0
 _shtab_portguard_preflight__h_nargs=0

@@ -5,10 +5,13 @@ every declared port, one ListUnitsByPatterns call for the state of every configu
 and one walk of the cgroup tree to name the unit each socket was created in (sock_diag
 gives its cgroup id). /proc is read only for sockets without a cgroup id.
 
-Analyse (`analyse`) says, for each configured unit (every loaded instance of a template),
-which sockets block its declared binds and whose they are: `self` (its own cgroup), `twin`
-(another instance, a `duplicates.units` unit), `lingering`, or `other` (a stray or a
-foreign program: only Preflight's classification tells them apart), and its verdict:
+Analyse (`analyse`, pure but for the `Kernel` in the facts: `conflicts.judge` reads an
+owner's socket options or tries bind() where the rules alone cannot answer, and never
+on a port where no socket is seen) says, for each configured unit (every loaded
+instance of a template), which sockets block its declared binds and whose they are:
+`self` (its own cgroup), `twin` (another instance, a `duplicates.units` unit),
+`lingering`, or `other` (a stray or a foreign program: only Preflight's classification
+tells them apart), and its verdict:
 
 - `act`: the unit **wants its port** (failed; activating, auto-restart included) and is
   blocked (by a twin, an other, lingering sockets, or a remnant in its own cgroup while
@@ -29,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from portguard.config.schema import Config, Service
-from portguard.decide import conflicts
+from portguard.decide import bind_probe, conflicts
 from portguard.decide.classify import is_outside_service
 from portguard.model import Holder, Process, Proto, Socket, Unit
 from portguard.observe import cgroups, processes, sockets
@@ -56,6 +59,8 @@ class Facts(NamedTuple):
     sockets: tuple[Socket, ...]  # every socket on a declared port
     owners: Mapping[int, str]  # socket inode -> its unit ("" for none); absent: unknown
     dbus: bool
+    # Asked where the rules cannot know (the live one from `observe`; None: assumptions).
+    kernel: conflicts.Kernel | None = None
 
 
 class Blocker(NamedTuple):
@@ -126,7 +131,10 @@ def analyse(config: Config, facts: Facts) -> list[Check]:
         for spec in service.ports:
             for intent in conflicts.intents(spec, reuse_address=service.reuse_address):
                 on_port = by_port.get((intent.port, intent.proto), [])
-                found = conflicts.assess(intent, on_port).blockers if on_port else ()
+                # No probe where no socket is seen: a probe holds the port for a moment,
+                # and the daemon must not race a service starting meanwhile.
+                found = conflicts.judge(intent, on_port, facts.kernel).blockers \
+                    if on_port else ()
                 blocked.append((intent.port, intent.proto, found))
         for unit in units_of(service, facts):
             ports = tuple(PortState(port, proto, tuple(
@@ -220,5 +228,6 @@ def observe(config: Config, systemd: Systemd | None, cgroup_root: str) -> tuple[
             units = {u.id: u for u in systemd.unit_states(globs)}
         except (SystemdUnavailable, SystemdError) as exc:
             error = exc.message
-    facts = Facts(units, tuple(found), socket_units(found, cgroup_root), not error)
+    facts = Facts(units, tuple(found), socket_units(found, cgroup_root), not error,
+                  bind_probe.Kernel(lookup=True))
     return facts, error

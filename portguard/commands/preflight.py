@@ -18,7 +18,7 @@ from portguard.act.lock import LockTimedOut, port_locks
 from portguard.act.signals import REAL_CLOCK, Clock, wait_until
 from portguard.commands import preflight_fast
 from portguard.commands.preflight_execute import Executor, advice, describe_conflict
-from portguard.commands.preflight_fast import on_port, probe_ok
+from portguard.commands.preflight_fast import on_port
 from portguard.commands.preflight_stop import (
     StopRequested,
     settle,
@@ -27,6 +27,7 @@ from portguard.commands.preflight_stop import (
 )
 from portguard.config.schema import Config, Service
 from portguard.config.unitnames import mangle_unit
+from portguard.decide import bind_probe as probe
 from portguard.decide import conflicts
 from portguard.decide.classify import Conflict, Context, Kind, classify, own_activation
 from portguard.decide.policy import Action, Plan, Step, plan
@@ -154,12 +155,13 @@ class Preflight:
         """Classified conflicts on the declared ports, and the ports bind() refuses."""
         reports = self.app.observer.ports(list(ports))
         relevant: dict[int, Holder] = {}
-        bind_refused: set[tuple[int, Proto]] = set()
+        judgements: list[tuple[conflicts.BindIntent, conflicts.Judgement]] = []
         for intent in intents:
             rep = next(r for r in reports if (r.port, r.proto) == (intent.port, intent.proto))
-            socks = [h.socket for h in rep.holders]
-            verdict = conflicts.assess(intent, socks)
-            keep = {id(s) for s in (*verdict.blockers, *verdict.lingering, *verdict.uncertain)}
+            judged = conflicts.judge(intent, [h.socket for h in rep.holders],
+                                     probe.Kernel(rep.holders))
+            judgements.append((intent, judged))
+            keep = {id(s) for s in judged.blockers}
             for holder in rep.holders:
                 # a published port has no socket to bind() against: its DNAT takes the
                 # port's connections on the addresses it covers
@@ -167,15 +169,17 @@ class Preflight:
                     intent, holder.socket)
                 if id(holder.socket) in keep or published:
                     relevant[id(holder)] = holder
-            if verdict.free and not probe_ok(intent):
-                bind_refused.add((intent.port, intent.proto))
         found = classify(ctx, relevant.values())
         mine = [h for h in relevant.values() if h.unit and own_activation(ctx, h)]
         self._own_inodes = {h.socket.inode: h.socket.local_port for h in mine}
         if own := {h.unit.id for h in mine if h.unit}:
             self._own_sockets = (f"held only by its own activation socket ({', '.join(own)}"
                                  "), which systemd passes to it")
-        if bind_refused and not found:
+        # refused by bind(), unless only the unit's own activation sockets are in the way
+        bind_refused = {(i.port, i.proto) for i, j in judgements if not j.free and (
+            j.unseen or any(s.inode not in self._own_inodes for s in j.blockers))}
+        unseen = any(j.unseen for _, j in judgements if not j.free)
+        if unseen and not found:
             raise BlockedError(f"{self.unit}: bind() is refused on a declared port but no "
                                "socket on it is visible (another network namespace?)")
         return found, bind_refused
@@ -194,13 +198,14 @@ class Preflight:
         if conflict.kind is Kind.LINGERING:
             # No identity to follow: kernel-owned sockets have no inode and change state
             # (FIN_WAIT2 -> TIME_WAIT) as they go. Held while the bind would still fail.
-            return any(not conflicts.assess(i, current).free or not probe_ok(i)
+            kernel = probe.Kernel()
+            return any(not conflicts.judge(i, current, kernel).free
                        for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
         same = [s for s in current if s.inode == sock.inode and s.local_address ==
                 sock.local_address and s.state == sock.state]
         if not same:
             return False
-        return any(conflicts.assess(i, same).blockers
+        return any(conflicts.judge(i, same).blockers
                    for i in intents if (i.port, i.proto) == (sock.local_port, sock.proto))
 
     def _twin_up(self, unit: str | None) -> bool:
@@ -215,23 +220,27 @@ class Preflight:
 
     def _verify(self, service: Service, intents: Sequence[conflicts.BindIntent],
                 ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
-        """The ports must be free now: sockets say so and a bind() probe agrees (but for
-        the unit's own activation sockets, which stay, and which no probe can pass)."""
+        """The ports must be free now: sockets say so and the kernel agrees (but for the
+        unit's own activation sockets, which stay)."""
         own = self._own_inodes
 
-        def clear() -> bool:
+        def judged() -> list[conflicts.Judgement]:
             found = [s for s in sockets.on_ports(ports) if s.inode not in own]
-            return all(conflicts.assess(i, on_port(found, i.port, i.proto)).free
-                       and (i.port in own.values() or probe_ok(i)) for i in intents)
+            kernel = probe.Kernel()
+            return [conflicts.judge(i, on_port(found, i.port, i.proto), kernel)
+                    for i in intents if i.port not in own.values()]
+
+        def clear() -> bool:
+            return all(j.free for j in judged())
 
         if wait_until(clear, deadline, self.clock):
             self._report_clear(service, ports, "ports cleared")
             return ExitStatus.OK
         found = sockets.on_ports(ports)
-        if all(conflicts.assess(i, on_port(found, i.port, i.proto)).free for i in intents):
+        if not any(s.inode for j in judged() for s in j.blockers):
             # No live socket left, yet bind() fails: lingering sockets whose own socket did
-            # not set SO_REUSEADDR (unprobeable while a live holder shared the port). They
-            # expire on their own: this is a wait that timed out, as when it was planned.
+            # not set SO_REUSEADDR. They expire on their own: this is a wait that timed
+            # out, as when it was planned.
             detail = "; ".join(f"{s.state} {s.local_address}:{s.local_port}" for s in found
                                if s.inode == 0) or "lingering sockets"
             self.journal.emit(Event.TIMED_OUT, f"{self.unit}: timed out waiting for "

@@ -11,7 +11,6 @@ compiled, not declared, a port held, a twin starting) goes the whole way through
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -31,15 +30,14 @@ def ports_clear(unit: str, intents: Sequence[conflicts.BindIntent],
     if starting_twins(unit, twin_globs):
         return False
     ports = sorted({(i.port, i.proto) for i in intents})
-    found = sockets.on_ports(ports)
-    for intent in intents:
-        if not conflicts.assess(intent, on_port(found, intent.port, intent.proto)).free:
-            return False
     if container_hints.may_publish():
         from portguard.observe import containers
         if containers.publishes(ports):  # a container's port, no socket: bind() works
             return False
-    return all(probe_ok(intent) for intent in intents)
+    found = sockets.on_ports(ports)
+    kernel = bind_probe.Kernel()  # no owners read here: bind() decides what rules cannot
+    return all(conflicts.judge(i, on_port(found, i.port, i.proto), kernel).free
+               for i in intents)
 
 
 def starting_twins(unit: str, twin_globs: Iterable[str]) -> list[str]:
@@ -53,12 +51,6 @@ def starting_twins(unit: str, twin_globs: Iterable[str]) -> list[str]:
 
 def on_port(found: Iterable[Socket], port: int, proto: Proto) -> list[Socket]:
     return [s for s in found if s.local_port == port and s.proto == proto]
-
-
-def probe_ok(intent: conflicts.BindIntent) -> bool:
-    """The kernel's own answer; an address this host does not have is not our conflict."""
-    err = bind_probe.probe_bind(intent)
-    return err is None or err.errno != errno.EADDRINUSE
 
 
 def report_clear(journal: Journal, unit: str, ports: Iterable[tuple[int, Proto]],

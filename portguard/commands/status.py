@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from portguard.commands.who import judged_doc
 from portguard.config.schema import Config, Service
-from portguard.decide import conflicts
+from portguard.decide import bind_probe, conflicts
 from portguard.errors import ExitStatus
 from portguard.model import Holder, PortSpec, Unit
 from portguard.observe.observer import Observer, PortReport
@@ -23,7 +24,13 @@ if TYPE_CHECKING:
 class PortState(NamedTuple):
     spec: PortSpec
     reports: tuple[PortReport, ...]  # one per port of the spec (ranges have several)
-    foreign: tuple[Holder, ...]  # live holders outside this service's own units
+    foreign: tuple[Holder, ...]  # holders that stop the service's bind(), not its own
+    judged: tuple[conflicts.Judgement, ...] = ()  # per report: preflight's verdict
+
+    @property
+    def free(self) -> bool:
+        """bind() as the service does it would succeed on every port now."""
+        return all(j.free for j in self.judged)
 
 
 class ServiceState(NamedTuple):
@@ -69,14 +76,7 @@ def collect(config: Config, observer: Observer,
                     units_error = exc.message
             ports = []
             for spec in service.ports:
-                reps = tuple(observer.ports([(p, spec.proto) for p in spec.ports]))
-                # Only what stops this bind() counts (DESIGN case 6, the rules preflight
-                # uses): a socket on 127.0.0.2:P does not hold 127.0.0.1:P.
-                binds = {i.port: i for i in conflicts.intents(
-                    spec, reuse_address=service.reuse_address)}
-                foreign = tuple(h for r in reps for h in r.live if not _own(service, h)
-                                and conflicts.blocks(binds[r.port], h.socket))
-                ports.append(PortState(spec, reps, foreign))
+                ports.append(port_state(service, spec, observer))
             states.append(ServiceState(service, units, tuple(ports), units_error))
     finally:
         if systemd is not None:
@@ -84,8 +84,21 @@ def collect(config: Config, observer: Observer,
     return states
 
 
+def port_state(service: Service, spec: PortSpec, observer: Observer) -> PortState:
+    """What stops the service's bind() on each port of `spec`: preflight's own verdict
+    (`conflicts.judge`), so a socket on 127.0.0.2:P does not hold 127.0.0.1:P, and a
+    lingering socket counts when bind() says it does."""
+    reps = tuple(observer.ports([(p, spec.proto) for p in spec.ports]))
+    binds = {i.port: i for i in conflicts.intents(spec, reuse_address=service.reuse_address)}
+    judged = tuple(conflicts.judge(binds[r.port], [h.socket for h in r.holders],
+                                   bind_probe.Kernel(r.holders)) for r in reps)
+    foreign = tuple(h for r, j in zip(reps, judged, strict=True) for h in r.holders
+                    if any(h.socket is b for b in j.blockers) and not _own(service, h))
+    return PortState(spec, reps, foreign, judged)
+
+
 def any_held(states: Sequence[ServiceState]) -> bool:
-    return any(p.foreign for s in states for p in s.ports)
+    return any(p.foreign or any(j.unseen for j in p.judged) for s in states for p in s.ports)
 
 
 def document(states: Sequence[ServiceState]) -> dict[str, Any]:
@@ -93,9 +106,9 @@ def document(states: Sequence[ServiceState]) -> dict[str, Any]:
     for st in states:
         ports = []
         for ps in st.ports:
-            docs = [report.port_doc(r) for r in ps.reports]
-            ports.append({"spec": str(ps.spec), "held_by_others": bool(ps.foreign),
-                          "ports": docs})
+            docs = [judged_doc(r, j) for r, j in zip(ps.reports, ps.judged, strict=True)]
+            ports.append({"spec": str(ps.spec), "free": ps.free,
+                          "held_by_others": bool(ps.foreign), "ports": docs})
         services.append({
             "service": st.service.name,
             "policy": str(st.service.policy.value),
@@ -130,12 +143,21 @@ def text(states: Sequence[ServiceState]) -> str:
         for ps in st.ports:
             held = [r for r in ps.reports if r.holders]
             own = any(_own(svc, h) for r in ps.reports for h in r.live)
-            mark = ("HELD BY ANOTHER" if ps.foreign else "in use by the service" if own
-                    else "free")
+            mark = _mark(ps, own)
             out.append(f"  port {ps.spec}: {mark}")
             if held:
                 out.extend("    " + line for line in report.table(held).splitlines())
     return "\n".join(out)
+
+
+def _mark(ps: PortState, own: bool) -> str:
+    if any(h.processes or h.unknown_reason for h in ps.foreign):
+        return "HELD BY ANOTHER"
+    if ps.foreign:
+        return "BLOCKED by lingering sockets (they expire on their own)"
+    if any(j.unseen for j in ps.judged):
+        return "BLOCKED: bind() refused, no socket on it visible"
+    return "in use by the service" if own else "free"
 
 
 def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:

@@ -1,8 +1,9 @@
-"""Ask the kernel: bind() a socket as the service would, and report what it says.
+"""Ask the kernel what `portguard.decide.conflicts`' rules cannot know.
 
-The one system call behind `portguard.decide.conflicts`' pure rules: sock_diag cannot show an
-observed socket's SO_REUSEADDR / SO_REUSEPORT / SO_BINDTODEVICE, so where those decide,
-this probe does.
+sock_diag cannot show an observed socket's SO_REUSEADDR / SO_REUSEPORT. `Kernel` (the
+live `conflicts.Kernel`) reads them from the socket itself through its owner's fd
+(`observe.sockopts`), and where that is not possible (a TIME_WAIT socket has no owner;
+not root) `probe_bind` asks bind() itself, as the service would do it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+from collections.abc import Iterable, Sequence
 
-from portguard.decide.conflicts import BindIntent
-from portguard.model import Proto
+from portguard.decide.conflicts import BindIntent, PeerOptions
+from portguard.model import Holder, Process, Proto, Socket
+from portguard.observe import processes, sockopts
 
 
 def _probe(family: int, host: str, intent: BindIntent, v6only: bool | None) -> OSError | None:
@@ -61,3 +64,43 @@ def probe_bind(intent: BindIntent) -> OSError | None:
         host = host[1:-1]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return _probe(family, host, intent, intent.v6only)
+
+
+def refused(intent: BindIntent) -> bool:
+    """Does bind() fail with EADDRINUSE now? (An address this host lacks, EACCES ... are
+    not a conflict with a holder: the service meets them itself.)"""
+    err = probe_bind(intent)
+    return err is not None and err.errno == errno.EADDRINUSE
+
+
+class Kernel:
+    """`conflicts.Kernel` on this host: options from owners' fds, else bind() itself.
+
+    `holders` give the owners (and their fds) already found; with `lookup`, a socket's
+    owners are searched in /proc when first asked (the daemon keeps none).
+    """
+
+    def __init__(self, holders: Iterable[Holder] = (), *, lookup: bool = False) -> None:
+        self._owners: dict[int, list[Process]] = {}
+        for holder in holders:
+            self._owners.setdefault(holder.socket.inode, []).extend(holder.processes)
+        self._lookup = lookup
+        self._known: dict[int, PeerOptions | None] = {}
+
+    def _processes(self, sock: Socket) -> Sequence[Process]:
+        if sock.inode not in self._owners and self._lookup:
+            found = processes.find_owners([sock]).by_inode.get(sock.inode, ())
+            self._owners[sock.inode] = list(found)
+        return self._owners.get(sock.inode, ())
+
+    def options(self, sock: Socket) -> PeerOptions | None:
+        if not sock.inode:
+            return None  # kernel-held (TIME_WAIT & co.): no fd to read
+        if sock.inode not in self._known:
+            flags = next((f for p in self._processes(sock) for fd in p.fds
+                          if (f := sockopts.reuse_flags(p.pid, fd, sock.inode))), None)
+            self._known[sock.inode] = PeerOptions(*flags) if flags else None
+        return self._known[sock.inode]
+
+    def refused(self, intent: BindIntent) -> bool:
+        return refused(intent)

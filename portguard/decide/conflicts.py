@@ -11,11 +11,12 @@ itself. The rules follow Linux (read in 6.18, checked on it):
   address conflicts unless both set SO_REUSEADDR, or both set SO_REUSEPORT, same uid.
 * Address overlap is `inet_rcv_saddr_equal(sk, sk2, match_wildcard=true)`: `_overlap`.
 
-sock_diag does not show an observed socket's SO_REUSEADDR / SO_REUSEPORT, nor (in
-`Socket`) its SO_BINDTODEVICE (sockets bound to different devices never conflict). The
-pure answer therefore rests on an assumption about the other side (`assumed_peer`);
-`Assessment.uncertain` names the sockets for which that assumption decides, and
-`probe.probe_bind` is the final authority.
+sock_diag does not show an observed socket's SO_REUSEADDR / SO_REUSEPORT (nor a
+timewait socket's v6only). Where they decide, `judge` asks a `Kernel`: the socket's
+options as its owner's fd says (`bind_probe.Kernel`, root), and failing that bind()
+itself. Only the pure fallback (no kernel) rests on `assumed_peer`. SO_BINDTODEVICE
+never matters: the service binds no device (a `%scope` aside), and a socket without one
+meets every device.
 
 NamedTuples and `socket.inet_pton`, not dataclasses and `ipaddress`: see `model` on
 import time; `who` on a free port must stay fast.
@@ -26,16 +27,12 @@ from __future__ import annotations
 import enum
 import functools
 import socket
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from portguard.model import PortSpec, Proto, Socket
 
 LISTEN = "LISTEN"
 TIME_WAIT = "TIME_WAIT"
-# Non-listening TCP leftovers of a closed connection (DESIGN case 5).
-LEFTOVER_STATES = frozenset(
-    {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING"}
-)
 # Request mini-sockets (inet_reqsk_alloc) live in the established hash only, never in the
 # bind hash: they hold no port, their listener does. (sock_diag reports them as
 # SYN_RECV, which is treated like any accepted child: harmless, the listener is there.)
@@ -87,17 +84,11 @@ class PeerOptions(NamedTuple):
 
 
 def assumed_peer(sock: Socket) -> PeerOptions:
-    """What we assume about an observed socket's SO_REUSEADDR / SO_REUSEPORT.
+    """What the pure fallback assumes about a socket's SO_REUSEADDR / SO_REUSEPORT.
 
-    TCP: SO_REUSEADDR set. It only matters for non-listening sockets (a listener blocks
-    whatever its flags), mostly leftovers of a previous run of a server like this one,
-    and servers set it: DESIGN case 5, they do not block a `reuse_address: true`
-    service. Wrong for a server that did not set it and for outgoing connections that
-    use the port: their TIME_WAIT and ESTABLISHED sockets block even a SO_REUSEADDR bind
-    (`inet_bind_conflict` wants the flag on *both* sides, and a TIME_WAIT socket keeps
-    the flag of the socket it came from, `inet_twsk_alloc`: tw_reuse = sk_reuse).
-    UDP: no flags, so any bound UDP socket blocks; sharing (mDNS responders set
-    SO_REUSEADDR) is for `probe_bind` to find. SO_REUSEPORT: never assumed.
+    TCP: SO_REUSEADDR set, as servers set it (DESIGN case 5: their leftovers do not block
+    a `reuse_address: true` service). UDP: no flags, so any bound UDP socket blocks.
+    SO_REUSEPORT: never. `judge` with a `Kernel` replaces the guess by the facts.
     """
     return PeerOptions(reuse_address=sock.proto is Proto.TCP)
 
@@ -106,9 +97,10 @@ class Verdict(enum.Enum):
     """What one observed socket means for one bind."""
 
     NO_CONFLICT = "no-conflict"  # bind() is not stopped by it
-    BLOCKS = "blocks"  # stops bind() whatever SO_REUSEADDR says: a listener, a UDP socket
-    # A non-listening TCP socket that stops bind() only because SO_REUSEADDR is missing
-    # on one side (`inet_bind_conflict`: sk_reuse && sk2->sk_reuse && sk2 not LISTEN).
+    BLOCKS = "blocks"  # a live socket that stops bind(): listening, or only bound
+    # A connection's TCP socket (TIME_WAIT, CLOSE_WAIT, ESTABLISHED ...) that stops bind():
+    # only because SO_REUSEADDR is missing on one side (`inet_bind_conflict`: sk_reuse &&
+    # sk2->sk_reuse && sk2 not LISTEN), or SO_REUSEPORT does not apply.
     LINGERING = "lingering"
 
 
@@ -121,14 +113,18 @@ class _Endpoint(NamedTuple):
     """A bound local address as `inet_rcv_saddr_equal` sees it.
 
     `ipv4` covers AF_INET sockets and AF_INET6 ones bound to a v4-mapped address (two
-    mapped addresses compare as IPv4 in `ipv6_rcv_saddr_equal`). `v6only` counts only for
-    the IPv6 wildcard: `__inet6_bind` makes a socket bound to a specific IPv6 address
-    ipv6only, so it never meets IPv4.
+    mapped addresses compare as IPv4 in `ipv6_rcv_saddr_equal`); `inet` only the former.
+    `v6only` (None: not reported, as for TIME_WAIT) counts for IPv6 addresses only.
+    `__inet6_bind` makes a socket bound to a specific IPv6 address ipv6only, but the
+    accepted child of a dual-stack listener is not (it inherits the listener's flag, and
+    `tcp_v6_syn_recv_sock` gives it the IPv4 address LOOPBACK4_IPV6): sock_diag says
+    which, except for timewait sockets.
     """
 
     ipv4: bool
     packed: bytes
-    v6only: bool
+    v6only: bool | None
+    inet: bool = False
 
     @property
     def wildcard(self) -> bool:
@@ -148,48 +144,59 @@ def _endpoint(text: str, family: int | None, v6only: bool | None) -> _Endpoint:
         if ":" in host and family != socket.AF_INET:
             packed = socket.inet_pton(socket.AF_INET6, host)
         else:
-            return _Endpoint(True, socket.inet_pton(socket.AF_INET, host), False)
+            return _Endpoint(True, socket.inet_pton(socket.AF_INET, host), False, True)
     except OSError:
         raise ValueError(f"not an IP address: {text!r}") from None
     if packed.startswith(_V4_MAPPED_PREFIX):
         return _Endpoint(True, packed[12:], False)
-    # Unknown v6only on an observed [::]: assume dual-stack, the default and the
-    # answer that blocks more (`probe_bind` has the last word anyway).
-    return _Endpoint(False, packed, bool(v6only))
+    return _Endpoint(False, packed, v6only)
 
 
 def _intent_endpoint(intent: BindIntent) -> _Endpoint:
     if intent.address is None:
         return _endpoint("::", socket.AF_INET6, False)
-    return _endpoint(intent.address, None, intent.v6only)
+    # An intent's unset v6only is the system default, taken as dual-stack (bindv6only=0).
+    return _endpoint(intent.address, None, bool(intent.v6only))
 
 
 def _socket_endpoint(sock: Socket) -> _Endpoint:
-    return _endpoint(sock.local_address, sock.family, sock.v6only)
+    end = _endpoint(sock.local_address, sock.family, sock.v6only)
+    if end.v6only is None and not (end.ipv4 or end.wildcard) and \
+            normalize_state(sock.state) in ("LISTEN", "CLOSE", "UNCONN"):
+        # Bound by bind() itself (no connection gave it the address): ipv6only.
+        return end._replace(v6only=True)
+    return end
 
 
-def _overlap(a: _Endpoint, b: _Endpoint) -> bool:
-    """`inet_rcv_saddr_equal(a, b, match_wildcard=true)`, symmetric for bound sockets.
+def _overlap(a: _Endpoint, b: _Endpoint) -> bool | None:
+    """`inet_rcv_saddr_equal(a, b, match_wildcard=true)`: does bind `a` meet socket `b`?
 
-    Same family: equal, or either is the wildcard (IPv6: whatever v6only says, two
-    `[::]` always overlap and `[::]` covers every IPv6 address). Across families only a
-    dual-stack `[::]` meets IPv4: its sk_rcv_saddr is INADDR_ANY, and
-    `ipv4_rcv_saddr_equal` gives up on an ipv6only sk2.
+    None: it hangs on `b`'s unreported v6only. Same family: equal, or either is the
+    wildcard (two `[::]` always meet, `[::]` covers every IPv6 address). Across families
+    only a non-ipv6only IPv6 socket meets IPv4, through its IPv4 address: INADDR_ANY for
+    `[::]`, LOOPBACK4_IPV6 for an accepted child (met by an AF_INET wildcard bind only,
+    `ipv4_rcv_saddr_equal`; a v4-mapped bind compares IPv6 addresses and misses it).
     """
     if a.ipv4 == b.ipv4:
         return a.packed == b.packed or a.wildcard or b.wildcard
-    v6 = b if a.ipv4 else a
-    return v6.wildcard and not v6.v6only
+    if b.ipv4:  # an IPv6 bind meets IPv4 sockets only as a dual-stack [::]
+        return a.wildcard and not a.v6only
+    if b.v6only or not (b.wildcard or (a.inet and a.wildcard)):
+        return False
+    return None if b.v6only is None else True
+
+
+def _meets(intent: BindIntent, sock: Socket) -> bool | None:
+    """Bound on this proto and port, on an address this bind would share? None: maybe."""
+    if (sock.proto is not intent.proto or sock.local_port != intent.port
+            or normalize_state(sock.state) in _NOT_BOUND_STATES):
+        return False
+    return _overlap(_intent_endpoint(intent), _socket_endpoint(sock))
 
 
 def overlaps(intent: BindIntent, sock: Socket) -> bool:
-    """Is `sock` bound to this proto and port, on an address this bind would share?"""
-    return (
-        sock.proto is intent.proto
-        and sock.local_port == intent.port
-        and normalize_state(sock.state) not in _NOT_BOUND_STATES
-        and _overlap(_intent_endpoint(intent), _socket_endpoint(sock))
-    )
+    """Is `sock` bound to this proto and port, on an address this bind may share?"""
+    return _meets(intent, sock) is not False
 
 
 # --- the decision ----------------------------------------------------------------------
@@ -221,15 +228,34 @@ def _conflicts(intent: BindIntent, sock: Socket, peer: PeerOptions) -> bool:
     return not (both_reuseport and (_is_timewait(sock) or same_uid))
 
 
+_ALL_PEERS = tuple(PeerOptions(a, p) for a in (False, True) for p in (False, True))
+
+
+def outcomes(intent: BindIntent, sock: Socket, peer: PeerOptions | None) -> frozenset[bool]:
+    """Every answer to "does `sock` stop this bind?" that what is unknown allows.
+
+    Unknown: `sock`'s options when `peer` is None, and its v6only where sock_diag did not
+    report it. {True}: it blocks; {False}: it does not; both: only the kernel can say.
+    """
+    meets = _meets(intent, sock)
+    if meets is False:
+        return frozenset({False})
+    peers = _ALL_PEERS if peer is None else (peer,)
+    found = {_conflicts(intent, sock, p) for p in peers}
+    return frozenset(found | {False}) if meets is None else frozenset(found)
+
+
+def _is_lingering(sock: Socket) -> bool:
+    """A connection's leftover: TCP, not a listener, not merely bound (CLOSE)."""
+    return sock.proto is Proto.TCP and normalize_state(sock.state) not in (LISTEN, "CLOSE")
+
+
 def verdict(intent: BindIntent, sock: Socket, peer: PeerOptions | None = None) -> Verdict:
-    """What `sock` means for this bind, its options being `peer` or `assumed_peer`."""
-    if not overlaps(intent, sock):
+    """What `sock` means for this bind, its options `peer` (default: `assumed_peer`),
+    an unreported v6only taken as the answer that blocks."""
+    if True not in outcomes(intent, sock, assumed_peer(sock) if peer is None else peer):
         return Verdict.NO_CONFLICT
-    if not _conflicts(intent, sock, assumed_peer(sock) if peer is None else peer):
-        return Verdict.NO_CONFLICT
-    if sock.proto is Proto.TCP and normalize_state(sock.state) != LISTEN:
-        return Verdict.LINGERING
-    return Verdict.BLOCKS
+    return Verdict.LINGERING if _is_lingering(sock) else Verdict.BLOCKS
 
 
 def blocks(intent: BindIntent, sock: Socket, peer: PeerOptions | None = None) -> bool:
@@ -245,81 +271,88 @@ def _listens_over(listener: Socket, sock: Socket) -> bool:
         and sock.proto is Proto.TCP
         and listener.local_port == sock.local_port
         and normalize_state(listener.state) == LISTEN
-        and _overlap(_socket_endpoint(listener), _socket_endpoint(sock))
+        and _overlap(_socket_endpoint(listener), _socket_endpoint(sock)) is not False
     )
+
+
+def _unshadowed(blocking: list[Socket]) -> list[Socket]:
+    """Leave out a connection's socket under a blocking listener that covers it (an
+    accepted child, or what is left of one): the listener is the holder to name, and
+    blocks on its own. A socket that is only bound (CLOSE) is nobody's child."""
+    listeners = [s for s in blocking if s.proto is Proto.TCP
+                 and normalize_state(s.state) == LISTEN]
+    return [s for s in blocking
+            if not (_is_lingering(s) and any(_listens_over(lsn, s) for lsn in listeners))]
 
 
 def blockers(
     intent: BindIntent, sockets: list[Socket], peer: PeerOptions | None = None
 ) -> list[Socket]:
-    """The sockets that make this bind() fail, in input order.
-
-    A non-listening TCP socket under a blocking listener on the same port (an accepted
-    child) is left out: the listener is the holder to name, and blocks on its own.
-    """
-    found = [(s, verdict(intent, s, peer)) for s in sockets]
-    live = [s for s, v in found if v is Verdict.BLOCKS and s.proto is Proto.TCP]
-    return [
-        s
-        for s, v in found
-        if v is Verdict.BLOCKS
-        or (v is Verdict.LINGERING and not any(_listens_over(lsn, s) for lsn in live))
-    ]
-
-
-def lingering(intent: BindIntent, sockets: list[Socket]) -> list[Socket]:
-    """DESIGN case 5: TCP leftovers on an overlapping address with no live listener.
-
-    TIME_WAIT / FIN_WAIT1/2 / CLOSE_WAIT / LAST_ACK / CLOSING sockets on the port that no
-    LISTEN socket covers, whether or not they block *this* intent: they block a bind
-    without SO_REUSEADDR (or, see `assumed_peer`, when their own socket lacked it), and
-    they go away by themselves.
-    """
-    return [
-        s
-        for s in sockets
-        if s.proto is Proto.TCP
-        and normalize_state(s.state) in LEFTOVER_STATES
-        and overlaps(intent, s)
-        and not any(_listens_over(lsn, s) for lsn in sockets)
-    ]
-
-
-_ALL_PEERS = tuple(PeerOptions(a, p) for a in (False, True) for p in (False, True))
+    """The sockets that make this bind() fail under options `peer` (default assumed),
+    in input order, accepted children under their listener left out."""
+    return _unshadowed([s for s in sockets if blocks(intent, s, peer)])
 
 
 def uncertain(intent: BindIntent, sock: Socket) -> bool:
-    """Does the answer for `sock` hang on its options, which sock_diag cannot show?"""
-    if not overlaps(intent, sock):
-        return False
-    return len({_conflicts(intent, sock, peer) for peer in _ALL_PEERS}) > 1
+    """Does the answer for `sock` hang on what sock_diag cannot show?"""
+    return len(outcomes(intent, sock, None)) > 1
 
 
-class Assessment(NamedTuple):
-    """Everything the pure rules say about one bind."""
+class Kernel(Protocol):
+    """What only the kernel can say (`bind_probe.Kernel` asks it; tests fake it)."""
+
+    def options(self, sock: Socket) -> PeerOptions | None:
+        """`sock`'s SO_REUSEADDR / SO_REUSEPORT, read from its owner; None: unknown."""
+
+    def refused(self, intent: BindIntent) -> bool:
+        """Does a bind() as the service would do it fail now with EADDRINUSE?"""
+
+
+class Judgement(NamedTuple):
+    """The one answer to "can this service bind() this port now, and who stops it?"."""
 
     intent: BindIntent
-    blockers: tuple[Socket, ...]  # `blockers()` under the assumed peer options
-    lingering: tuple[Socket, ...]  # `lingering()`
-    uncertain: tuple[Socket, ...]  # overlapping sockets whose unseen options decide
+    free: bool
+    blockers: tuple[Socket, ...]  # the sockets that stop it (children under a listener aside)
+    probed: bool = False  # the kernel's bind() was asked
 
     @property
-    def free(self) -> bool:
-        return not self.blockers
-
-    @property
-    def needs_probe(self) -> bool:
-        """True unless some blocker blocks whatever its options: then ask `probe_bind`."""
-        return all(any(b is u for u in self.uncertain) for b in self.blockers)
+    def unseen(self) -> bool:
+        """bind() refused, yet no visible socket explains it (another netns, a race)."""
+        return not self.free and not self.blockers
 
 
-def assess(intent: BindIntent, sockets: list[Socket]) -> Assessment:
-    return Assessment(
-        intent,
-        tuple(blockers(intent, sockets)),
-        tuple(lingering(intent, sockets)),
-        tuple(s for s in sockets if uncertain(intent, s)),
-    )
+def judge(intent: BindIntent, sockets: list[Socket], kernel: Kernel | None = None) -> Judgement:
+    """Every command's verdict on one bind: preflight, status, who, the daemon.
+
+    A socket certainly blocks when every answer its unknowns allow says so, its options
+    read by `kernel` where they can be. Unless one does, the kernel's own bind() has the
+    last word (also when the rules find the port free: a socket portguard cannot see
+    still blocks): not refused, nothing blocks; refused, every socket whose answer stays
+    open is named (each may be the one). Past a certain blocker, open kernel-held
+    leftovers are named too. No `kernel`: `assumed_peer` settles what is open, and
+    nothing is probed.
+    """
+    certain: list[Socket] = []
+    open_: list[Socket] = []
+    for sock in sockets:
+        peer = kernel.options(sock) if kernel is not None and uncertain(intent, sock) else None
+        found = outcomes(intent, sock, peer)
+        if found == {True}:
+            certain.append(sock)
+        elif len(found) > 1:
+            open_.append(sock)
+    if certain or kernel is None:
+        named = _unshadowed([*certain, *(s for s in open_ if blocks(intent, s))])
+        if kernel is not None:
+            # A kernel-held leftover's own SO_REUSEADDR cannot be probed past a live
+            # blocker: it may be one, and a wait for it ends as soon as bind() works.
+            named += [s for s in open_ if not s.inode]
+        ordered = tuple(s for s in sockets if any(s is n for n in named))
+        return Judgement(intent, not ordered, ordered)
+    if not kernel.refused(intent):
+        return Judgement(intent, True, (), True)
+    return Judgement(intent, False, tuple(_unshadowed(open_)), True)
 
 
 def group_holders(sockets: list[Socket]) -> list[list[Socket]]:

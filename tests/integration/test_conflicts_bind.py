@@ -6,8 +6,9 @@ address (a dual-stack `[::]` bind to port 0), sets up real sockets on it, builds
 `Socket` values sock_diag would report from the live sockets (getsockname, fstat,
 IPV6_V6ONLY), and asserts three answers agree with the expected one: the pure function
 (told the peer's real options), `probe_bind`, and a plain bind() written here.
-Also asserted everywhere: when `assess` (which has to guess the peer's options) does not
-ask for a probe, its guess is right.
+Also asserted everywhere: `judge` with the live `Kernel` (options read from our own
+sockets' fds, bind() where they cannot be) gives the kernel's answer, and `judge` without
+one, when no socket's answer hangs on its options, is right too.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import NamedTuple
 
 import pytest
 
-from portguard.decide.bind_probe import probe_bind
+from portguard.decide.bind_probe import Kernel, probe_bind
 from portguard.decide.conflicts import (
     BindIntent,
     PeerOptions,
-    assess,
     blockers,
-    lingering,
+    judge,
+    uncertain,
 )
 from portguard.model import Proto, Socket
 
@@ -120,9 +121,9 @@ def check(intent: BindIntent, socks: list[Socket], peer: PeerOptions, blocked: b
     assert plain in (0, errno.EADDRINUSE), f"plain bind: {os.strerror(plain)}"
     assert (err is not None) == (plain != 0), "probe_bind and bind() disagree"
     assert (pure, plain != 0) == (blocked, blocked), f"pure={pure} kernel={plain != 0}"
-    a = assess(intent, socks)
-    if not a.needs_probe:
-        assert a.free != blocked, "assess was sure, and wrong"
+    assert judge(intent, socks, Kernel()).free != blocked, "judge with the kernel is wrong"
+    if not any(uncertain(intent, s) for s in socks):
+        assert judge(intent, socks).free != blocked, "judge was sure, and wrong"
 
 
 # --- one existing bound socket vs one intent --------------------------------------------
@@ -335,37 +336,36 @@ def time_wait(reuse: bool, reuseport: bool = False) -> tuple[int, Socket]:
 
 
 TW_CASES = {
-    # name: (listener had SO_REUSEADDR, intent, bind() fails, `lingering()` lists it)
-    "reuse-vs-reuse": (True, intent("127.0.0.1"), False, True),
-    "reuse-vs-no-reuse": (True, intent("127.0.0.1", reuse_address=False), True, True),
-    "reuse-vs-any4-no-reuse": (True, intent("0.0.0.0", reuse_address=False), True, True),
-    "reuse-vs-127.0.0.2-no-reuse": (True, intent("127.0.0.2", reuse_address=False), False, False),
-    "reuse-vs-no-address-no-reuse": (True, intent(None, reuse_address=False), True, True),
+    # name: (listener had SO_REUSEADDR, intent, bind() fails)
+    "reuse-vs-reuse": (True, intent("127.0.0.1"), False),
+    "reuse-vs-no-reuse": (True, intent("127.0.0.1", reuse_address=False), True),
+    "reuse-vs-any4-no-reuse": (True, intent("0.0.0.0", reuse_address=False), True),
+    "reuse-vs-127.0.0.2-no-reuse": (True, intent("127.0.0.2", reuse_address=False), False),
+    "reuse-vs-no-address-no-reuse": (True, intent(None, reuse_address=False), True),
     "reuse-vs-v6only-no-reuse": (
         True,
         intent("::", v6only=True, reuse_address=False),
         False,
-        False,
     ),
     # The TIME_WAIT socket keeps its own sk_reuse: without it, even SO_REUSEADDR fails.
-    "no-reuse-vs-reuse": (False, intent("127.0.0.1"), True, True),
-    "no-reuse-vs-no-reuse": (False, intent("127.0.0.1", reuse_address=False), True, True),
-    "no-reuse-vs-dual-reuse": (False, intent("::", v6only=False), True, True),
+    "no-reuse-vs-reuse": (False, intent("127.0.0.1"), True),
+    "no-reuse-vs-no-reuse": (False, intent("127.0.0.1", reuse_address=False), True),
+    "no-reuse-vs-dual-reuse": (False, intent("::", v6only=False), True),
 }
 
 
 @pytest.mark.parametrize(
-    ("reuse", "want", "blocked", "listed"),
+    ("reuse", "want", "blocked"),
     [
         pytest.param(*c, id=name, marks=_marks(Setup("127.0.0.1"), c[1]))
         for name, c in TW_CASES.items()
     ],
 )
-def test_time_wait(reuse: bool, want: BindIntent, blocked: bool, listed: bool) -> None:
+def test_time_wait(reuse: bool, want: BindIntent, blocked: bool) -> None:
     port, tw = time_wait(reuse)
     want = want._replace(port=port)
     check(want, [tw], PeerOptions(reuse), blocked)
-    assert lingering(want, [tw]) == ([tw] if listed else [])
+    assert judge(want, [tw], Kernel()).blockers == ((tw,) if blocked else ())
 
 
 def test_time_wait_reuseport_any_uid() -> None:
@@ -396,7 +396,7 @@ def test_listener_and_children_name_the_listener() -> None:
         want = BindIntent("127.0.0.1", port, TCP, False)
         check(want, socks, PeerOptions(True), blocked=True)
         assert blockers(want, socks) == [socks[1]]
-        assert lingering(want, socks) == []
+        assert judge(want, socks, Kernel()).blockers == (socks[1],)
 
 
 # --- probe_bind, other answers ---------------------------------------------------------
@@ -422,3 +422,43 @@ def test_probe_free_port_and_no_address() -> None:
 def test_probe_mapped_address_on_v6only_intent() -> None:
     err = probe_bind(BindIntent("::ffff:127.0.0.1", free_port(TCP), TCP, v6only=True))
     assert err is not None and err.errno == errno.EINVAL
+
+
+# --- Kernel.options: a socket's flags read from its owner's fd ---------------------------
+
+
+@pytest.mark.parametrize(("reuse", "reuseport"), [(True, False), (False, True), (False, False)])
+def test_kernel_reads_a_holders_socket_options(reuse: bool, reuseport: bool) -> None:
+    from portguard.model import Holder, Process
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the holder: another process, as a server would be
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuseport))
+            s.bind(("127.0.0.1", 0))
+            os.write(w, f"{s.fileno()} {s.getsockname()[1]} {os.fstat(s.fileno()).st_ino}"
+                     .encode())
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    try:
+        fd, port, inode = (int(x) for x in os.read(r, 64).split())
+        sock = Socket(UDP, socket.AF_INET, "UNCONN", "127.0.0.1", port, "", 0, os.getuid(),
+                      inode)
+        held = Holder(sock, (Process(pid, 0, fds=(fd,)),))
+        assert Kernel([held]).options(sock) == PeerOptions(reuse, reuseport)
+        # the fd is not that socket (a number reused meanwhile): nothing is read
+        assert Kernel([held]).options(sock._replace(inode=inode + 1)) is None
+        assert Kernel([held._replace(processes=(Process(pid, 0, fds=(0,)),))]).options(
+            sock) is None
+        # what the rules then say is the kernel's answer: shared only with SO_REUSEADDR
+        want = BindIntent("127.0.0.1", port, UDP, True)
+        assert plain_bind(want) == (0 if reuse else errno.EADDRINUSE)
+        assert judge(want, [sock], Kernel([held])).blockers == (() if reuse else (sock,))
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)

@@ -331,7 +331,7 @@ def kernel_version() -> tuple[int, int]:
 def test_bound_but_not_listening_socket_is_held(sandbox: Sandbox, stage: Stage) -> None:
     # A process that bound the port (no SO_REUSEADDR) and has not listened yet, or never
     # will (a fixed source port): Linux >= 6.8 reports the socket in state CLOSE. It is
-    # no leftover (portguard.decide.conflicts.LEFTOVER_STATES leaves CLOSE out): it stays as
+    # no leftover (portguard.decide.conflicts.Verdict: BLOCKS, not LINGERING): it stays as
     # long as the process does, and bind() fails even with SO_REUSEADDR.
     if kernel_version() < (6, 8):
         pytest.skip("Linux < 6.8 does not report bound-only TCP sockets over sock_diag")

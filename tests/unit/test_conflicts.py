@@ -11,12 +11,11 @@ from portguard.decide.conflicts import (
     BindIntent,
     PeerOptions,
     Verdict,
-    assess,
     blockers,
     blocks,
     group_holders,
     intents,
-    lingering,
+    judge,
     normalize_state,
     uncertain,
     verdict,
@@ -164,7 +163,7 @@ CASES: dict[str, Case] = {
     ),
     "bound-not-listening-passes-reuseaddr": Case(want("127.0.0.1"), sk("127.0.0.1", "CLOSE"), N),
     "bound-not-listening-blocks-without": Case(
-        want("127.0.0.1", reuse=False), sk("127.0.0.1", "CLOSE"), L
+        want("127.0.0.1", reuse=False), sk("127.0.0.1", "CLOSE"), B  # live, not a leftover
     ),
     "request-socket-holds-no-port": Case(
         want("127.0.0.1", reuse=False), sk("127.0.0.1", "NEW_SYN_RECV"), N
@@ -295,73 +294,145 @@ def test_udp_sockets_are_never_children() -> None:
     ]
 
 
-def test_lingering_without_listener() -> None:
-    socks = [OLD_CHILD, sk("127.0.0.1", "CLOSE_WAIT"), CHILD]
-    # Listed whatever reuse_address says; ESTABLISHED is not a leftover state.
-    for reuse in (True, False):
-        assert lingering(want("127.0.0.1", reuse=reuse), socks) == socks[:2]
-    assert lingering(want("127.0.0.2"), socks) == []
-
-
-def test_lingering_under_a_live_listener_is_not_case_5() -> None:
-    assert lingering(want("127.0.0.1", reuse=False), [OLD_CHILD, LISTENER]) == []
-    # A listener on a disjoint address is no cover.
-    assert lingering(want(None), [OLD_CHILD, sk("127.0.0.2")]) == [OLD_CHILD]
-
-
-def test_lingering_only_tcp() -> None:
-    assert lingering(want("127.0.0.1", proto=UDP), [sk("127.0.0.1", "UNCONN", proto=UDP)]) == []
-
-
 def test_blockers_with_only_lingering_sockets() -> None:
     # DESIGN case 5: no live listener, a service without SO_REUSEADDR waits them out.
     intent = want("127.0.0.1", reuse=False)
     assert [verdict(intent, s) for s in blockers(intent, [OLD_CHILD])] == [L]
 
 
-# --- assess / uncertainty --------------------------------------------------------------
+# --- judge: one verdict for every command ---------------------------------------------
 
 
-def test_assess_listener_is_certain() -> None:
-    a = assess(want("127.0.0.1"), [LISTENER])
-    assert not a.free and a.blockers == (LISTENER,) and not a.uncertain and not a.needs_probe
+class FakeKernel:
+    """The kernel's answers as a test states them: options per inode, bind() refused."""
+
+    def __init__(self, refused: bool, options: dict[int, PeerOptions] | None = None) -> None:
+        self._refused = refused
+        self._options = options or {}
+        self.probes: list[BindIntent] = []
+
+    def options(self, sock: Socket) -> PeerOptions | None:
+        return self._options.get(sock.inode)
+
+    def refused(self, intent: BindIntent) -> bool:
+        self.probes.append(intent)
+        return self._refused
 
 
-def test_assess_time_wait_needs_probe() -> None:
-    # Free by the assumption, but the TIME_WAIT socket's own SO_REUSEADDR decides.
-    a = assess(want("127.0.0.1"), [OLD_CHILD])
-    assert a.free and a.lingering == (OLD_CHILD,) and a.uncertain == (OLD_CHILD,)
-    assert a.needs_probe
+def test_judge_listener_is_certain_and_not_probed() -> None:
+    kernel = FakeKernel(refused=False)
+    j = judge(want("127.0.0.1"), [LISTENER], kernel)
+    assert (j.free, j.blockers, kernel.probes) == (False, (LISTENER,), [])
 
 
-def test_assess_time_wait_without_reuseaddr_is_certain() -> None:
-    a = assess(want("127.0.0.1", reuse=False), [OLD_CHILD])
-    assert a.blockers == (OLD_CHILD,) and not a.uncertain and not a.needs_probe
+def test_judge_free_by_the_rules_still_asks_bind() -> None:
+    # Nothing visible blocks; bind() is the last word (a socket sock_diag did not show).
+    j = judge(want(None), [sk("0.0.0.0", port=P + 1)], FakeKernel(refused=True))
+    assert not j.free and j.blockers == () and j.unseen and j.probed
+    assert judge(want(None), [], FakeKernel(refused=False)).free
 
 
-def test_assess_udp_reuseaddr_may_share() -> None:
+def test_judge_time_wait_is_settled_by_bind() -> None:
+    intent = want("127.0.0.1")
+    assert judge(intent, [OLD_CHILD], FakeKernel(refused=False)) == (intent, True, (), True)
+    refused = judge(intent, [OLD_CHILD], FakeKernel(refused=True))
+    assert not refused.free and refused.blockers == (OLD_CHILD,)
+
+
+def test_judge_time_wait_without_reuseaddr_is_certain() -> None:
+    kernel = FakeKernel(refused=False)
+    j = judge(want("127.0.0.1", reuse=False), [OLD_CHILD], kernel)
+    assert j.blockers == (OLD_CHILD,) and kernel.probes == []
+
+
+def test_judge_reads_options_before_asking_bind() -> None:
+    sharing = sk("127.0.0.1", "UNCONN", proto=UDP, inode=7)
+    blocker = sk("0.0.0.0", "UNCONN", proto=UDP, inode=8)
+    kernel = FakeKernel(refused=True, options={7: REUSE, 8: NO_REUSE})
+    j = judge(want("127.0.0.1", proto=UDP), [sharing, blocker], kernel)
+    assert j.blockers == (blocker,) and kernel.probes == []  # the options settle it
+    # Options that say free leave the last word to bind() (it may see what we cannot).
+    assert judge(want("127.0.0.1", proto=UDP), [sharing], FakeKernel(False, {7: REUSE})).free
+    assert judge(want("127.0.0.1", proto=UDP), [sharing], FakeKernel(True, {7: REUSE})).unseen
+
+
+def test_judge_without_a_kernel_assumes() -> None:
     udp = sk("127.0.0.1", "UNCONN", proto=UDP)
-    a = assess(want("127.0.0.1", proto=UDP), [udp])
-    assert a.blockers == (udp,) and a.uncertain == (udp,) and a.needs_probe
-    b = assess(want("127.0.0.1", proto=UDP, reuse=False), [udp])
-    assert b.blockers == (udp,) and not b.uncertain and not b.needs_probe
+    assert judge(want("127.0.0.1", proto=UDP), [udp]).blockers == (udp,)
+    assert judge(want("127.0.0.1"), [OLD_CHILD]).free
 
 
-def test_assess_reuseport_listener_is_uncertain_only_for_same_uid() -> None:
+def test_reuseport_listener_is_uncertain_only_for_same_uid() -> None:
     mine = sk("127.0.0.1", uid=1000)
     assert uncertain(want("127.0.0.1", reuseport=True, uid=1000), mine)
     assert not uncertain(want("127.0.0.1", reuseport=True, uid=0), mine)
     assert not uncertain(want("127.0.0.2", reuseport=True, uid=1000), mine)
 
 
-def test_assess_nothing_on_the_port() -> None:
-    a = assess(want(None), [sk("0.0.0.0", port=P + 1)])
-    assert a.free and a.needs_probe and a.blockers == a.lingering == a.uncertain == ()
+# --- issue 12: where the kernel surprised the rules (the oracle's reproducers) ----------
 
 
-def test_assess_one_certain_blocker_settles_it() -> None:
-    a = assess(want("127.0.0.1"), [OLD_CHILD, sk("127.0.0.1")])
-    assert not a.needs_probe
+def test_issue12_udp_sharing_is_read_from_the_socket() -> None:
+    # udp 0.0.0.0:P with SO_REUSEADDR, as nobody; "127.0.0.2:P/udp", reuse true: bind()
+    # succeeds. The rules used to assume UDP never sets SO_REUSEADDR and never asked.
+    udp = sk("0.0.0.0", "UNCONN", proto=UDP, uid=65534, inode=5)
+    intent = want("127.0.0.2", proto=UDP)
+    assert uncertain(intent, udp)
+    assert judge(intent, [udp], FakeKernel(False, {5: REUSE})).free
+    assert judge(intent, [udp], FakeKernel(False)).free  # unreadable: bind() decides
+    assert judge(intent, [udp], FakeKernel(True, {5: NO_REUSE})).blockers == (udp,)
+
+
+def test_issue12_udp_sharing_beside_a_real_blocker_is_not_named() -> None:
+    sharing = sk("0.0.0.0", "UNCONN", proto=UDP, inode=5)
+    blocker = sk("127.0.0.2", "UNCONN", proto=UDP, inode=6)
+    kernel = FakeKernel(True, {5: REUSE, 6: NO_REUSE})
+    assert judge(want("127.0.0.2", proto=UDP), [sharing, blocker], kernel).blockers == (
+        blocker,)
+
+
+def test_issue12_extra_holder_bound_only_with_reuseaddr() -> None:
+    # tcp [::] v6only listener + bound-only tcp 0.0.0.0 with SO_REUSEADDR; "P/tcp", reuse
+    # true: only the listener conflicts.
+    listener = sk("::", v6only=True, inode=1)
+    bound = sk("0.0.0.0", "CLOSE", inode=2)
+    j = judge(want(None), [listener, bound], FakeKernel(True, {2: REUSE}))
+    assert j.blockers == (listener,)
+
+
+def test_issue12_missing_holder_bound_only_is_live_not_lingering() -> None:
+    # bound-only tcp [::1] (SO_REUSEPORT) + tcp [::1] listener (SO_REUSEADDR,
+    # SO_REUSEPORT); "[::]:P", reuse false: the kernel refuses against both.
+    bound = sk("::1", "CLOSE", v6only=True, inode=1)
+    listener = sk("::1", v6only=True, inode=2)
+    intent = want("::", reuse=False)
+    kernel = FakeKernel(True, {1: REUSEPORT, 2: PeerOptions(True, True)})
+    assert judge(intent, [bound, listener], kernel).blockers == (bound, listener)
+    assert verdict(intent, bound) is B  # live: not a leftover to wait out
+
+
+def test_issue12_time_wait_of_a_dual_stack_child_meets_ipv4() -> None:
+    # [::] dual-stack listener, a connection from ::1, the server closed first: TIME_WAIT
+    # on [::1]:P (sock_diag gives no v6only for it). "0.0.0.0:P", reuse false: refused.
+    tw = sk("::1", "TIME_WAIT", uid=0, inode=0)
+    intent = want("0.0.0.0", reuse=False)
+    assert uncertain(intent, tw)  # its parent may have been v6only
+    j = judge(intent, [tw], FakeKernel(refused=True))
+    assert j.blockers == (tw,) and not j.unseen
+    # A live child reports v6only: a dual-stack listener's child meets an IPv4 wildcard
+    # bind (it has the IPv4 address 127.0.0.6) but no other IPv4 address.
+    child = sk("::1", "CLOSE_WAIT", v6only=False, inode=9)
+    assert verdict(intent, child) is L and not uncertain(intent, child)
+    assert verdict(want("127.0.0.1", reuse=False), child) is N
+    assert verdict(want("::ffff:0.0.0.0", reuse=False), child) is N
+
+
+def test_issue12_status_lingering_without_reuseaddr_blocks() -> None:
+    # status used to skip lingering sockets whatever reuse_address said.
+    kernel = FakeKernel(refused=True)
+    assert judge(want("127.0.0.1", reuse=False), [OLD_CHILD], kernel).blockers == (OLD_CHILD,)
+    # ... and to assume every TCP socket sets SO_REUSEADDR without asking bind().
+    assert not judge(want("127.0.0.1"), [OLD_CHILD], kernel).free
 
 
 # --- SO_REUSEPORT groups ---------------------------------------------------------------
@@ -438,3 +509,14 @@ def test_observed_garbage_address_raises() -> None:
 )  # fmt: skip
 def test_normalize_state(raw: str, name: str) -> None:
     assert normalize_state(raw) == name
+
+
+def test_a_time_wait_past_a_live_blocker_may_block_too() -> None:
+    # Its own SO_REUSEADDR cannot be probed while the listener blocks anyway: named (a
+    # wait for it ends when bind() works), unlike a live socket whose options are read.
+    other = sk("127.0.0.2", inode=3)
+    bound = sk("127.0.0.1", "CLOSE", inode=4)
+    kernel = FakeKernel(refused=True, options={4: REUSE})
+    j = judge(want(None), [LISTENER, OLD_CHILD, bound, other], kernel)
+    assert j.blockers == (LISTENER, OLD_CHILD, other) and kernel.probes == []
+    assert judge(want(None), [LISTENER, OLD_CHILD]).blockers == (LISTENER,)  # assumed
