@@ -26,7 +26,7 @@ while portguard waits (after its "waiting up to" record; one in five of those in
 a random moment, racing portguard's scan: their kind is then anyone's guess, and a
 refusal is allowed).
 
-The oracle (written here from DESIGN.md and the README; nothing imported from portguard)
+The oracle (written here from the contract (docs/) and the README; nothing imported from portguard)
 gives each holder a kind and an action (act / wait / refuse / tolerate / none), and the
 run an exit status, the permitted targets and whether the ports must end free. Checked
 after each scenario:

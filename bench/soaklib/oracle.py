@@ -1,6 +1,6 @@
-"""The oracle: what DESIGN.md says preflight does with a scenario's holders.
+"""The oracle: what the contract (docs/) says preflight does with a scenario's holders.
 
-Written from DESIGN.md's rules (kinds and policies) and the README, not from portguard's
+Written from the contract's (docs/) rules (kinds and policies) and the README, not from portguard's
 code, so that a bug in portguard cannot hide in the expectation too.
 """
 
@@ -70,7 +70,7 @@ def unprobeable(sc: Scenario, h: HolderSpec) -> bool:
 
 
 def expect(sc: Scenario) -> Expected:
-    """The oracle: what DESIGN.md says preflight does with these holders."""
+    """The oracle: what the contract (docs/) says preflight does with these holders."""
     actions = {h.index: h.action for h in sc.holders}
     refused = [h for h in sc.holders if h.action == REFUSE]
     # a holder vanishing while portguard inspects it may be taken for anything, and a

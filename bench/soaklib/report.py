@@ -44,8 +44,8 @@ def render(rep: Report, command: str) -> str:
     holders = [h for o in ran for h in o.sc.holders]
     lines = [HEADING, "",
              "Randomized `portguard preflight` scenarios in one real-systemd sandbox, each"
-             " checked against an oracle of DESIGN.md's rules (`bench/soak.py`; rewritten by"
-             " each run of `make soak`).", "",
+             " checked against an oracle of the contract's rules (docs/; `bench/soak.py`;"
+             " rewritten by each run of `make soak`).", "",
              f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
              f"- machine: {_machine()}",
              f"- command: `{command}`",

@@ -1,6 +1,6 @@
 """The soak's world inside the sandbox: paths, the journal's ids, kinds, unit templates.
 
-The journal's ids and the kinds are the contract as DESIGN.md and the README state it,
+The journal's ids and the kinds are the contract as the contract (docs/) and the README state it,
 spelled out rather than imported from portguard, so that the oracle stays independent of
 the code it checks.
 """

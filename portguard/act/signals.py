@@ -1,6 +1,6 @@
 """Acting on a plan: stop twin units over D-Bus, signal processes through pidfds, wait.
 
-Safety rules that never bend (DESIGN.md):
+Safety rules that never bend (the contract (docs/)):
 - a process is signalled only through a pidfd opened *before* its identity is checked
   again (same start time as inspected, still holding the socket), so a pid reused by
   another process between the scan and the signal is never hit;

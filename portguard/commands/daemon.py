@@ -1,4 +1,4 @@
-"""`portguard daemon`: the long-lived guard (DESIGN.md "Daemon"; README "The daemon").
+"""`portguard daemon`: the long-lived guard (the contract (docs/) "Daemon"; README "The daemon").
 
 One thread, one `selectors` loop over the D-Bus fd (systemd's JobRemoved and unit
 PropertiesChanged signals: a change of a configured unit schedules a pass, DEBOUNCE

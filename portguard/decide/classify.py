@@ -1,6 +1,6 @@
 """Classify each holder of a declared port: self, twin, stray, foreign or lingering.
 
-Pure functions of observed facts (DESIGN.md, "Why a port is taken"): given the service
+Pure functions of observed facts (the contract (docs/), "Why a port is taken"): given the service
 being started, what systemd says about its unit and twins, and the holders observed on
 its ports, decide what each holder is and whether it may ever be touched. No I/O here:
 everything arrives in a `Context` and leaves as `Conflict`s, so every rule is tested
@@ -77,7 +77,7 @@ def _glob_any(name: str, globs: Iterable[str]) -> bool:
 
 
 def same_program(a: ProgramId, b: ProgramId) -> bool:
-    """The same program by file identity (DESIGN.md, case 3): the same executable file
+    """The same program by file identity (the contract (docs/), case 3): the same executable file
     (and applet, for busybox); for interpreters the same script or jar file, or the same
     module under the same interpreter. Arguments and process titles never count."""
     if a.interpreted or b.interpreted:

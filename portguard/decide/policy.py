@@ -18,7 +18,7 @@ from portguard.model import Proto
 
 
 class Action(enum.StrEnum):
-    """The journal's PORTGUARD_ACTION vocabulary (DESIGN.md)."""
+    """The journal's PORTGUARD_ACTION vocabulary (the contract (docs/))."""
 
     NONE = "none"
     STOP = "stop"  # StopUnit a twin

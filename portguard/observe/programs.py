@@ -1,6 +1,6 @@
 """Which program a process, or a unit's ExecStart= line, runs: by file identity.
 
-DESIGN.md, case 3: "the same program" is the executable *file* (st_dev, st_ino, so a
+the contract (docs/), case 3: "the same program" is the executable *file* (st_dev, st_ino, so a
 symlink such as /usr/bin/redis-server -> redis-check-rdb is the file it points to),
 whatever title the daemon gives itself and whatever its arguments; for an interpreter it
 is the script, module or jar; launchers (env, nice, sudo, ...) are seen through and a

@@ -95,7 +95,7 @@ def _process_fields(proc: Process) -> dict[str, Any]:
 
 
 def port_doc(report: PortReport, kinds: Mapping[int, str] | None = None) -> dict[str, Any]:
-    """`{"port", "proto", "free", "holders": [...]}` as DESIGN.md's `--json` promises."""
+    """`{"port", "proto", "free", "holders": [...]}` as the contract's (docs/) `--json` promises."""
     holders: list[dict[str, Any]] = []
     for holder in report.holders:
         kind = kinds.get(holder.socket.inode) if kinds is not None else None

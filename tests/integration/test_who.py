@@ -107,7 +107,7 @@ def test_plain_unit_listener(sandbox: Sandbox, stage: Stage, uid: str) -> None:
 
     status, doc = who_json(sandbox, "8001")
     assert status == 1
-    # DESIGN.md's documented shape, with its types
+    # the contract's (docs/) documented shape, with its types
     assert list(doc) == ["ports"]
     [entry] = doc["ports"]
     assert (entry["port"], entry["proto"], entry["free"]) == (8001, "tcp", False)

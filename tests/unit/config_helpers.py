@@ -1,4 +1,4 @@
-"""What the config tests share: DESIGN.md's example config, and files to check-config."""
+"""What the config tests share: the contract's (docs/) example config, and files to check-config."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from portguard.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
-# DESIGN.md's config block, verbatim.
+# the contract's (docs/) config block, verbatim.
 DESIGN_EXAMPLE = """\
 defaults:
   policy: stop            # stop | wait | fail | warn

@@ -1,7 +1,7 @@
 """classify: every rule that decides self / twin / stray / foreign / lingering, and when a
 holder may never be touched, from hand-built facts (no /proc, no D-Bus, no root).
 
-The service under test is the DESIGN.md example shape: a `web@.service` template whose
+The service under test is the the contract (docs/) example shape: a `web@.service` template whose
 instance `web@green.service` is starting, with ExecStart `python3 /opt/web/app.py --port
 8080`, running as www-data (uid 33), plus a configured duplicate unit and command globs.
 """
@@ -153,7 +153,7 @@ def test_execstart_copy_outside_any_service_is_a_stray(where: str, unit_id: str 
 ])
 def test_the_same_program_whatever_its_title_or_arguments_is_a_stray(
         argv: tuple[str, ...]) -> None:
-    """DESIGN.md case 3: the program is the file it runs (observed as program_id), not
+    """the contract (docs/) case 3: the program is the file it runs (observed as program_id), not
     the command line; arguments no longer decide."""
     assert classify_holder(context(), holder(proc(argv=argv))).kind is Kind.STRAY
 

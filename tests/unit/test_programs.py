@@ -1,4 +1,4 @@
-"""observe/programs.py: which program an argv runs, by file identity (DESIGN.md case 3).
+"""observe/programs.py: which program an argv runs, by file identity (the contract (docs/) case 3).
 
 The argv parsing is pure; the identities are read from real files under tmp_path (a
 symlink, a #! script, busybox-style applets), as /proc and ExecStart= would give them.
