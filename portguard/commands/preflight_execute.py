@@ -189,6 +189,17 @@ class Executor:
         gone = wait_until(lambda: not any(self.still_held(c) for c in conflicts),
                           self.deadline, self.clock)
         if not gone:
+            left = [c for c in conflicts if self.still_held(c)] or conflicts
+            if all(c.kind == "lingering" for c in left):
+                # kernel-held leftovers: name them; they expire on their own
+                detail = "; ".join(sorted({f"{c.holder.socket.state} "
+                                           f"{c.holder.socket.local_address}:{c.port}"
+                                           for c in left if c.holder is not None}))
+                self._emit(Event.TIMED_OUT, first, "timed out waiting for lingering sockets "
+                           f"to expire: {detail}", "timeout", action=Action.WAIT)
+                raise TimedOutError(f"{self.unit}: bind() still refused after "
+                                    f"{self.service.timeout:.1f}s by lingering sockets "
+                                    f"({detail}): they expire on their own; try again later")
             self._emit(Event.TIMED_OUT, first, f"timed out after {self.service.timeout:.1f}s "
                        "waiting for the port", "timeout", action=Action.WAIT)
             raise TimedOutError(f"{self.unit}: still held after waiting "

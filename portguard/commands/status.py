@@ -93,8 +93,17 @@ def port_state(service: Service, spec: PortSpec, observer: Observer) -> PortStat
     judged = tuple(conflicts.judge(binds[r.port], [h.socket for h in r.holders],
                                    bind_probe.Kernel(r.holders)) for r in reps)
     foreign = tuple(h for r, j in zip(reps, judged, strict=True) for h in r.holders
-                    if any(h.socket is b for b in j.blockers) and not _own(service, h))
+                    if any(h.socket is b for b in j.blockers) and not _own(service, h)
+                    and not (h.socket.inode == 0 and _held_by_itself(service, r, j)))
     return PortState(spec, reps, foreign, judged)
+
+
+def _held_by_itself(service: Service, report: PortReport, judged: conflicts.Judgement,
+                    ) -> bool:
+    """The service (or its own activation socket) listens there: a kernel-held leftover
+    that bind() cannot tell apart from it is no one else's hold on the port."""
+    return any(_own(service, h) and any(h.socket is b for b in judged.blockers)
+               for h in report.holders)
 
 
 def any_held(states: Sequence[ServiceState]) -> bool:
