@@ -181,7 +181,7 @@ def run_story(sandbox_mod: ModuleType) -> int:
     if passed == len(results):
         out(S.green(f"All {len(results)} scenes behaved as expected") +
             f" in {took:.1f} s. The sandbox is gone; this host was not touched.")
-        out(S.dim("Next: README.md (Commands, Journal), config.example.yaml, "
+        out(S.dim("Next: docs/commands.md, docs/journal.md, config.example.yaml, "
                   "`portguard install UNIT` on your own services."))
         return 0
     out(S.red(f"{len(results) - passed} of {len(results)} scenes did not behave as "
