@@ -111,4 +111,14 @@ def plan(service: Service, conflicts: Sequence[Conflict], *,
         if step.action is Action.STOP and conflict.unit:
             stopping.add(conflict.unit)
         steps.append(step)
+    # Under warn, a live holder tolerated on a port explains its refused bind() by
+    # itself: a lingering socket there (named only because bind() fails past that
+    # holder) is no reason to wait, since the service tries anyway.
+    tolerated = {(s.conflict.port, s.conflict.proto) for s in steps if s.tolerated}
+    for i, step in enumerate(steps):
+        c = step.conflict
+        if (c.kind is Kind.LINGERING and step.action is Action.WAIT and service.reuse_address
+                and (c.port, c.proto) in tolerated):
+            steps[i] = step._replace(action=Action.NONE, why="bind() is refused by a holder "
+                                     "tolerated under policy: warn; not waited for")
     return Plan(tuple(steps))

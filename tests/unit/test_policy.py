@@ -246,3 +246,16 @@ def test_bind_refused_is_judged_per_port() -> None:
 def test_an_empty_plan_has_no_steps() -> None:
     assert plan(service(), []) == Plan(())
 
+
+
+def test_under_warn_a_time_wait_beside_a_tolerated_holder_is_not_waited_for() -> None:
+    # Found by the soak (6 of 1,000): a TIME_WAIT named because bind() fails past a stray
+    # that policy: warn tolerates; waiting for it ran out (75) where warn means "try anyway".
+    svc = service(policy=Policy.WARN, reuse_address=True)
+    refused = {(LINGERING.port, LINGERING.proto)}
+    steps = plan(svc, [STRAY, LINGERING], bind_refused=refused).steps
+    assert [s.action for s in steps] == [Action.NONE, Action.NONE]
+    assert steps[1].why.startswith("bind() is refused by a holder tolerated under policy: warn")
+    # on another port, or with nothing tolerated, it is still waited out
+    alone = plan(svc, [LINGERING], bind_refused=refused).steps
+    assert [s.action for s in alone] == [Action.WAIT]
