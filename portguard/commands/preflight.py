@@ -98,10 +98,10 @@ class Preflight:
 
     def _fast_path_clear(self, service: Service, intents: Sequence[conflicts.BindIntent],
                          ports: Sequence[tuple[int, Proto]]) -> bool:
-        return preflight_fast.ports_clear(self.unit, intents, _twin_globs(service))
+        return preflight_fast.ports_clear(self.unit, intents, service.twin_globs)
 
     def _starting_twins(self, service: Service) -> list[str]:
-        return preflight_fast.starting_twins(self.unit, _twin_globs(service))
+        return preflight_fast.starting_twins(self.unit, service.twin_globs)
 
     # -- slow path -----------------------------------------------------------------
 
@@ -295,13 +295,6 @@ class Preflight:
         preflight_fast.report_clear(self.journal, self.unit, ports, how)
 
 
-def _twin_globs(service: Service) -> list[str]:
-    globs = list(service.duplicates.units)
-    if service.is_template:
-        globs.append(service.instance_glob)
-    return globs
-
-
 def service_context(unit: str, service: Service, systemd: Systemd | None,
                     protected: Sequence[str]) -> Context:
     """What classification needs about `unit` (`portguard why` builds one too): its unit
@@ -310,7 +303,7 @@ def service_context(unit: str, service: Service, systemd: Systemd | None,
     twins: list[Unit] = []
     if systemd is not None:
         unit_info = systemd.describe(unit)
-        globs = _twin_globs(service)
+        globs = service.twin_globs
         if globs:
             for uid in systemd.list_units(globs):
                 if uid != unit:

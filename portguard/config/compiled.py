@@ -68,12 +68,9 @@ def store(config_path: str, source: bytes, cfg: Config) -> None:
         return
     services: dict[str, tuple[Any, ...]] = {}
     for service in cfg.services:
-        globs = list(service.duplicates.units)
-        if service.is_template:
-            globs.append(service.instance_glob)
         specs = [(s.first, s.last, str(s.proto), s.address, s.text, s.line)
                  for s in service.ports]
-        services[service.name] = (specs, service.reuse_address, globs)
+        services[service.name] = (specs, service.reuse_address, service.twin_globs)
     blob = marshal.dumps((FORMAT, __version__, source, services))
     try:
         os.makedirs(CACHE_DIR, mode=0o700, exist_ok=True)

@@ -86,6 +86,12 @@ class Service:
         """The units this entry covers, as a glob: `web@*.service` for a template."""
         return self.name.replace("@.service", "@*.service") if self.is_template else self.name
 
+    @property
+    def twin_globs(self) -> list[str]:
+        """Units that are this service's twins: `duplicates.units`, then (for a template)
+        its other instances."""
+        return [*self.duplicates.units, *([self.instance_glob] if self.is_template else [])]
+
     def matches(self, unit: str) -> bool:
         """Whether `unit` is this service's unit or, for a template, one of its instances."""
         name = mangle_unit(unit)
