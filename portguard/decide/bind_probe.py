@@ -66,6 +66,26 @@ def probe_bind(intent: BindIntent) -> OSError | None:
     return _probe(family, host, intent, intent.v6only)
 
 
+def nothing_bound(port: int, proto: Proto) -> bool:
+    """True only when no socket of `proto` on this host (network namespace) has local
+    port `port`, in any state, on any address: bind() of a dual-stack `[::]`, without
+    SO_REUSEADDR or SO_REUSEPORT, succeeded.
+
+    The kernel keeps every socket bound to a port in that port's bind bucket (listeners,
+    bound-only, accepted and outgoing connections, TIME_WAIT; UDP's in its port slot)
+    and refuses such a bind() if any one is there: the answer costs one hash lookup, where
+    a sock_diag dump walks every socket of the host. False means "ask sock_diag": a socket
+    may be there, or the probe could not be made (a port under 1024 without
+    CAP_NET_BIND_SERVICE, no IPv6 socket of either family). Like every probe it holds the
+    port for microseconds: `who` uses it, the daemon does not.
+    """
+    intent = BindIntent(None, port, proto, False, False, False, None)
+    err = _probe(socket.AF_INET6, "::", intent, v6only=False)
+    if err is not None and err.errno == errno.EAFNOSUPPORT:  # no IPv6: no IPv6 sockets
+        err = _probe(socket.AF_INET, "0.0.0.0", intent, v6only=None)
+    return err is None
+
+
 def refused(intent: BindIntent) -> bool:
     """Does bind() fail with EADDRINUSE now? (An address this host lacks, EACCES ... are
     not a conflict with a holder: the service meets them itself.)"""

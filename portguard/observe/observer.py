@@ -136,9 +136,13 @@ class Observer:
         self._query = query or sockets.query
 
     def ports(self, wanted: Sequence[tuple[int, Proto]],
-              suspects: Iterable[int] = ()) -> list[PortReport]:
-        """One report per (port, proto), in the order asked."""
-        found = sockets.on_ports(wanted, self._query)
+              suspects: Iterable[int] = (),
+              empty: Callable[[int, Proto], bool] | None = None) -> list[PortReport]:
+        """One report per (port, proto), in the order asked. `empty`, when given, proves
+        a port has no socket at all (`who` passes a bind() probe): such ports are not
+        asked of sock_diag, which walks every socket of the host."""
+        asked = [p for p in wanted if not empty(*p)] if empty is not None else wanted
+        found = sockets.on_ports(asked, self._query) if asked else []
         named = [s for s in found if _worth_naming(s, found)]
         owners = processes.find_owners(named, suspects=suspects)
         ident = None

@@ -202,6 +202,13 @@ def run_zoo(seed: int, zoo: int, specs: int, tag: str, scratch: Scratch) -> list
             f"    reuse_address: {'true' if i.reuse else 'false'}\n"
             for u, i in zip(units, intents, strict=True)))
         status = _cli("--config", cfg, "--json", "status")["services"]
+        # `who PORT/PROTO` answers a port bind() shows empty without sock_diag: it must
+        # still list a socket whenever the zoo made one of that protocol.
+        listing = {}
+        for proto in ("tcp", "udp"):
+            doc = _cli("--json", "who", f"{port}/{proto}")["ports"][0]
+            listing[proto] = [any(d.proto == proto for d, ok in zip(descs, made, strict=True)
+                                  if ok), bool(doc["holders"] or doc.get("connections"))]
         rows = []
         for n, (intent, unit) in enumerate(zip(intents, units, strict=True)):
             code = refused(intent, port)
@@ -225,6 +232,7 @@ def run_zoo(seed: int, zoo: int, specs: int, tag: str, scratch: Scratch) -> list
                                       and r.get("PORTGUARD_HOLDER_PID")})],
                 "status": [not st["free"], _blocking_pids(st["ports"][0])],
                 "who": [not who["free"], _blocking_pids(who)],
+                "listing": listing[intent.proto],
             })
         return rows
     finally:
@@ -258,6 +266,7 @@ class Tally(NamedTuple):
         parts = [f"{c}: {self.counts[c]['false_free']} false free / "
                  f"{self.counts[c]['false_blocked']} false blocked / "
                  f"{self.counts[c]['holders']} holder mismatches" for c in COMMANDS]
+        parts.append(f"who PORT: {self.counts['who']['listing']} listing mismatches")
         return f"{self.specs} specs; " + "; ".join(parts) + f"; premise broken {self.premise}"
 
 
@@ -269,19 +278,23 @@ def tally(rows: Iterable[dict[str, Any]], seed: int) -> Tally:
         mix["blocked" if row["blocked"] else "free"] += 1
         mix.update(f"{d['proto']} {d['kind']} as {d['user']}"
                    for d in row["zoo_sockets"] if d["made"])
+        mix["listing some" if row["listing"][0] else "listing none"] += 1
         premise += row["pairwise"] != row["blocked"]
         for cmd in COMMANDS:
             blocked, pids = row[cmd]
             wrong = [k for k, bad in (("false_free", row["blocked"] and not blocked),
                                       ("false_blocked", blocked and not row["blocked"]),
                                       ("holders", pids != row["pids"])) if bad]
+            if cmd == "who" and row["listing"][0] != row["listing"][1]:
+                wrong.append("listing")  # a socket made, yet `who PORT` shows none
             counts[cmd].update(wrong)
             if wrong:
                 failures.append(f"seed {seed} zoo {row['zoo']} #{row['n']} {cmd} "
                                 f"{'/'.join(wrong)}: {row['spec']} reuse={row['reuse']} "
                                 f"kernel {'blocked' if row['blocked'] else 'free'} by "
                                 f"{row['pids']}, said {'blocked' if blocked else 'free'} by "
-                                f"{pids}; zoo {row['zoo_sockets']}")
+                                f"{pids}; listing {row['listing']}; "
+                                f"zoo {row['zoo_sockets']}")
     return Tally(n, counts, premise, failures, mix)
 
 
