@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from portguard.report.journal import Journal
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 

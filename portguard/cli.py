@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
 
 from portguard import __version__
-from portguard.app import App
 from portguard.errors import ExitStatus, PortguardError, UsageError
-from portguard.report.output import Output
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any, TextIO
+
+    from portguard.app import App
+    from portguard.report.output import Output
 
     Handler = Callable[[argparse.Namespace, App, Output], ExitStatus]
 
@@ -201,6 +203,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     except UsageError as exc:
         print(exc.message, file=err_stream)
         return int(exc.exit_status)
+    from portguard.app import App
+    from portguard.report.output import Output
     out = Output(out_stream, err_stream, json=args.json,
                  verbosity=-1 if args.quiet else args.verbose)
     handler = _handler(args.handler)

@@ -5,14 +5,16 @@ these immutable values in and hands new ones on, so decisions stay pure function
 
 They are NamedTuples rather than dataclasses on purpose: `who PORT` on a free port must
 answer in a few milliseconds of process time, and importing `dataclasses` (it pulls in
-`inspect` and `ast`) costs ~9 ms on our machines, more than the whole netlink query.
+`inspect` and `ast`) costs ~9 ms on our machines, more than the whole netlink query;
+for the same reason they come from `portguard.records`, not `typing`.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import NamedTuple
+
+from portguard.records import NamedTuple
 
 
 class Proto(enum.StrEnum):

@@ -16,13 +16,13 @@ compiled, not declared, a port held, a twin starting) goes the whole way through
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from portguard.decide import bind_probe, conflicts
 from portguard.model import format_ports
-from portguard.observe import container_hints, processes, sockets
+from portguard.observe import container_hints, processes
 from portguard.report.journal import Event
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from portguard.model import Proto, Socket
     from portguard.report.journal import Journal
@@ -45,6 +45,7 @@ def ports_clear(unit: str, intents: Sequence[conflicts.BindIntent],
     shared = [i for i in intents if i.reuse_port]
     if not shared:
         return True
+    from portguard.observe import sockets  # netlink: only for the rare SO_REUSEPORT
     found = sockets.on_ports(sorted({(i.port, i.proto) for i in shared}))
     kernel = bind_probe.Kernel()  # no owners read here: bind() decides what rules cannot
     return all(conflicts.judge(i, on_port(found, i.port, i.proto), kernel).free

@@ -27,12 +27,13 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator, Mapping
-from types import FrameType
-from typing import TYPE_CHECKING
 
 from portguard.errors import BlockedError, ExitStatus, PortguardError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported: cli.run and the fast path import this module
+    from types import FrameType
+
     from portguard.observe.units import Systemd
 
 STATUS_PREFIX = "portguard: "

@@ -21,13 +21,15 @@ from __future__ import annotations
 import marshal
 import os
 import stat
-from typing import TYPE_CHECKING, Any
 
 from portguard import __version__
 from portguard.config import trust
 from portguard.config.unitnames import service_keys
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from portguard.config.schema import Config
     from portguard.model import PortSpec
 

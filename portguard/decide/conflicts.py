@@ -18,18 +18,25 @@ itself. Only the pure fallback (no kernel) rests on `assumed_peer`. SO_BINDTODEV
 never matters: the service binds no device (a `%scope` aside), and a socket without one
 meets every device.
 
-NamedTuples and `socket.inet_pton`, not dataclasses and `ipaddress`: see `model` on
-import time; `who` on a free port must stay fast.
+NamedTuples and `_socket.inet_pton`, not dataclasses and `ipaddress` (nor `typing` or
+the `socket` wrapper): see `model` on import time; preflight and `who` on a free port
+must stay fast.
 """
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: its names without socket.py's enums (~4 ms)
 import enum
 import functools
-import socket
-from typing import NamedTuple, Protocol
 
 from portguard.model import PortSpec, Proto, Socket
+from portguard.records import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # `Kernel` is a type checker's contract only
 
 LISTEN = "LISTEN"
 TIME_WAIT = "TIME_WAIT"

@@ -14,14 +14,15 @@ The argv parsing (`strip_launchers`, `interpreted`) is pure; `of_process` and
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 
 from portguard.model import FileId, ProgramId
 
-# interpreter names as exec'd: python3, python3.11, node, nodejs, java, ruby3.1, perl,
-# perl5.36.0, php, php8.2, sh, bash, dash (not php-fpm8.2, sshd or shellinabox)
-_INTERPRETER = re.compile(r"(python|node|nodejs|java|ruby|perl|php|sh|bash|dash)[0-9.]*")
+# interpreter names as exec'd, each optionally followed by a version: python3, python3.11,
+# node, nodejs, java, ruby3.1, perl, perl5.36.0, php, php8.2, sh, bash, dash (not
+# php-fpm8.2, sshd or shellinabox). Matched without `re`: it is not on preflight's path.
+_INTERPRETERS = frozenset(
+    {"python", "node", "nodejs", "java", "ruby", "perl", "php", "sh", "bash", "dash"})
 MULTICALL = ("busybox", "toybox")
 # launcher -> its options that take a separate value. A launcher runs the rest of its argv
 # (after its options, `--`, and for env NAME=VALUE words, for timeout a duration).
@@ -70,7 +71,7 @@ def basename(path: str) -> str:
 
 
 def is_interpreter(path: str) -> bool:
-    return _INTERPRETER.fullmatch(basename(path)) is not None
+    return basename(path).rstrip("0123456789.") in _INTERPRETERS
 
 
 def _family(path: str) -> str:

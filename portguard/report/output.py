@@ -3,7 +3,9 @@ diagnostics. Built by the CLI and handed to each command."""
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 
 class Output:

@@ -140,12 +140,12 @@ def no_systemd() -> Any:
 def status_json(path: Path) -> tuple[int, dict[str, Any]]:
     """`portguard --config PATH --json status`, in-process: D-Bus unreachable, no sockets.
 
-    cli.main() builds its App itself; the fake systemd goes in through the App class it
-    calls, the empty socket table through portguard.observe.sockets.query (the Observer's default).
+    cli.main() builds its App itself (importing it when called); the fake systemd goes in
+    through portguard.app.App, the empty socket table through portguard.observe.sockets.query (the Observer's default).
     """
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "App", lambda path, journal: App(path, journal=journal,
+        mp.setattr("portguard.app.App", lambda path, journal: App(path, journal=journal,
                                                           connect_systemd=no_systemd))
         mp.setattr("portguard.observe.sockets.query", lambda ports, protos=(), **kw: [])
         status = cli.main(["--config", str(path), "--json", "status"], stdout=out, stderr=err)
