@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
     # The table shows each holder's unit, which its cgroup names exactly; only --json and
     # -v show the unit's state, which takes systemd's D-Bus API (and ~30 ms of imports).
     app.unit_states = out.json or out.verbosity > 0
-    from portguard.decide.bind_probe import nothing_bound
+    from portguard.observe.bindable import nothing_bound
     # A port bind() shows empty is not dumped: sock_diag walks every socket of the host.
     reports = app.observer.ports(parse_port_args(args.ports), empty=nothing_bound)
     if out.json:

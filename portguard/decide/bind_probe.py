@@ -14,32 +14,13 @@ from collections.abc import Iterable, Sequence
 
 from portguard.decide.conflicts import BindIntent, PeerOptions
 from portguard.model import Holder, Process, Proto, Socket
-from portguard.observe import processes
+from portguard.observe import bindable
 
 
 def _probe(family: int, host: str, intent: BindIntent, v6only: bool | None) -> OSError | None:
-    kind = socket.SOCK_STREAM if intent.proto is Proto.TCP else socket.SOCK_DGRAM
-    try:
-        sock = socket.socket(family, kind)
-    except OSError as err:
-        return err
-    try:
-        if intent.reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if intent.reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6 and v6only is not None:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
-        # getaddrinfo turns a `%scope` (link-local) into sin6_scope_id; given bytes, it
-        # skips the IDNA codec (unicodedata, ~2 ms) a str host goes through.
-        info = socket.getaddrinfo(host.encode(), intent.port, family, kind, 0,
-                                  socket.AI_NUMERICHOST)
-        sock.bind(info[0][4])
-    except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError too
-        return err if isinstance(err, OSError) else OSError(errno.EINVAL, str(err))
-    finally:
-        sock.close()
-    return None
+    return bindable.probe(family, host, intent.port, tcp=intent.proto is Proto.TCP,
+                          reuse_address=intent.reuse_address, reuse_port=intent.reuse_port,
+                          v6only=v6only)
 
 
 def probe_bind(intent: BindIntent) -> OSError | None:
@@ -68,26 +49,6 @@ def probe_bind(intent: BindIntent) -> OSError | None:
     return _probe(family, host, intent, intent.v6only)
 
 
-def nothing_bound(port: int, proto: Proto) -> bool:
-    """True only when no socket of `proto` on this host (network namespace) has local
-    port `port`, in any state, on any address: bind() of a dual-stack `[::]`, without
-    SO_REUSEADDR or SO_REUSEPORT, succeeded.
-
-    The kernel keeps every socket bound to a port in that port's bind bucket (listeners,
-    bound-only, accepted and outgoing connections, TIME_WAIT; UDP's in its port slot)
-    and refuses such a bind() if any one is there: the answer costs one hash lookup, where
-    a sock_diag dump walks every socket of the host. False means "ask sock_diag": a socket
-    may be there, or the probe could not be made (a port under 1024 without
-    CAP_NET_BIND_SERVICE, no IPv6 socket of either family). Like every probe it holds the
-    port for microseconds: `who` uses it, the daemon does not.
-    """
-    intent = BindIntent(None, port, proto, False, False, False, None)
-    err = _probe(socket.AF_INET6, "::", intent, v6only=False)
-    if err is not None and err.errno == errno.EAFNOSUPPORT:  # no IPv6: no IPv6 sockets
-        err = _probe(socket.AF_INET, "0.0.0.0", intent, v6only=None)
-    return err is None
-
-
 def refused(intent: BindIntent) -> bool:
     """Does bind() fail with EADDRINUSE now? (An address this host lacks, EACCES ... are
     not a conflict with a holder: the service meets them itself.)"""
@@ -111,6 +72,7 @@ class Kernel:
 
     def _processes(self, sock: Socket) -> Sequence[Process]:
         if sock.inode not in self._owners and self._lookup:
+            from portguard.observe import processes  # /proc and pwd: not for a probe
             found = processes.find_owners([sock]).by_inode.get(sock.inode, ())
             self._owners[sock.inode] = list(found)
         return self._owners.get(sock.inode, ())

@@ -13,6 +13,7 @@ from typing import Any
 from portguard.model import Container, Holder, Process, Unit
 from portguard.observe.activation import activated_by_note
 from portguard.observe.observer import LINGERING_STATES, PUBLISHED, PortReport
+from portguard.report.layout import WHO_HEADER, columns, free_row
 
 
 def endpoint(address: str, port: int, family: int) -> str:
@@ -120,7 +121,7 @@ def _command(proc: Process) -> str:
 
 def table(reports: Sequence[PortReport]) -> str:
     """The human view of `who`: one line per holder process, free ports said plainly."""
-    header: tuple[str, ...] = ("PORT", "STATE", "ADDRESS", "PID", "USER", "UNIT", "COMMAND")
+    header: tuple[str, ...] = WHO_HEADER
     with_containers = any(h.container for rep in reports for h in rep.holders)
     if with_containers:
         header = (*header[:6], "CONTAINER", header[6])
@@ -129,7 +130,7 @@ def table(reports: Sequence[PortReport]) -> str:
     for rep in reports:
         name = f"{rep.port}/{rep.proto}"
         if not rep.holders:
-            rows.append((name, "free", *[""] * (len(header) - 2)))
+            rows.append(free_row(name, len(header)))
             continue
         for holder in rep.holders:
             held = _holder_lines(name, holder)
@@ -149,10 +150,7 @@ def table(reports: Sequence[PortReport]) -> str:
                          "service that sets SO_REUSEADDR, if the old socket set it too")
         if rep.unit_source == "cgroup":
             notes.append(f"{name}: units named from cgroups: systemd's D-Bus API unreachable")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [header, *rows]]
-    return "\n".join(lines + [f"note: {n}" for n in dict.fromkeys(notes)])
+    return "\n".join(columns(header, rows) + [f"note: {n}" for n in dict.fromkeys(notes)])
 
 
 def socket_note(unit: Unit) -> str:
