@@ -24,7 +24,7 @@ from wholib.profiles import COUNTS
 from wholib.scenario import Outcome
 
 TARGET_SPREAD_SPEEDUP = 20.0  # L, spread: portguard held >= 20x faster than ss -ltnp
-TARGET_FREE_VS_PYTHON = 3.0  # every scale: portguard free <= 3x python3 -c pass
+TARGET_FREE_VS_PYTHON = 2.0  # every scale: portguard free <= 2x python3 -c pass (issue 14)
 # the `## ` sections this report writes; RESULTS.md's others are the other scripts'
 OWN_HEADING = re.compile(r"## (Targets|Notes: |Profiles|[SML](-one-cgroup)?: )")
 

@@ -141,7 +141,8 @@ def status_json(path: Path) -> tuple[int, dict[str, Any]]:
     """`portguard --config PATH --json status`, in-process: D-Bus unreachable, no sockets.
 
     cli.main() builds its App itself (importing it when called); the fake systemd goes in
-    through portguard.app.App, the empty socket table through portguard.observe.sockets.query (the Observer's default).
+    through portguard.app.App, the empty socket table through
+    portguard.observe.sockets.query (the Observer's default).
     """
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
