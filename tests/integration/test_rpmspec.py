@@ -66,13 +66,15 @@ echo '%{python3_sitelib}/%1-%{version}.dist-info/' >> %{pyproject_files}
 """
 
 # %pyproject_install, standing in: the package and a dist-info into site-packages, and
-# the console script (from pyproject.toml) into bindir.
+# the command (pyproject.toml's script-files) into bindir, its `#!python` line pointed at
+# the interpreter, as setuptools' wheel and the installer do.
 INSTALL = r'''
 import shutil, sys, tomllib
 from pathlib import Path
 
 sitelib, bindir, python = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+toml = tomllib.loads(Path("pyproject.toml").read_text())
+project = toml["project"]
 shutil.copytree("portguard", sitelib / "portguard",
                 ignore=shutil.ignore_patterns("__pycache__"))
 info = sitelib / f"{project['name']}-{project['version']}.dist-info"
@@ -80,11 +82,11 @@ info.mkdir()
 (info / "METADATA").write_text(
     f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
 bindir.mkdir(parents=True)
-for name, target in project["scripts"].items():
-    module, func = target.split(":")
-    script = bindir / name
-    script.write_text(f"#!{python}\nimport sys\nfrom {module} import {func}\n"
-                      f"sys.exit({func}())\n")
+for source in toml["tool"]["setuptools"]["script-files"]:
+    first, _, rest = Path(source).read_text().partition("\n")
+    assert first == "#!python", first
+    script = bindir / Path(source).name
+    script.write_text(f"#!{python}\n{rest}")
     script.chmod(0o755)
 '''
 
