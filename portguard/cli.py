@@ -196,19 +196,25 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     if (len(words) == 2 and words[0] == "preflight" and not words[1].startswith("-")
             and _preflight_fast(words[1], err_stream)):
         return 0  # ExitStatus.OK; errors (and enum) are imported only past the fast paths
-    # `who PORT ...` on free ports: one bind() probe each, no parsing, no observer
-    if len(words) > 1 and words[0] == "who" and _who_fast(words[1:], out_stream):
-        return 0
-    from portguard.errors import ExitStatus, PortguardError, UsageError
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-    except _HelpExit as done:
-        return done.status
-    except UsageError as exc:
-        print(exc.message, file=err_stream)
-        return int(exc.exit_status)
+    args = _who_plain(words, out_stream)
+    if isinstance(args, int):
+        return args
+    if args is None:
+        from portguard.errors import UsageError
+        try:
+            args = build_parser().parse_args(list(argv) if argv is not None else None)
+        except _HelpExit as done:
+            return done.status
+        except UsageError as exc:
+            print(exc.message, file=err_stream)
+            return int(exc.exit_status)
+    return _run(args, out_stream, err_stream)
+
+
+def _run(args: argparse.Namespace, out_stream: TextIO, err_stream: TextIO) -> int:
+    """The parsed command, with its collaborators; exceptions become exit statuses."""
     from portguard.app import App
+    from portguard.errors import ExitStatus, PortguardError
     from portguard.report.output import Output
     out = Output(out_stream, err_stream, json=args.json,
                  verbosity=-1 if args.quiet else args.verbose)
@@ -259,13 +265,22 @@ def _preflight_fast(unit: str, err_stream: TextIO) -> bool:
     return clear
 
 
-def _who_fast(words: list[str], out_stream: TextIO) -> bool:
-    """True when every port asked was shown free; False sends the run the whole way."""
-    from portguard.commands.who_fast import attempt
+def _who_plain(words: list[str], out_stream: TextIO) -> argparse.Namespace | int | None:
+    """`who PORT ...` in its plainest form, without argparse: 0 when every port was shown
+    free (one bind() probe each), else the arguments argparse would give `who` (None: not
+    that form, parse it)."""
+    if len(words) < 2 or words[0] != "who":
+        return None
+    from portguard.commands import who_fast
+    pairs = who_fast.plain_ports(words[1:])
+    if pairs is None:
+        return None
     try:
-        return attempt(words, out_stream)
+        if who_fast.attempt(pairs, out_stream):
+            return 0
     except OSError:
-        return False  # e.g. EMFILE: the whole way reports it properly
+        pass  # e.g. EMFILE: the whole way reports it properly
+    return who_fast.arguments(words[1:], pairs)
 
 
 def _silence_stdout() -> None:

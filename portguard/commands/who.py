@@ -8,12 +8,13 @@ which holders stop it? The answer is `conflicts.judge`'s, as for preflight and s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from portguard.errors import ExitStatus, UsageError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
     from portguard.app import App
     from portguard.decide.conflicts import BindIntent, Judgement
@@ -48,13 +49,19 @@ def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
     reuse: bool | None = getattr(args, "reuse_address", None)
     if reuse is not None or any(":" in text for text in args.ports):  # an address
         return _ask(args.ports, True if reuse is None else reuse, app, out)
+    from portguard.model import Proto
+    from portguard.observe.bindable import nothing_bound
     from portguard.report import tables
     # The table shows each holder's unit, which its cgroup names exactly; only --json and
     # -v show the unit's state, which takes systemd's D-Bus API (and ~30 ms of imports).
     app.unit_states = out.json or out.verbosity > 0
-    from portguard.observe.bindable import nothing_bound
+    read = getattr(args, "pairs", None)  # who_fast read them already
+    pairs = [(p, Proto(x)) for p, x in read] if read else parse_port_args(args.ports)
     # A port bind() shows empty is not dumped: sock_diag walks every socket of the host.
-    reports = app.observer.ports(parse_port_args(args.ports), empty=nothing_bound)
+    # The table names who holds a port: where a listener does, its accepted connections
+    # and lingering sockets (the whole walk of the host's sockets) only with --json / -v.
+    reports = app.observer.ports(pairs, empty=nothing_bound,
+                                 listeners_decide=not app.unit_states)
     if out.json:
         out.document({"ports": [tables.port_doc(r) for r in reports]})
     else:

@@ -12,8 +12,7 @@ Pure functions here; `Systemd.socket_units` (observe.units) reads the units.
 
 from __future__ import annotations
 
-import ipaddress
-import socket as _socket
+import _socket
 from collections.abc import Iterable
 
 from portguard.model import Proto, Socket, Unit
@@ -29,6 +28,8 @@ def parse_listen(kind: str, address: str) -> tuple[Proto, str, int] | None:
     if proto is None or not sep or not port.isdigit():
         return None
     host = host.strip("[]").partition("%")[0]  # "[fe80::1%eth0]": the interface aside
+    import ipaddress  # here: observer imports this module, and `who` must stay fast
+
     try:
         return proto, str(ipaddress.ip_address(host)), int(port)
     except ValueError:
@@ -37,6 +38,8 @@ def parse_listen(kind: str, address: str) -> tuple[Proto, str, int] | None:
 
 def listens_on(unit: Unit, sock: Socket) -> bool:
     """Whether this socket is one of the socket unit's Listen= sockets."""
+    import ipaddress
+
     try:
         here = str(ipaddress.ip_address(sock.local_address))
     except ValueError:

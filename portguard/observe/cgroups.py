@@ -7,10 +7,13 @@ named by the cgroup it lives in, a container runtime recognised by its scope nam
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from portguard.model import Unit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
 
 _UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap", ".slice")
 
@@ -35,11 +38,15 @@ def unit_from_cgroup(path: str) -> str | None:
 
 # docker-<64 hex>.scope, libpod-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope;
 # podman and CRI-O put each container's monitor in libpod-conmon-<id>.scope / crio-conmon-
-_CONTAINER_SCOPE = re.compile(r"(?:^|/)(docker|libpod|cri-containerd|crio|containerd)-"
-                              r"(conmon-)?([0-9a-f]{12,64})\.scope(?:/|$)")
+_CONTAINER_SCOPE = (r"(?:^|/)(docker|libpod|cri-containerd|crio|containerd)-"
+                    r"(conmon-)?([0-9a-f]{12,64})\.scope(?:/|$)")
 # cgroupfs driver layouts: /docker/<id>, /kubepods/.../<id>
-_CONTAINER_DIR = re.compile(r"(?:^|/)(docker|lxc)/([0-9a-f]{12,64})(?:/|$)")
-_NSPAWN = re.compile(r"(?:^|/)(?:machine-([^/]+)\.scope|systemd-nspawn@([^/]+)\.service)")
+_CONTAINER_DIR = r"(?:^|/)(docker|lxc)/([0-9a-f]{12,64})(?:/|$)"
+_NSPAWN = r"(?:^|/)(?:machine-([^/]+)\.scope|systemd-nspawn@([^/]+)\.service)"
+# Each pattern above needs one of these words: a path without any names no container,
+# and `re` (~7 ms to import) stays out of `who` and the daemon's usual pass.
+_CONTAINER_WORDS = ("docker", "libpod", "crio", "containerd", "lxc/", "machine-", "nspawn@")
+_compiled: list[re.Pattern[str]] = []
 _RUNTIME_NAMES = {"libpod": "podman", "cri-containerd": "containerd", "crio": "cri-o"}
 
 
@@ -51,13 +58,19 @@ def container_scope(path: str) -> tuple[str, str, bool] | None:
     conmon, which holds a published port for it. nspawn machines are named, not numbered:
     ("nspawn", "mybox", False).
     """
-    m = _CONTAINER_SCOPE.search(path)
+    if not any(word in path for word in _CONTAINER_WORDS):
+        return None
+    if not _compiled:
+        import re
+        _compiled.extend(re.compile(p) for p in (_CONTAINER_SCOPE, _CONTAINER_DIR, _NSPAWN))
+    scope_re, dir_re, nspawn_re = _compiled
+    m = scope_re.search(path)
     if m:
         return _RUNTIME_NAMES.get(m.group(1), m.group(1)), m.group(3), bool(m.group(2))
-    m = _CONTAINER_DIR.search(path)
+    m = dir_re.search(path)
     if m:
         return m.group(1), m.group(2), False
-    m = _NSPAWN.search(path)
+    m = nspawn_re.search(path)
     if m:
         name = (m.group(1) or m.group(2)).replace("\\x2d", "-")  # systemd's escaping
         return "nspawn", name, False

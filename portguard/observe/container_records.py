@@ -9,23 +9,30 @@ damaged input parses as "nothing known".
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 from portguard.model import Proto
+from portguard.records import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # What podman and docker accept as a name, and what an image reference can hold: anything
 # else (these files and argvs can be written by a container's owner) is dropped, so
 # advice a person may paste (`podman stop NAME`) never carries shell syntax.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
-_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,510}")
-_ID = re.compile(r"[0-9a-f]{12,64}")
+# (Patterns, not compiled ones: `re` is imported only where a container is looked at;
+# its module-level cache keeps each compiled once.)
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}"
+_IMAGE = r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,510}"
+_ID = r"[0-9a-f]{12,64}"
 
 
-def clean(text: object, pattern: re.Pattern[str] = _NAME) -> str:
+def clean(text: object, pattern: str = _NAME) -> str:
     """`text` if it is a plausible name (or image, or id), else ""."""
-    return text if isinstance(text, str) and pattern.fullmatch(text) else ""
+    import re
+
+    return text if isinstance(text, str) and re.fullmatch(pattern, text) else ""
 
 
 def basename(path: str) -> str:

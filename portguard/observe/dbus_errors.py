@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-from typing import Any
 
 from portguard.errors import NotPermittedError, PortguardError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MANAGE_UNITS = "org.freedesktop.systemd1.manage-units"  # polkit actions
 RELOAD_DAEMON = "org.freedesktop.systemd1.reload-daemon"
@@ -29,7 +31,7 @@ _NO_OBJECT = {f"org.freedesktop.DBus.Error.Unknown{n}" for n in ("Object", "Inte
 # pystemd classes whose name is not "org.freedesktop.DBus.Error." + the class's stem
 _CLASS_NAMES = {"DBusNoSuchUnitError": "org.freedesktop.systemd1.NoSuchUnit",
                 "DBusInterruptedError": "System.Error.EINTR"}
-_DBUS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_DBUS_NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"  # matched when it fails
 _BUS_GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED,
              errno.ESHUTDOWN, errno.EBADF}
 
@@ -89,7 +91,9 @@ def _dbus_error(exc: Exception, action: str = MANAGE_UNITS, what: str = "") -> P
             f"{action})")
     if name in _UNREACHABLE:
         return SystemdUnavailable(f"systemd D-Bus API unreachable: {name}: {text}")
-    if not _DBUS_NAME.fullmatch(name):  # a bus-level failure: only errno is reliable
+    import re  # only when a D-Bus call failed: observer and `who` import this module
+
+    if not re.fullmatch(_DBUS_NAME, name):  # a bus-level failure: only errno is reliable
         code = _errno(exc)
         why = f"{text or name}{asked}: {os.strerror(code) if code else 'unknown error'}"
         if code in _BUS_GONE:

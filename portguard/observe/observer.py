@@ -6,18 +6,21 @@ line and (later) preflight and the daemon are handed one, never build their own.
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket as _socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
 
 from portguard.model import Holder, Process, Proto, Socket, Unit
-from portguard.observe import activation, cgroups, processes, sockets
+from portguard.observe import cgroups, processes, sockets
 from portguard.observe.container_hints import may_publish
-from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.observe.dbus_errors import SystemdError, SystemdUnavailable
+from portguard.records import NamedTuple
+
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from portguard.observe import containers
+    from portguard.observe.units import Systemd
 
 # States of a socket that is on its way out: no process holds it any more, or the
 # process is only draining it. They block a bind() only without SO_REUSEADDR.
@@ -88,6 +91,7 @@ class UnitLookup:
                     self.failure = exc.message
                 except SystemdError:
                     pass  # e.g. a socket unit unloaded meanwhile: named from cgroups
+        from portguard.observe import activation  # PID 1's listeners only (ipaddress)
         return activation.socket_unit_for(sock, self._socket_units)
 
     @property
@@ -137,12 +141,25 @@ class Observer:
 
     def ports(self, wanted: Sequence[tuple[int, Proto]],
               suspects: Iterable[int] = (),
-              empty: Callable[[int, Proto], bool] | None = None) -> list[PortReport]:
-        """One report per (port, proto), in the order asked. `empty`, when given, proves
-        a port has no socket at all (`who` passes a bind() probe): such ports are not
-        asked of sock_diag, which walks every socket of the host."""
-        asked = [p for p in wanted if not empty(*p)] if empty is not None else wanted
-        found = sockets.on_ports(asked, self._query) if asked else []
+              empty: Callable[[int, Proto], bool] | None = None,
+              listeners_decide: bool = False) -> list[PortReport]:
+        """One report per (port, proto), in the order asked.
+
+        Both options spare sock_diag's walk of every socket on the host. `empty`, when
+        given, proves a port has no socket at all (`who` passes a bind() probe): such
+        ports are not dumped. `listeners_decide`: a TCP port with a listener is reported
+        with its listeners alone (its accepted connections and lingering sockets are not
+        looked up: the kernel keeps listeners in a table of their own, answered at once).
+        """
+        asked = [p for p in wanted if not empty(*p)] if empty is not None else list(wanted)
+        found: list[Socket] = []
+        tcp = [p for p in asked if p[1] == Proto.TCP]
+        if listeners_decide and tcp:
+            found = sockets.on_ports(tcp, self._listeners)
+            decided = {(s.local_port, s.proto) for s in found}
+            asked = [p for p in asked if (p[0], Proto(p[1])) not in decided]
+        if asked:
+            found += sockets.on_ports(asked, self._query)
         named = [s for s in found if _worth_naming(s, found)]
         owners = processes.find_owners(named, suspects=suspects)
         ident = None
@@ -163,6 +180,11 @@ class Observer:
             reports.append(PortReport(port, proto, holders, children,
                                       self.unit_lookup.source if looked_up else ""))
         return reports
+
+    def _listeners(self, ports: Sequence[int], protos: Iterable[Proto]) -> list[Socket]:
+        if self._query is sockets.query:  # the kernel's listening table alone
+            return sockets.query(ports, protos, states=("LISTEN",))
+        return [s for s in self._query(ports, protos) if s.state == "LISTEN"]
 
     def _holders(self, sock: Socket, owners: processes.Owners,
                  ident: containers.Identifier | None) -> list[Holder]:

@@ -13,11 +13,10 @@ costs time proportional to all sockets and lacks `v6only` and `cgroup_id`.
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: socket.py's enums cost `who` ~4 ms
 import errno
-import socket
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Literal
 
 from portguard.model import Proto, Socket
 from portguard.observe.netlink import (
@@ -32,6 +31,10 @@ from portguard.observe.netlink import (
     state_name,
     tcp_dump_request,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
 
 __all__ = ["NetlinkUnavailable", "SocketQueryError", "query"]
 
@@ -113,7 +116,7 @@ def _query_netlink(
     sport = ranges[0][0] if len(ranges) == 1 and ranges[0][0] == ranges[0][1] else 0
     buf = bytearray(_RECV_BUFFER)
     seq = 0
-    with nl:
+    try:
         for proto in protos:
             if proto is Proto.TCP:
                 seq += 1
@@ -133,6 +136,8 @@ def _query_netlink(
                         raise SocketQueryError(str(e)) from e
                     _log_fallback(str(e), [(family, proto)])
                     refused.append((family, proto))
+    finally:
+        nl.close()
     return refused
 
 

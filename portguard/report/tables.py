@@ -5,15 +5,17 @@ Pure functions of the reports `observe` produced; the CLI only prints what they 
 
 from __future__ import annotations
 
-import shlex
-import socket as _socket
+import _socket
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from portguard.model import Container, Holder, Process, Unit
 from portguard.observe.activation import activated_by_note
 from portguard.observe.observer import LINGERING_STATES, PUBLISHED, PortReport
-from portguard.report.layout import WHO_HEADER, columns, free_row
+from portguard.report.layout import WHO_HEADER, columns, free_row, shell_join
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def endpoint(address: str, port: int, family: int) -> str:
@@ -115,7 +117,7 @@ def port_doc(report: PortReport, kinds: Mapping[int, str] | None = None) -> dict
 
 
 def _command(proc: Process) -> str:
-    text = shlex.join(proc.cmdline) if proc.cmdline else f"[{proc.exe or '?'}]"
+    text = shell_join(proc.cmdline) if proc.cmdline else f"[{proc.exe or '?'}]"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -36,3 +36,11 @@ OLD = re.compile(r"(python|node|nodejs|java|ruby|perl|php|sh|bash|dash)[0-9.]*")
 def test_is_interpreter_is_the_old_pattern(stem: str, tail: str, directory: str) -> None:
     path = f"{directory}{stem}{tail}"
     assert is_interpreter(path) == (OLD.fullmatch(path.rsplit("/", 1)[-1]) is not None)
+
+
+@given(st.lists(st.text(alphabet=st.characters(max_codepoint=0x2FF), max_size=8), max_size=4))
+def test_shell_join_is_shlex_join(words: list[str]) -> None:
+    import shlex
+
+    from portguard.report.layout import shell_join
+    assert shell_join(words) == shlex.join(words)

@@ -316,13 +316,11 @@ class FakeNetlink:
         self.answer = answer
         self.pending = b""
         self.requests: list[tuple[int, int]] = []
+        self.closed = False
 
-    def __enter__(self) -> FakeNetlink:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        pass
-
+    def close(self) -> None:  # the query closes what it opened (no `with`: _socket's)
+        self.closed = True
     def sendto(self, data: bytes, addr: tuple[int, int]) -> int:
         _, mtype, _, seq, _ = HDR.unpack_from(data)
         key = (mtype, data[16] if mtype == 18 else data[16] * 100 + data[17])
@@ -349,6 +347,7 @@ def test_query_falls_back_for_udp_only(proc_net: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(sockets, "_open_netlink", lambda: fake)
     found = sockets.query(range(53, 54))
     assert fake.requests == [(18, 0), (20, 217), (20, 1017)]
+    assert fake.closed  # the sock_diag socket does not outlive the query
     assert [(s.proto, s.state, s.local_address, s.inode) for s in found] == [
         (Proto.TCP, "LISTEN", "0.0.0.0", 4242),  # from sock_diag
         (Proto.UDP, "UNCONN", "127.0.0.53", 2020),  # from /proc/net/udp

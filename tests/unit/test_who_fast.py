@@ -45,7 +45,7 @@ def test_free_ports_print_the_table_the_whole_way_prints(monkeypatch: pytest.Mon
     monkeypatch.setattr(who_fast, "nothing_bound", lambda port, proto: True)
     monkeypatch.setattr(who_fast, "may_publish", lambda: False)
     out = io.StringIO()
-    assert who_fast.attempt(["8080", "5353/udp"], out)
+    assert who_fast.attempt([(8080, "tcp"), (5353, "udp")], out)
     reports = [PortReport(8080, Proto.TCP, (), 0, ""), PortReport(5353, Proto.UDP, (), 0, "")]
     assert out.getvalue() == tables.table(reports) + "\n"
 
@@ -55,8 +55,16 @@ def test_a_held_port_or_a_publishing_runtime_goes_the_whole_way(
     monkeypatch.setattr(who_fast, "nothing_bound", lambda port, proto: port != 8081)
     monkeypatch.setattr(who_fast, "may_publish", lambda: False)
     out = io.StringIO()
-    assert not who_fast.attempt(["8080", "8081"], out)
+    assert not who_fast.attempt([(8080, "tcp"), (8081, "tcp")], out)
     monkeypatch.setattr(who_fast, "nothing_bound", lambda port, proto: True)
     monkeypatch.setattr(who_fast, "may_publish", lambda: True)
-    assert not who_fast.attempt(["8080"], out)
+    assert not who_fast.attempt([(8080, "tcp")], out)
     assert out.getvalue() == ""  # nothing printed: the whole way prints the answer
+
+
+def test_a_held_port_gets_the_arguments_argparse_would_give() -> None:
+    from portguard.cli import build_parser
+    parsed = vars(build_parser().parse_args(["who", "8080", "5353/udp"]))
+    shortcut = vars(who_fast.arguments(["8080", "5353/udp"], [(8080, "tcp"), (5353, "udp")]))
+    assert shortcut.pop("pairs") == [(8080, "tcp"), (5353, "udp")]
+    assert shortcut == parsed
