@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from portguard.report.journal import Journal
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,6 +19,7 @@ if TYPE_CHECKING:
     from portguard.config.schema import Config
     from portguard.observe.observer import Observer
     from portguard.observe.units import Systemd
+    from portguard.report.journal import Journal
 
 DEFAULT_CONFIG_FILE = "/etc/portguard/config.yaml"
 
@@ -43,14 +42,29 @@ def _connect_systemd() -> Systemd:
 
 
 class App:
+    """`make_journal` builds the journal on first use (the cli passes it): `who` and
+    `status` record nothing, and need not import the journal's event table (~2 ms)."""
+
     def __init__(self, config_path: Path | str | None = None, journal: Journal | None = None,
-                 connect_systemd: Callable[[], Systemd] = _connect_systemd) -> None:
+                 connect_systemd: Callable[[], Systemd] = _connect_systemd, *,
+                 make_journal: Callable[[], Journal] | None = None) -> None:
         self._config_path = config_path
-        self.journal = journal if journal is not None else Journal()
+        self._journal = journal
+        self._make_journal = make_journal
         self.connect_systemd = connect_systemd
         self._observer: Observer | None = None
         self.unit_states = True  # False: name holders' units from cgroups, skip D-Bus
         self._config: Config | None = None
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            if self._make_journal is not None:
+                self._journal = self._make_journal()
+            else:
+                from portguard.report.journal import Journal
+                self._journal = Journal()
+        return self._journal
 
     @property
     def config_path(self) -> Path:
@@ -80,4 +94,5 @@ class App:
     def close(self) -> None:
         if self._observer is not None:
             self._observer.unit_lookup.close()
-        self.journal.close()
+        if self._journal is not None:
+            self._journal.close()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from portguard.app import App
     from portguard.errors import ExitStatus
+    from portguard.report.journal import Journal
     from portguard.report.output import Output
 
     Handler = Callable[[argparse.Namespace, App, Output], ExitStatus]
@@ -219,10 +220,13 @@ def _run(args: argparse.Namespace, out_stream: TextIO, err_stream: TextIO) -> in
     out = Output(out_stream, err_stream, json=args.json,
                  verbosity=-1 if args.quiet else args.verbose)
     handler = _handler(args.handler)
-    from portguard.report.journal import Journal
-    journal = Journal(echo=False if args.quiet or args.json else None,
-                      verbose=args.verbose > 0, stream=err_stream)
-    app = App(args.config or None, journal=journal)
+
+    def make_journal() -> Journal:
+        from portguard.report.journal import Journal
+        return Journal(echo=False if args.quiet or args.json else None,
+                       verbose=args.verbose > 0, stream=err_stream)
+
+    app = App(args.config or None, make_journal=make_journal)
     try:
         return int(handler(args, app, out))
     except PortguardError as exc:

@@ -238,7 +238,10 @@ class Identifier:
     # -- docker ------------------------------------------------------------------------
 
     def _docker_root(self) -> str:
-        conf = load_json(self._read(DOCKER_DAEMON_JSON) or "{}", dict)
+        text = self._read(DOCKER_DAEMON_JSON)
+        if not text:
+            return DOCKER_ROOT  # no settings: no json to parse (nor to import)
+        conf = load_json(text, dict)
         root = conf.get("data-root") or conf.get("graph")
         return root if isinstance(root, str) and root else DOCKER_ROOT
 

@@ -163,7 +163,8 @@ class Observer:
         named = [s for s in found if _worth_naming(s, found)]
         owners = processes.find_owners(named, suspects=suspects)
         ident = None
-        if owners.by_inode or may_publish():
+        publishing = may_publish()  # else no runtime has published a port: none to read
+        if owners.by_inode or publishing:
             from portguard.observe import containers
             ident = containers.Identifier(_read_parent)  # fresh: names change, containers go
         reports = []
@@ -171,7 +172,7 @@ class Observer:
             mine = [s for s in found if s.local_port == port and s.proto == proto]
             holders = tuple(h for s in mine if _worth_naming(s, mine)
                             for h in self._holders(s, owners, ident))
-            if ident is not None:
+            if ident is not None and publishing:
                 holders += _published(ident, port, proto, holders)
             children = sum(1 for s in mine if not _worth_naming(s, mine))
             # A unit source only where a unit was looked up: a port with only TIME_WAIT

@@ -146,8 +146,8 @@ def status_json(path: Path) -> tuple[int, dict[str, Any]]:
     """
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("portguard.app.App", lambda path, journal: App(path, journal=journal,
-                                                          connect_systemd=no_systemd))
+        mp.setattr("portguard.app.App", lambda path, make_journal: App(
+            path, make_journal=make_journal, connect_systemd=no_systemd))
         mp.setattr("portguard.observe.sockets.query", lambda ports, protos=(), **kw: [])
         status = cli.main(["--config", str(path), "--json", "status"], stdout=out, stderr=err)
     assert not err.getvalue(), err.getvalue()
