@@ -23,31 +23,38 @@ and says why.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 from portguard.errors import BlockedError, ExitStatus, PortguardError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported: cli.run and the fast path import this module
+    import signal as _signal  # the same functions as _signal, as typeshed knows them
     from types import FrameType
 
     from portguard.observe.units import Systemd
+else:
+    import _signal  # the C module: signal.py builds its enums on every guarded start
 
 STATUS_PREFIX = "portguard: "
 
 # What systemd may send a unit's processes when it stops it (KillSignal=, FinalKillSignal
 # is SIGKILL and cannot be caught); SIGINT for a preflight run by hand and interrupted.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+STOP_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT)
+
+
+def signal_name(signum: int) -> str:
+    """SIGTERM for 15 (signal.py's enum, imported only when a stop came)."""
+    from signal import Signals
+    return Signals(signum).name
 
 
 class StopRequested(Exception):
     """A stop signal arrived while preflight ran (raised from the signal handler)."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(signal_name(signum))
         self.signum = signum
 
 
@@ -63,24 +70,27 @@ def catch_early() -> None:
     """Remember stop signals from now until stop_signals() takes over: a twin's StopUnit
     can come while Python still imports preflight (seen with redis-server@ twins)."""
     for s in STOP_SIGNALS:
-        signal.signal(s, lambda signum, frame: _early.append(signum))
+        _signal.signal(s, lambda signum, frame: _early.append(signum))
 
 
-@contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise StopRequested(signum)
+
+
+class stop_signals:  # a `with` block's name, as the generator it replaced
     """Turn the stop signals into StopRequested for the body (one remembered by
-    catch_early at once); the old handlers after."""
-    def raise_stop(signum: int, frame: FrameType | None) -> None:
-        raise StopRequested(signum)
+    catch_early at once); the old handlers after. (A class, not contextlib's decorator:
+    this module is imported by every guarded start.)"""
 
-    old = {s: signal.signal(s, raise_stop) for s in STOP_SIGNALS}
-    try:
+    def __enter__(self) -> None:
+        self._old = {s: _signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
         if _early:
+            self.__exit__()
             raise StopRequested(_early[0])
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._old.items():
+            _signal.signal(s, handler)
 
 
 def being_stopped(systemd: Systemd, unit: str) -> bool:
@@ -92,11 +102,13 @@ def being_stopped(systemd: Systemd, unit: str) -> bool:
 def settle(unit: str, stop: StopRequested, connect: Callable[[], Systemd],
            note: Callable[[str], object]) -> ExitStatus:
     """ExitStatus.OK when the unit is being stopped; else BlockedError."""
-    name = signal.Signals(stop.signum).name
+    name = signal_name(stop.signum)
     # A second signal while asking systemd must not turn into a traceback.
-    with contextlib.suppress(ValueError):
+    try:
         for s in STOP_SIGNALS:
-            signal.signal(s, signal.SIG_IGN)
+            _signal.signal(s, _signal.SIG_IGN)
+    except ValueError:
+        pass
     try:
         systemd = connect()
         try:
