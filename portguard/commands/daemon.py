@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from portguard.app import App
 from portguard.config.schema import Config, load
 from portguard.errors import ConfigError, ExitStatus, NotPermittedError, PortguardError
-from portguard.observe import processes
+from portguard.observe import cgroupfs, processes
 
 if TYPE_CHECKING:
     import argparse
@@ -167,7 +167,7 @@ class Daemon:
         self.schedule = Schedule(config.daemon.interval, time.monotonic())
         self.reconciler = Reconciler(
             self.journal, FlapGuard(config.daemon.flap_limit, config.daemon.flap_window),
-            cgroup_root=processes.cgroup2_mount(), hold=self._hold,
+            cgroup_root=cgroupfs.cgroup2_mount(), hold=self._hold,
             should_stop=lambda: bool(self.stop_signal))
         self._install_signals()
         try:

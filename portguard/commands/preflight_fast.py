@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from portguard.decide import bind_probe, conflicts
 from portguard.model import format_ports
-from portguard.observe import container_hints, processes
+from portguard.observe import cgroupfs, container_hints
 from portguard.report.journal import Event
 
 TYPE_CHECKING = False
@@ -56,7 +56,7 @@ def starting_twins(unit: str, twin_globs: Iterable[str]) -> list[str]:
     """Twin units with live processes (running or starting), seen in the cgroup tree."""
     names: set[str] = set()
     for glob in twin_globs:
-        names.update(processes.populated_cgroups(glob))
+        names.update(cgroupfs.populated_cgroups(glob))
     names.discard(unit)
     return sorted(names)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from portguard.model import Process, Proto, Socket
-from portguard.observe import cgroups, processes, sockets
+from portguard.observe import cgroupfs, cgroups, processes, sockets
 
 LISTEN_STATES = ("LISTEN", "UNCONN")
 ALL_PORTS = range(1, 65536)
@@ -27,12 +27,12 @@ class Listener(NamedTuple):
 
 
 def listeners(protos: Iterable[Proto] = (Proto.TCP, Proto.UDP), *,
-              tree: processes.CgroupTree | None = None) -> list[Listener]:
+              tree: cgroupfs.CgroupTree | None = None) -> list[Listener]:
     """Every listener, grouped by socket; a prefork master and its workers share one."""
     found = [s for s in sockets.query(ALL_PORTS, protos, states=LISTEN_STATES)
              if s.inode and s.local_port]
     owners = processes.find_owners(found)
-    tree = tree or processes.CgroupTree()
+    tree = tree or cgroupfs.CgroupTree()
     paths: dict[int, str | None] = {}
     out = []
     for sock in found:
@@ -42,7 +42,7 @@ def listeners(protos: Iterable[Proto] = (Proto.TCP, Proto.UDP), *,
     return out
 
 
-def _unit(sock: Socket, procs: tuple[Process, ...], tree: processes.CgroupTree,
+def _unit(sock: Socket, procs: tuple[Process, ...], tree: cgroupfs.CgroupTree,
           paths: dict[int, str | None]) -> str | None:
     if procs and not any(p.pid == 1 for p in procs):
         # the unit of the oldest holder: the master that bound it, not a worker it forked
@@ -50,7 +50,7 @@ def _unit(sock: Socket, procs: tuple[Process, ...], tree: processes.CgroupTree,
     return socket_unit_of(sock, tree, paths)
 
 
-def socket_unit_of(sock: Socket, tree: processes.CgroupTree | None = None,
+def socket_unit_of(sock: Socket, tree: cgroupfs.CgroupTree | None = None,
                    cache: dict[int, str | None] | None = None) -> str | None:
     """The unit whose cgroup the socket was created in (a .socket unit's, when PID 1
     holds it), from sock_diag's cgroup id; None when the kernel did not say."""
@@ -58,8 +58,8 @@ def socket_unit_of(sock: Socket, tree: processes.CgroupTree | None = None,
         return None
     cache = cache if cache is not None else {}
     if sock.cgroup_id not in cache:
-        path = (tree or processes.CgroupTree()).path_of(sock.cgroup_id)
-        root = (tree.root if tree else processes.cgroup2_mount()) or ""
+        path = (tree or cgroupfs.CgroupTree()).path_of(sock.cgroup_id)
+        root = (tree.root if tree else cgroupfs.cgroup2_mount()) or ""
         cache[sock.cgroup_id] = (cgroups.unit_from_cgroup(path.removeprefix(root))
                                  if path else None)
     return cache[sock.cgroup_id]

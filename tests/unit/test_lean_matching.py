@@ -8,7 +8,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.observe.processes import glob_match
+from portguard.observe.cgroupfs import glob_match
 from portguard.observe.programs import is_interpreter
 
 PIECES = st.sampled_from(["web", "@", "*", ".service", "a", "b", "-", "**", "?", "[ab]", ""])

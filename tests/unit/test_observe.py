@@ -19,6 +19,7 @@ import pytest
 
 from portguard.model import Proto, Socket, Unit
 from portguard.observe import processes
+from portguard.observe.cgroupfs import CgroupTree
 from portguard.observe.observer import Observer, PortReport, UnitLookup
 from portguard.observe.units import SystemdError, SystemdUnavailable
 from portguard.report import tables as report
@@ -103,7 +104,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     # processes.find_owners, unchanged, pointed at the fake /proc (no cgroup tree: the
     # fake sockets carry no cgroup id, so the uid ring and the full scan find owners).
     monkeypatch.setattr(processes, "find_owners", functools.partial(
-        processes.find_owners, proc=str(w.proc), cgroups=processes.CgroupTree("")))
+        processes.find_owners, proc=str(w.proc), cgroups=CgroupTree("")))
     real_listdir = os.listdir
 
     def listdir(path: str | os.PathLike[str] = ".") -> list[str]:

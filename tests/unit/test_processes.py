@@ -11,7 +11,8 @@ import pytest
 from fakeproc import NOBODY, FakeProc, ListdirSpy, cg_id
 
 from portguard.observe import processes
-from portguard.observe.processes import CgroupTree, ProcessGone
+from portguard.observe.cgroupfs import CgroupTree, cgroup2_mount
+from portguard.observe.processes import ProcessGone
 
 # --- start_time / read_process ------------------------------------------------------
 
@@ -174,4 +175,4 @@ def test_cgroup_tree_without_a_cgroup2_mount_knows_nothing(cgroups: Path) -> Non
 def test_cgroup2_mount(tmp_path: Path, mountinfo: str, expected: str) -> None:
     path = tmp_path / "mountinfo"
     path.write_text(mountinfo)
-    assert processes.cgroup2_mount(str(path)) == expected
+    assert cgroup2_mount(str(path)) == expected

@@ -14,7 +14,8 @@ from fakeproc import NOBODY, FakeProc, ListdirSpy, cg_id, tcp
 
 from portguard.model import Process
 from portguard.observe import processes
-from portguard.observe.processes import CgroupTree, ProcessGone
+from portguard.observe.cgroupfs import CgroupTree
+from portguard.observe.processes import ProcessGone
 
 # --- find_owners: the rings -------------------------------------------------------------
 
