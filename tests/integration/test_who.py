@@ -203,6 +203,37 @@ def test_prefork_workers_and_their_parent(sandbox: Sandbox, stage: Stage, uid: s
     assert sorted(int(r[3]) for r in table_rows) == sorted(pids)
 
 
+CLIENT = ("import socket, sys, time\n"
+          "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\ntime.sleep(600)")
+
+
+def test_a_listeners_connections_are_counted_where_the_whole_walk_is_asked(
+        sandbox: Sandbox, stage: Stage) -> None:
+    # The table asks the kernel's listening table alone where a listener holds the port;
+    # -v and --json walk every socket and count the accepted connections it keeps.
+    holder = stage.spawn("--port", "8012")
+    assert sandbox.wait_listening(8012) == {holder}
+    stage.pids.append(sandbox.spawn([PYTHON, "-c", CLIENT, "8012"]))
+    sandbox.wait_for(lambda: "ESTAB" in sandbox.run(
+        ["ss", "-Htn", "sport", "=", ":8012"], check=True).stdout, what="an accepted connection")
+
+    status, rows, notes = who(sandbox, "8012")
+    assert status == 1
+    assert [(r[1], int(r[3])) for r in rows] == [("LISTEN", holder)]
+    assert not any("accepted connection" in n for n in notes), notes
+
+    r = sandbox.portguard("-v", "who", "8012")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "note: 8012/tcp: 1 accepted connection(s) not listed" in r.stdout.splitlines(), \
+        r.stdout
+
+    status, doc = who_json(sandbox, "8012")
+    assert status == 1
+    [entry] = doc["ports"]
+    assert entry["connections"] == 1
+    assert [(h["state"], h["pid"]) for h in entry["holders"]] == [("LISTEN", holder)]
+
+
 def test_unit_running_as_another_user(sandbox: Sandbox, stage: Stage, uid: str) -> None:
     unit = f"nob-{uid}.service"
     # nobody may not be able to read the repository (a clone under /root or in a 0700
