@@ -61,6 +61,11 @@ DAEMONS: dict[str, Daemon] = {
     "haproxy": Daemon("haproxy", ("haproxy.service",), "/usr/sbin/haproxy",
                       tmpfiles=("haproxy.conf",), private_dirs=("/var/lib/haproxy",),
                       dev_log=True),
+    # postgresql@15-main.service (%i = VERSION-CLUSTER) runs pg_ctlcluster, a perl wrapper
+    # that starts postgres as user postgres; clusters are made inside by pg_createcluster
+    "postgresql": Daemon("postgresql", ("postgresql.service", "postgresql@.service"),
+                         "/usr/bin/pg_ctlcluster", tmpfiles=("postgresql-common.conf",),
+                         private_dirs=("/var/lib/postgresql", "/etc/postgresql")),
     "lighttpd": Daemon("lighttpd", ("lighttpd.service",), "/usr/sbin/lighttpd",
                        tmpfiles=("lighttpd.tmpfile.conf",)),
     "memcached": Daemon("memcached", ("memcached.service",), "/usr/bin/memcached",
