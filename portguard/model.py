@@ -196,7 +196,8 @@ class Holder(NamedTuple):
     """A socket on a port together with what holds it.
 
     `processes` is empty for sockets nobody owns (TIME_WAIT) and when the owner could not
-    be read (`unknown_reason` then says why, e.g. "needs root").
+    be read (`unknown_reason` then says why, e.g. "needs root"). `master` is never one of
+    them: it does not hold the socket.
     """
 
     socket: Socket
@@ -205,6 +206,9 @@ class Holder(NamedTuple):
     container: Container | None = None  # the container holding it, itself or by a helper
     unknown_reason: str = ""
     notes: tuple[str, ...] = ()
+    # The process that forked the holders, when it runs in their cgroup without holding the
+    # socket itself: haproxy's master-worker master (only its worker listens).
+    master: Process | None = None
 
 
 def format_ports(pairs: Iterable[tuple[int, Proto]]) -> str:

@@ -1,7 +1,8 @@
 """Bind failures in the words real daemons log them: pure, one journal MESSAGE at a time.
 
 `parse_line` knows the wordings of nginx, redis, Python, Node, Go, Java (and Spring Boot),
-OpenSSH, PostgreSQL, HAProxy, lighttpd and systemd's own socket units, each as captured
+OpenSSH, PostgreSQL (and Debian's pg_ctlcluster), HAProxy, lighttpd and systemd's own
+socket units, each as captured
 from a real run (tests/data/bindfail/), and takes the address and port out of the line
 when the daemon wrote them. Only EADDRINUSE counts: "Permission denied" or "Cannot assign
 requested address" on the same line is another failure, never this one. `find` reads an
@@ -63,6 +64,11 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("sshd", r"Bind to port (?P<port>\d+) on (?P<addr>\S+) failed: " + _IN_USE),
         # PostgreSQL: could not bind IPv4 address "127.0.0.1": Address already in use
         ("postgres", r"could not bind IPv[46] address \"(?P<addr>[^\"]*)\": " + _IN_USE),
+        # Debian's pg_ctlcluster, before it starts postgres, when another cluster's socket
+        # lock holds the port: Error: Port conflict: another instance is already running
+        # on /var/run/postgresql with port 5432
+        ("pg_ctlcluster", r"Port conflict: another instance is already running on \S+ "
+         r"with port (?P<port>\d+)$"),
         # HAProxy 2.x: Binding [cfg:9] for frontend web: cannot bind socket (Address
         # already in use) for [0.0.0.0:8082]; 1.8/2.0 had no "for"
         ("haproxy", r"cannot bind socket \(" + _IN_USE + r"\) (?:for )?\[(?P<ep>.+)\]"),
@@ -93,7 +99,8 @@ def _split_endpoint(ep: str) -> tuple[str | None, int | None]:
 
 def parse_line(message: str) -> BindFailure | None:
     """The bind failure this one line reports, or None."""
-    if "in use" not in message and "EADDRINUSE" not in message:
+    if "in use" not in message and "EADDRINUSE" not in message and \
+            "Port conflict" not in message:
         return None  # cheap: most lines of a journal say nothing like it
     for wording, pattern in _PATTERNS:
         m = pattern.search(message)

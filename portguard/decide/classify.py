@@ -110,6 +110,19 @@ def tree_order(procs: Sequence[Process]) -> tuple[list[Process], tuple[Process, 
     return roots, (*roots, *(p for p in procs if p not in roots))
 
 
+def forking_master(holder: Holder, roots: Sequence[Process]) -> Process | None:
+    """The master a tree is judged by when it holds none of the socket itself (haproxy
+    -W: only the worker, as user haproxy, listens; its root master forked it): the
+    holder's `master` when it runs the same program as every root. The roots are still
+    what is signalled (their socket checked again); such a master exits with them."""
+    master = holder.master
+    if master is None or master.program_id is None or not roots or any(
+            p.program_id is None or not same_program(master.program_id, p.program_id)
+            for p in roots):
+        return None
+    return master
+
+
 def untouchable_reason(ctx: Context, unit: Unit | None,
                        procs: Sequence[Process]) -> str:
     """Why these processes may never be signalled or their unit stopped ("" if they may)."""
@@ -165,7 +178,9 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
         return conflict(Kind.TWIN, f"configured as a duplicate of {svc.name}")
     if is_outside_service(unit) and all(
             matches_command(p, ctx.unit_programs, svc.duplicates.commands) for p in roots):
-        other = [p for p in roots if ctx.unit_uid is None or p.uid != ctx.unit_uid]
+        master = forking_master(holder, roots)
+        judged = [master] if master is not None else roots
+        other = [p for p in judged if ctx.unit_uid is None or p.uid != ctx.unit_uid]
         if other:
             # Never a stray when it runs as someone else (or when the unit's user cannot
             # be resolved, so nobody can say it does not). Its workers' users do not
@@ -173,7 +188,9 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
             return conflict(Kind.FOREIGN, "runs the service's program but as user "
                             f"{other[0].user or other[0].uid}, not the unit's user")
         where = f"in {unit_id}" if unit_id else "outside any unit"
-        return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}")
+        forked = (f" (forked by its master, pid {master.pid}, user "
+                  f"{master.user or master.uid})" if master is not None else "")
+        return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}{forked}")
     return conflict(Kind.FOREIGN, f"not {svc.name}'s program")
 
 

@@ -222,8 +222,24 @@ class Observer:
             notes = (f"docker-proxy for container {proxy}",) if proxy else ()
             container = (ident.identify(group, (sock.local_port, sock.proto))
                          if ident is not None else None)
-            holders.append(Holder(sock, tuple(group), unit, container, "", notes))
+            holders.append(Holder(sock, tuple(group), unit, container, "", notes,
+                                  _master(group)))
         return holders
+
+
+def _master(group: Sequence[Process]) -> Process | None:
+    """The one parent of a holder group's roots when it runs in their cgroup but holds
+    none of the socket (haproxy -W/-Ws: the root master forks a worker that alone listens);
+    classification judges such a tree by that master, as it judges nginx's by its own."""
+    pids = {p.pid for p in group}
+    parents = {p.ppid for p in group if p.ppid not in pids}
+    if len(parents) != 1 or min(parents) <= 1:
+        return None
+    parent = _read_parent(parents.pop())
+    if parent is None or parent.cgroup != group[0].cgroup or \
+            any(p.cgroup != parent.cgroup for p in group):
+        return None
+    return parent
 
 
 def _read_parent(pid: int) -> Process | None:

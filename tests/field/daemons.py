@@ -44,6 +44,7 @@ class Daemon(NamedTuple):
     made_dirs: tuple[str, ...] = ()  # on the sandbox's empty tmpfs: made like the host's
     tmpfiles: tuple[str, ...] = ()  # tmpfiles.d entries a boot would apply
     private_dirs: tuple[str, ...] = ()  # host dirs it writes: a tmpfs over them inside
+    dev_log: bool = False  # its unit needs /dev/log (BindReadOnlyPaths=/dev/log:...)
 
 
 DAEMONS: dict[str, Daemon] = {
@@ -55,8 +56,16 @@ DAEMONS: dict[str, Daemon] = {
                     private_dirs=("/var/lib/redis", "/etc/redis")),
     "php-fpm": Daemon("php8.2-fpm", ("php8.2-fpm.service",), "/usr/sbin/php-fpm8.2",
                       tmpfiles=("php8.2-fpm.conf",)),
+    # BindReadOnlyPaths=/dev/log:/var/lib/haproxy/dev/log (its chroot): 226/NAMESPACE
+    # where /dev/log is missing
     "haproxy": Daemon("haproxy", ("haproxy.service",), "/usr/sbin/haproxy",
-                      tmpfiles=("haproxy.conf",), private_dirs=("/var/lib/haproxy",)),
+                      tmpfiles=("haproxy.conf",), private_dirs=("/var/lib/haproxy",),
+                      dev_log=True),
+    # postgresql@15-main.service (%i = VERSION-CLUSTER) runs pg_ctlcluster, a perl wrapper
+    # that starts postgres as user postgres; clusters are made inside by pg_createcluster
+    "postgresql": Daemon("postgresql", ("postgresql.service", "postgresql@.service"),
+                         "/usr/bin/pg_ctlcluster", tmpfiles=("postgresql-common.conf",),
+                         private_dirs=("/var/lib/postgresql", "/etc/postgresql")),
     "lighttpd": Daemon("lighttpd", ("lighttpd.service",), "/usr/sbin/lighttpd",
                        tmpfiles=("lighttpd.tmpfile.conf",)),
     "memcached": Daemon("memcached", ("memcached.service",), "/usr/bin/memcached",
@@ -101,6 +110,8 @@ class Field:
         for conf in spec.tmpfiles:
             self.sb.run(["systemd-tmpfiles", "--create", f"/usr/lib/tmpfiles.d/{conf}"],
                         check=True)
+        if spec.dev_log:
+            self._dev_log()
         for unit in spec.units:
             self.sb.write_unit(unit, Path(UNIT_DIR, unit).read_text(), reload=False)
         self.sb.systemctl("daemon-reload", check=True)
@@ -130,6 +141,24 @@ class Field:
         for name, text in files.items():
             path = f"{directory}/{name}"
             self.sb.run(["/bin/sh", "-c", 'cat > "$1"', "write", path], input=text, check=True)
+
+    def _dev_log(self) -> None:
+        """/dev/log as a booted host has it: a symlink to journald's syslog socket (the
+        sandbox's journald listens there). The sandbox's /dev is the host's devtmpfs, so
+        the link goes on an overlay mounted over /dev inside (its submounts moved onto
+        it): the host's /dev is never written."""
+        if "/dev" in self._mounted:
+            return
+        script = (
+            'set -e; w=/run/portguard-field/dev; mkdir -p "$w/upper" "$w/work" "$w/merged"; '
+            'mount -t overlay field-dev -o "lowerdir=/dev,upperdir=$w/upper,workdir=$w/work" '
+            '"$w/merged"; '
+            'for m in $(findmnt -rn -o TARGET -R /dev | tail -n +2 | sort -u); do '
+            'case $m in /dev/*/*) continue;; esac; mount --move "$m" "$w/merged${m#/dev}"; '
+            'done; mount --move "$w/merged" /dev; '
+            'ln -s /run/systemd/journal/dev-log /dev/log')
+        self.sb.run(["/bin/sh", "-c", script], check=True)
+        self._mounted.add("/dev")
 
     # -- running --------------------------------------------------------------------
 

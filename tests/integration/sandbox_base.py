@@ -42,6 +42,7 @@ DefaultDependencies=no
 [Socket]
 ListenStream=/run/systemd/journal/stdout
 ListenDatagram=/run/systemd/journal/socket
+ListenDatagram=/run/systemd/journal/dev-log
 SocketMode=0666
 PassCredentials=yes
 PassSecurity=yes

@@ -50,6 +50,16 @@ def test_a_port_less_failure_borrows_the_port_a_neighbouring_line_names() -> Non
     assert bindfail.find(_messages("python"))[0].endpoint == "?"
 
 
+def test_pg_ctlcluster_names_the_port_another_cluster_holds() -> None:
+    """Debian's pg_ctlcluster refuses before postgres binds when another cluster's socket
+    lock (same socket directory) holds the port; its words are the only ones logged."""
+    [f] = bindfail.find(_messages("pg_ctlcluster"))
+    assert (f.wording, f.address, f.port, f.endpoint) == ("pg_ctlcluster", None, 5432,
+                                                          "*:5432")
+    assert bindfail.parse_line("Error: Port conflict: another instance is already running "
+                               "on /var/run/postgresql with port 5432 (or so)") is None
+
+
 def test_systemd_socket_unit_wording() -> None:
     line = "web.socket: Failed to create listening socket ([::]:8080): Address already in use"
     f = bindfail.parse_line(line)

@@ -247,6 +247,34 @@ def test_a_master_and_workers_are_judged_by_the_master() -> None:
     assert classify_holder(ctx, holder(worker)).kind is Kind.FOREIGN
 
 
+def test_a_worker_alone_on_the_socket_is_judged_by_the_master_that_forked_it() -> None:
+    """haproxy -W started by hand from a root shell: only its worker (user haproxy)
+    listens; the master (root, the unit's user) forked it and holds no socket. The tree
+    is one stray judged by that master; the worker is what is signalled."""
+    haproxy = ProgramId(FileId(8, 7007))
+    argv = ("/usr/sbin/haproxy", "-W", "-D", "-f", "/etc/haproxy/haproxy.cfg")
+    worker = proc(4243, argv, exe="/usr/sbin/haproxy", uid=112, user="haproxy",
+                  program=haproxy, ppid=4242)
+    master = proc(4242, argv, exe="/usr/sbin/haproxy", uid=0, user="root", program=haproxy)
+    ctx = context(unit_uid=0, unit_programs=(haproxy,))
+    c = classify_holder(ctx, holder(worker)._replace(master=master))
+    assert c.kind is Kind.STRAY
+    assert c.pids == (4243,)
+    assert c.reason == ("a copy of web@.service's program started outside any unit "
+                        "(forked by its master, pid 4242, user root)")
+    # without the master, or with a parent that runs another program (a shell), the
+    # worker is judged by itself: another user, foreign
+    assert classify_holder(ctx, holder(worker)).kind is Kind.FOREIGN
+    shell = proc(4242, ("-bash",), exe="/usr/bin/bash", uid=0, user="root",
+                 program=ProgramId(FileId(8, 8008)))
+    assert classify_holder(ctx, holder(worker)._replace(master=shell)).kind is Kind.FOREIGN
+    # a master of another user than the unit's makes it foreign, as its own holder would
+    other = master._replace(uid=1000, user="alice")
+    found = classify_holder(ctx, holder(worker)._replace(master=other))
+    assert (found.kind, found.reason) == (
+        Kind.FOREIGN, "runs the service's program but as user alice, not the unit's user")
+
+
 def test_the_program_in_another_service_unit_is_foreign_not_a_stray() -> None:
     """A unit says otherwise: the same command line in `staging-web.service` is that
     unit's business, never a stray of ours."""

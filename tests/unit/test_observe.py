@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from portguard.model import Proto, Socket, Unit
-from portguard.observe import processes
+from portguard.observe import observer, processes
 from portguard.observe.cgroupfs import CgroupTree
 from portguard.observe.observer import Observer, PortReport, UnitLookup
 from portguard.observe.units import SystemdError, SystemdUnavailable
@@ -50,10 +50,12 @@ class World:
         self.deny: set[int] = set()
 
     def add_process(self, pid: int, cgroup: str, fds: dict[int, int],
-                    cmdline: Sequence[str] = ("/usr/bin/python3", "app.py")) -> None:
+                    cmdline: Sequence[str] = ("/usr/bin/python3", "app.py"),
+                    ppid: int = 1) -> None:
         d = self.proc / str(pid)
         (d / "fd").mkdir(parents=True)
-        rest = " ".join("5000" if n == 22 else "1" for n in range(4, 53))
+        rest = " ".join("5000" if n == 22 else str(ppid) if n == 4 else "1"
+                        for n in range(4, 53))
         (d / "stat").write_text(f"{pid} (app) S {rest}\n")
         (d / "status").write_text("Name:\tapp\nUid:\t0\t0\t0\t0\n")
         (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
@@ -289,6 +291,31 @@ def test_each_process_is_named_with_its_own_unit(world: World) -> None:
         (1, "sa.socket", ["sa.service"]), (50, "sa.service", None)]
     assert ("note: 8080/tcp: PID 1 (systemd) listens for sa.socket, which activates "
             "sa.service; `systemctl stop sa.socket` frees it") in report.table([rep])
+
+
+def test_the_master_that_forked_the_only_listener_comes_with_it(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """haproxy -W: the worker (pid 20) alone holds the socket; its parent, the master
+    (pid 10), runs in the same cgroup and holds none. It is the holder's master, never
+    one of its processes; a parent in another cgroup (a unit's, a shell's) is none."""
+    monkeypatch.setattr(observer, "_read_parent", lambda pid: processes.read_process(
+        pid, proc=str(world.proc)) if (world.proc / str(pid)).exists() else None)
+    haproxy = ("/usr/sbin/haproxy", "-W", "-D", "-f", "/etc/haproxy/haproxy.cfg")
+    world.sockets = [sock(8080, 180)]
+    world.add_process(10, "/", {}, cmdline=haproxy)
+    world.add_process(20, "/", {5: 180}, cmdline=haproxy, ppid=10)
+    [rep] = world.who((8080, TCP))
+    [h] = rep.holders
+    assert [p.pid for p in h.processes] == [20]
+    assert h.master is not None and (h.master.pid, h.master.cmdline) == (10, haproxy)
+    assert [r["pid"] for r in report.port_doc(rep)["holders"]] == [20]
+
+    world.add_process(30, "/user.slice/session-1.scope", {}, cmdline=("-bash",))
+    world.add_process(40, "/", {5: 181}, cmdline=haproxy, ppid=30)
+    world.add_process(50, "/", {5: 182}, cmdline=haproxy, ppid=99)  # parent gone
+    world.sockets = [sock(8081, 181), sock(8082, 182)]
+    reps = world.who((8081, TCP), (8082, TCP))
+    assert [h.master for r in reps for h in r.holders] == [None, None]
 
 
 def test_socket_units_are_asked_only_when_pid_1_holds_a_port(world: World) -> None:
