@@ -2,7 +2,7 @@
 parsed.
 
 `who 8080` is what an administrator types when a start failed; on free ports the answer
-is a bind() probe per port (`bind_probe.nothing_bound`: the kernel refuses it while any
+is a bind() probe per port (`observe.bindable.nothing_bound`: the kernel refuses it while any
 socket holds the port), so it need not pay for argparse, the observer or D-Bus. Only the
 plainest words take this way (`8080`, `7000-7010/tcp`, `5353/udp`, in ASCII digits, no
 leading zero); anything else, and any port that is not provably empty, goes the whole
@@ -12,6 +12,7 @@ with the arguments argparse would give it (`arguments`), without argparse (~6 ms
 
 from __future__ import annotations
 
+from portguard.config import MAX_RANGE_PORTS
 from portguard.observe.bindable import nothing_bound
 from portguard.observe.container_hints import may_publish
 from portguard.report.layout import WHO_HEADER, columns, free_row
@@ -20,8 +21,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from typing import TextIO
-
-MAX_RANGE_PORTS = 20000  # as config.values: a longer range goes the whole way (and fails)
 
 
 def _port(text: str) -> int | None:
@@ -43,7 +42,7 @@ def plain_ports(words: list[str]) -> list[tuple[int, str]] | None:
         first = _port(first_text)
         last = _port(last_text) if dash else first
         if first is None or last is None or not first <= last < first + MAX_RANGE_PORTS:
-            return None
+            return None  # a reversed or too long range: the whole way says what is wrong
         kind = proto if slash else "tcp"  # Proto's values: model (enum) is not imported
         wanted.update(dict.fromkeys((p, kind) for p in range(first, last + 1)))
     return list(wanted) or None

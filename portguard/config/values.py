@@ -15,13 +15,13 @@ from collections.abc import Iterable
 from signal import Signals
 from typing import TypeVar
 
+from portguard.config import MAX_RANGE_PORTS
 from portguard.config.unitnames import UNIT_TYPES, mangle_unit
 from portguard.model import PortSpec, Proto
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
 
-MAX_RANGE_PORTS = 20000  # room for RTP ranges (Asterisk: 10000-20000); 1-65535 is a slip
 MAX_DURATION = 86400.0  # one day: every wait has a bound, and a longer one is a typo
 DURATION_FORMS = "250ms, 10s, 2m, 1h or bare seconds (30, 1.5)"
 # YAML 1.1 booleans other than true/false (PyYAML misses y/n; the spec has them).

@@ -153,11 +153,10 @@ class Observer:
         """
         asked = [p for p in wanted if not empty(*p)] if empty is not None else list(wanted)
         found: list[Socket] = []
-        tcp = [p for p in asked if p[1] == Proto.TCP]
-        if listeners_decide and tcp:
-            found = sockets.on_ports(tcp, self._listeners)
+        if listeners_decide:
+            found = sockets.on_ports([p for p in asked if p[1] == Proto.TCP], self._listeners)
             decided = {(s.local_port, s.proto) for s in found}
-            asked = [p for p in asked if (p[0], Proto(p[1])) not in decided]
+            asked = [p for p in asked if p not in decided]
         if asked:
             found += sockets.on_ports(asked, self._query)
         named = [s for s in found if _worth_naming(s, found)]
