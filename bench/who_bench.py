@@ -38,7 +38,7 @@ from wholib.scenario import run_scenario
 
 TOOLS = ("ss", "fuser", "lsof")  # psmisc and lsof: scripts/bootstrap installs them
 WHO_MODULES = ("portguard.cli", "portguard.commands.who", "portguard.observe.observer",
-               "portguard.report.tables", "portguard.observe.units",
+               "portguard.report.tables", "portguard.observe.systemd.units",
                "portguard.config.values")  # and whatever they import at module level
 
 

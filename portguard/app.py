@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from portguard.config.schema import Config
     from portguard.observe.observer import Observer
-    from portguard.observe.units import Systemd
+    from portguard.observe.systemd.units import Systemd
     from portguard.report.journal import Journal
 
 DEFAULT_CONFIG_FILE = "/etc/portguard/config.yaml"
@@ -37,7 +37,7 @@ def default_config_path() -> Path:
 
 
 def _connect_systemd() -> Systemd:
-    from portguard.observe.units import Systemd
+    from portguard.observe.systemd.units import Systemd
     return Systemd.connect()
 
 

@@ -50,6 +50,38 @@ class PortSpec(NamedTuple):
         return f"{host}{span}/{self.proto}"
 
 
+class BindIntent(NamedTuple):
+    """How the service will bind one port: a `PortSpec` address and port plus options.
+
+    `address` None: the service binds the wildcard of either family; treated as a
+    dual-stack `[::]`, which overlaps every address of both families. `v6only` matters
+    for an IPv6 wildcard only; None is the system default, taken as dual-stack
+    (net.ipv6.bindv6only=0, the default; `probe_bind` uses the real sysctl). `uid` is
+    the service's user, used only by the SO_REUSEPORT same-uid rule (None: unknown, so a
+    reuseport group is never assumed). Build with `decide.conflicts.intents()`, which validates.
+    """
+
+    address: str | None
+    port: int
+    proto: Proto = Proto.TCP
+    reuse_address: bool = True
+    reuse_port: bool = False
+    v6only: bool | None = None
+    uid: int | None = None
+
+    def __str__(self) -> str:
+        host = "*" if self.address is None else self.address
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.port}/{self.proto}"
+
+
+class PeerOptions(NamedTuple):
+    """Options of an observed socket that sock_diag does not report."""
+
+    reuse_address: bool
+    reuse_port: bool = False
+
+
 class Socket(NamedTuple):
     """One kernel socket on a port, as sock_diag (or /proc/net) reports it.
 
@@ -78,7 +110,7 @@ class FileId(NamedTuple):
 
 
 class ProgramId(NamedTuple):
-    """What a process or an ExecStart= line runs (observe/programs.py says how it is read).
+    """What a process or an ExecStart= line runs (observe/procs/programs.py says how it is read).
 
     `exe` is the executable file; an interpreter's program is the `target` script or jar
     (None: unreadable) or the `module`; a multi-call binary's is its `applet`.

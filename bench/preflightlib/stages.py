@@ -24,10 +24,11 @@ WITH_CPU = True
 wrap("portguard.cli", "build_parser", "argparse: build the parser")
 wrap("portguard.config.schema", "load", "config: read, parse (YAML), validate")
 wrap("portguard.commands.preflight", "Preflight._fast_path_clear", "fast-path checks, in all")
-wrap("portguard.observe.processes", "populated_cgroups", "  cgroup tree walk (starting twins)",
+wrap("portguard.observe.procs.processes",
+     "populated_cgroups", "  cgroup tree walk (starting twins)",
      "cgroup walks (count)")
-wrap("portguard.observe.sockets", "query", "  sock_diag query", "sock_diag queries (count)")
-wrap("portguard.decide.bind_probe", "probe_bind", "  bind() probes", "bind() probes (count)")
+wrap("portguard.observe.kernel.sockets", "query", "  sock_diag query", "sock_diag queries (count)")
+wrap("portguard.observe.kernel.probe", "probe_bind", "  bind() probes", "bind() probes (count)")
 wrap("portguard.report.journal", "Journal.emit", "journal record(s) sent",
      "journal records (count)")
 wrap("portguard.app", "App.close", "close (journal socket)")

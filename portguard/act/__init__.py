@@ -2,6 +2,6 @@
 
 Owns signals through pidfds after an identity re-check (`signals`) and the per-port
 flock that serialises guards (`lock`). Stopping a unit goes through
-`portguard.observe.units` (the one pystemd module). May import `decide`, `observe`,
+`portguard.observe.systemd.units` (the one pystemd module). May import `decide`, `observe`,
 `config`, `model`, `errors`; never `report` or `commands`.
 """

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from portguard.errors import NotPermittedError
 from portguard.model import Process
-from portguard.observe import processes
+from portguard.observe.procs import processes
 
 _POLL = 0.05
 

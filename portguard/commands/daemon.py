@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from portguard.app import App
 from portguard.config.schema import Config, load
 from portguard.errors import ConfigError, ExitStatus, NotPermittedError, PortguardError
-from portguard.observe import cgroupfs, processes
+from portguard.observe.procs import cgroupfs, processes
 
 if TYPE_CHECKING:
     import argparse
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from portguard.report.output import Output
 from portguard.commands.daemon_heal import Interrupted, Outcome, PassResult, Reconciler
 from portguard.decide.flap import FlapGuard
-from portguard.observe.units import Systemd, SystemdUnavailable
+from portguard.observe.systemd.dbus_errors import SystemdUnavailable
+from portguard.observe.systemd.units import Systemd
 from portguard.report.journal import Event
 from portguard.report.notify import Keeper, Notifier
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from portguard.act.units import UnitControl
 from portguard.app import App
 from portguard.commands.daemon_survey import (
     Check,
@@ -33,7 +34,7 @@ from portguard.config.schema import Config
 from portguard.decide.policy import Action, Plan
 from portguard.errors import PortguardError, TimedOutError
 from portguard.model import Holder, Usage
-from portguard.observe.units import Systemd
+from portguard.observe.systemd.units import Systemd
 from portguard.report.journal import Event, Journal, Priority
 
 if TYPE_CHECKING:
@@ -218,8 +219,9 @@ class Reconciler:
         unit = check.unit.id
         self.hold(check.service.timeout + 10)
         try:
-            systemd.reset_failed(unit)  # so a start rate limit it hit does not refuse us
-            job = systemd.start_unit(unit, timeout=check.service.timeout)
+            control = UnitControl(systemd)
+            control.reset_failed(unit)  # so a start rate limit it hit does not refuse us
+            job = control.start(unit, timeout=check.service.timeout)
             result, detail = job.result, f"job {job.result}"
         except PortguardError as exc:
             result, detail = "error", exc.message

@@ -32,12 +32,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from portguard.config.schema import Config, Service
-from portguard.decide import bind_probe, conflicts
+from portguard.decide import conflicts
 from portguard.decide.classify import is_outside_service
 from portguard.model import Holder, Process, Proto, Socket, Unit
-from portguard.observe import cgroups, processes, sockets
+from portguard.observe.kernel import probe, sockets
 from portguard.observe.observer import LINGERING_STATES
-from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.observe.procs import cgroups, processes
+from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
+from portguard.observe.systemd.units import Systemd
 
 BEFORE_MAIN = ("auto-restart", "condition", "start-pre")  # activating sub-states
 
@@ -229,5 +231,5 @@ def observe(config: Config, systemd: Systemd | None, cgroup_root: str) -> tuple[
         except (SystemdUnavailable, SystemdError) as exc:
             error = exc.message
     facts = Facts(units, tuple(found), socket_units(found, cgroup_root), not error,
-                  bind_probe.Kernel(lookup=True))
+                  probe.Kernel(lookup=True))
     return facts, error

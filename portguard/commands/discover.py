@@ -33,7 +33,7 @@ Check it with `portguard check-config`, then `portguard install UNIT` for each."
 
 
 def propose(app: App, notes: list[str]) -> str:
-    from portguard.observe.listeners import listeners
+    from portguard.observe.kernel.listeners import listeners
 
     protected: tuple[str, ...] = proposal.DEFAULT_PROTECTED
     if os.path.exists(app.config_path):
@@ -43,7 +43,7 @@ def propose(app: App, notes: list[str]) -> str:
             first = exc.message.splitlines()[0]
             notes.append(f"the config {app.config_path} is unusable ({first}); proposing "
                          "the default protected list")
-    from portguard.observe.containers import identifier
+    from portguard.observe.containers.lookup import identifier
 
     seen = []
     unknown = 0
@@ -77,7 +77,7 @@ def propose(app: App, notes: list[str]) -> str:
 
 def _activates(app: App) -> dict[str, tuple[str, ...]]:
     """Each loaded .socket unit's Triggers=, when systemd's D-Bus API answers."""
-    from portguard.observe.units import SystemdError, SystemdUnavailable
+    from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
     try:
         systemd = app.connect_systemd()
     except SystemdUnavailable:

@@ -58,12 +58,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from portguard import __version__
+from portguard.act import units
 from portguard.app import DEFAULT_CONFIG_FILE
 from portguard.config.unitnames import mangle_unit
 from portguard.config.values import service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 from portguard.model import Unit
-from portguard.observe.units import SERVICE_IFACE
+from portguard.observe.systemd.units import SERVICE_IFACE
 
 if TYPE_CHECKING:
     import argparse
@@ -80,13 +81,14 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class UnitFiles(Protocol):
-    """What install needs of portguard.observe.units.Systemd (tests pass a fake)."""
+    """What install needs of portguard.observe.systemd.units.Systemd (tests pass a fake)."""
 
     def load_state(self, unit: str) -> str: ...
 
     def unit_file_state(self, name: str) -> str | None: ...
 
-    def reload(self) -> None: ...
+    def call(self, path: bytes, iface: bytes, method: bytes, sig: bytes,
+             values: list[Any], *, action: str = ..., what: str = "") -> Any: ...
 
     def close(self) -> None: ...
 
@@ -302,7 +304,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _reload(systemd: UnitFiles, done: str) -> None:
     try:
-        systemd.reload()
+        units.reload(systemd)
     except PortguardError as exc:
         raise PortguardError(f"{done}, but daemon-reload failed: {exc.message}; run "
                              "`systemctl daemon-reload`", exit_status=exc.exit_status) from exc

@@ -27,15 +27,16 @@ from portguard.commands.preflight_stop import (
 )
 from portguard.config.schema import Config, Service
 from portguard.config.unitnames import mangle_unit
-from portguard.decide import bind_probe as probe
 from portguard.decide import conflicts
 from portguard.decide.classify import Conflict, Context, Kind, classify, own_activation
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
-from portguard.model import Holder, Proto, Unit
-from portguard.observe import processes, programs, sockets
+from portguard.model import BindIntent, Holder, Proto, Unit
+from portguard.observe.kernel import probe, sockets
 from portguard.observe.observer import PUBLISHED
-from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.observe.procs import processes, programs
+from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
+from portguard.observe.systemd.units import Systemd
 from portguard.report.journal import Event
 from portguard.report.tables import container_text
 
@@ -96,7 +97,7 @@ class Preflight:
 
     # -- fast path -----------------------------------------------------------------
 
-    def _fast_path_clear(self, service: Service, intents: Sequence[conflicts.BindIntent],
+    def _fast_path_clear(self, service: Service, intents: Sequence[BindIntent],
                          ports: Sequence[tuple[int, Proto]]) -> bool:
         return preflight_fast.ports_clear(self.unit, intents, service.twin_globs)
 
@@ -106,7 +107,7 @@ class Preflight:
     # -- slow path -----------------------------------------------------------------
 
     def _slow_path(self, cfg: Config, service: Service,
-                   intents: Sequence[conflicts.BindIntent],
+                   intents: Sequence[BindIntent],
                    ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
         systemd = self._systemd = self._connect()
         try:
@@ -149,13 +150,13 @@ class Preflight:
     def _context(self, cfg: Config, service: Service, systemd: Systemd | None) -> Context:
         return service_context(self.unit, service, systemd, cfg.protected)
 
-    def _observe(self, ctx: Context, intents: Sequence[conflicts.BindIntent],
+    def _observe(self, ctx: Context, intents: Sequence[BindIntent],
                  ports: Sequence[tuple[int, Proto]],
                  ) -> tuple[list[Conflict], set[tuple[int, Proto]]]:
         """Classified conflicts on the declared ports, and the ports bind() refuses."""
         reports = self.app.observer.ports(list(ports))
         relevant: dict[int, Holder] = {}
-        judgements: list[tuple[conflicts.BindIntent, conflicts.Judgement]] = []
+        judgements: list[tuple[BindIntent, conflicts.Judgement]] = []
         for intent in intents:
             rep = next(r for r in reports if (r.port, r.proto) == (intent.port, intent.proto))
             judged = conflicts.judge(intent, [h.socket for h in rep.holders],
@@ -185,14 +186,14 @@ class Preflight:
         return found, bind_refused
 
     def _still_held(self, conflict: Conflict,
-                    intents: Sequence[conflicts.BindIntent]) -> bool:
+                    intents: Sequence[BindIntent]) -> bool:
         """Whether the socket behind a conflict still blocks one of the service's binds."""
         if conflict.holder is None:  # a twin claiming the port: held while it is up
             return self._twin_up(conflict.unit)
         sock = conflict.holder.socket
         if sock.state == PUBLISHED and conflict.container is not None:
-            from portguard.observe import containers
-            return containers.published_by(conflict.container.id, sock.local_port, sock.proto)
+            from portguard.observe.containers import lookup
+            return lookup.published_by(conflict.container.id, sock.local_port, sock.proto)
         current = on_port(sockets.on_ports([(sock.local_port, sock.proto)]), sock.local_port,
                            sock.proto)
         if conflict.kind is Kind.LINGERING:
@@ -218,7 +219,7 @@ class Preflight:
 
     # -- verify and report ---------------------------------------------------------
 
-    def _verify(self, service: Service, intents: Sequence[conflicts.BindIntent],
+    def _verify(self, service: Service, intents: Sequence[BindIntent],
                 ports: Sequence[tuple[int, Proto]], deadline: float) -> ExitStatus:
         """The ports must be free now: sockets say so and the kernel agrees (but for the
         unit's own activation sockets, which stay)."""

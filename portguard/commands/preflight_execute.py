@@ -6,20 +6,19 @@ records every action with its result.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 
 from portguard.act.signals import Clock, SignalOutcome, signal_process, wait_until
+from portguard.act.units import UnitControl, stop_twin
 from portguard.config.schema import Service
 from portguard.decide.classify import Conflict, Kind
 from portguard.decide.policy import Action, Plan, Step
-from portguard.errors import BlockedError, PortguardError, TimedOutError
-from portguard.observe.cgroups import container_scope
-from portguard.observe.units import JOB_GONE, JobResult, Systemd, SystemdError
+from portguard.errors import BlockedError, TimedOutError
+from portguard.observe.procs.cgroups import container_scope
+from portguard.observe.systemd.bus_signals import JOB_GONE
+from portguard.observe.systemd.units import Systemd
 from portguard.report.journal import Event, Journal
 from portguard.report.tables import container_text
-
-NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
 
 def describe_conflict(c: Conflict) -> str:
@@ -104,44 +103,35 @@ class Executor:
                        action=Action.REFUSE)
             raise BlockedError(f"{self.unit}: {unit} holds a declared port and must be "
                                "stopped through systemd, whose D-Bus API is unreachable")
-        grace = min(self.service.kill_after, self.remaining())
-        try:
-            job = self.systemd.stop_unit(unit, timeout=grace)
-        except TimedOutError:
-            # Still stopping after kill_after (SIGTERM ignored, ExecStop= hanging): SIGKILL
-            # it; asking again follows the same (merged) stop job.
-            self.systemd.kill_unit(unit, signal.SIGKILL)
-            self._emit(Event.KILL, step, f"{unit} still stopping {grace:.1f}s after "
-                       "StopUnit: KillUnit SIGKILL", "killed", action=Action.KILL)
-            try:
-                job = self.systemd.stop_unit(unit, timeout=self.remaining())
-            except TimedOutError as exc:
-                self._emit(Event.TIMED_OUT, step, f"{unit} did not stop even after SIGKILL",
-                           "timeout")
-                raise TimedOutError(f"{self.unit}: {exc.message}") from exc
-        except SystemdError as exc:
-            if exc.dbus_name != NO_SUCH_UNIT:
-                self._emit(Event.REFUSED, step, f"StopUnit {unit} refused: {exc.message}",
-                           "stop-refused", action=Action.REFUSE)
-                raise
-            job = JobResult("", unit, JOB_GONE)  # unloaded since the scan: the port tells
-        except PortguardError as exc:  # not permitted (polkit), the bus lost meanwhile
-            self._emit(Event.REFUSED, step, f"StopUnit {unit} refused: {exc.message}",
-                       "stop-refused", action=Action.REFUSE)
-            raise
-        self._emit(Event.STOP_UNIT, step, f"StopUnit {unit}: job {job.result}", job.result)
-        if job.result not in ("done", "gone"):  # gone: finished unseen; the port tells
-            raise BlockedError(f"{self.unit}: stopping {unit} failed (job {job.result})")
         held = step.conflict.holder is not None
-        grace = min(self.service.kill_after, self.remaining())
-        if held and not wait_until(lambda: not self.still_held(step.conflict),
-                                   self.clock.now() + grace, self.clock):
-            self.systemd.kill_unit(unit, signal.SIGKILL)
-            self._emit(Event.KILL, step, f"{unit} still holds the port {grace:.1f}s after "
-                       "StopUnit: KillUnit SIGKILL", "killed", action=Action.KILL)
-            if not wait_until(lambda: not self.still_held(step.conflict), self.deadline,
-                              self.clock):
-                raise BlockedError(f"{self.unit}: {unit} still holds the port after SIGKILL")
+        done = stop_twin(UnitControl(self.systemd), unit, kill_after=self.service.kill_after,
+                         deadline=self.deadline, clock=self.clock,
+                         still_held=(lambda: self.still_held(step.conflict)) if held else None)
+        for phase, why in done.kills:
+            if phase == "stopping":
+                self._emit(Event.KILL, step, f"{why}: KillUnit SIGKILL", "killed",
+                           action=Action.KILL)
+        if isinstance(done.error, TimedOutError):
+            self._emit(Event.TIMED_OUT, step, f"{unit} did not stop even after SIGKILL",
+                       "timeout")
+            raise TimedOutError(f"{self.unit}: {done.error.message}") from done.error
+        if done.error is not None and done.job is None:
+            self._emit(Event.REFUSED, step, f"StopUnit {unit} refused: {done.error.message}",
+                       "stop-refused", action=Action.REFUSE)
+            raise done.error
+        job = done.job
+        assert job is not None
+        self._emit(Event.STOP_UNIT, step, f"StopUnit {unit}: job {job.result}", job.result)
+        if job.result not in ("done", JOB_GONE):
+            raise BlockedError(f"{self.unit}: stopping {unit} failed (job {job.result})")
+        for phase, why in done.kills:
+            if phase == "holding":
+                self._emit(Event.KILL, step, f"{why}: KillUnit SIGKILL", "killed",
+                           action=Action.KILL)
+        if done.error is not None:
+            raise done.error
+        if not done.released:
+            raise BlockedError(f"{self.unit}: {unit} still holds the port after SIGKILL")
 
     # -- remnants and strays -----------------------------------------------------
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from portguard.decide import bind_probe, conflicts
-from portguard.model import format_ports
-from portguard.observe import cgroupfs, container_hints
+from portguard.decide import conflicts
+from portguard.model import BindIntent, format_ports
+from portguard.observe.containers import hints
+from portguard.observe.kernel import probe
+from portguard.observe.procs import cgroupfs
 from portguard.report.journal import Event
 
 TYPE_CHECKING = False
@@ -28,26 +30,26 @@ if TYPE_CHECKING:
     from portguard.report.journal import Journal
 
 
-def ports_clear(unit: str, intents: Sequence[conflicts.BindIntent],
+def ports_clear(unit: str, intents: Sequence[BindIntent],
                 twin_globs: Iterable[str]) -> bool:
     """True when no twin is starting and the kernel would let every intent bind."""
     if starting_twins(unit, twin_globs):
         return False
     ports = sorted({(i.port, i.proto) for i in intents})
-    if container_hints.may_publish():
-        from portguard.observe import containers
-        if containers.publishes(ports):  # a container's port, no socket: bind() works
+    if hints.may_publish():
+        from portguard.observe.containers import lookup
+        if lookup.publishes(ports):  # a container's port, no socket: bind() works
             return False
     # Without SO_REUSEPORT, bind()'s conflict check ignores the uid: the probe, as root,
     # gets exactly the answer the service will get.
-    if any(bind_probe.refused(i) for i in intents if not i.reuse_port):
+    if any(probe.refused(i) for i in intents if not i.reuse_port):
         return False
     shared = [i for i in intents if i.reuse_port]
     if not shared:
         return True
-    from portguard.observe import sockets  # netlink: only for the rare SO_REUSEPORT
+    from portguard.observe.kernel import sockets  # netlink: only for the rare SO_REUSEPORT
     found = sockets.on_ports(sorted({(i.port, i.proto) for i in shared}))
-    kernel = bind_probe.Kernel()  # no owners read here: bind() decides what rules cannot
+    kernel = probe.Kernel()  # no owners read here: bind() decides what rules cannot
     return all(conflicts.judge(i, on_port(found, i.port, i.proto), kernel).free
                for i in shared)
 

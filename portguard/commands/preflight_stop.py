@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # not imported: cli.run and the fast path import this module
     import signal as _signal  # the same functions as _signal, as typeshed knows them
     from types import FrameType
 
-    from portguard.observe.units import Systemd
+    from portguard.observe.systemd.units import Systemd
 else:
     import _signal  # the C module: signal.py builds its enums on every guarded start
 

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from portguard.commands.who import judged_doc
 from portguard.config.schema import Config, Service
-from portguard.decide import bind_probe, conflicts
+from portguard.decide import conflicts
 from portguard.errors import ExitStatus
 from portguard.model import Holder, PortSpec, Unit
+from portguard.observe.kernel import probe
 from portguard.observe.observer import Observer, PortReport
-from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable
+from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
+from portguard.observe.systemd.units import Systemd
 from portguard.report import tables as report
 
 if TYPE_CHECKING:
@@ -91,7 +93,7 @@ def port_state(service: Service, spec: PortSpec, observer: Observer) -> PortStat
     reps = tuple(observer.ports([(p, spec.proto) for p in spec.ports]))
     binds = {i.port: i for i in conflicts.intents(spec, reuse_address=service.reuse_address)}
     judged = tuple(conflicts.judge(binds[r.port], [h.socket for h in r.holders],
-                                   bind_probe.Kernel(r.holders)) for r in reps)
+                                   probe.Kernel(r.holders)) for r in reps)
     foreign = tuple(h for r, j in zip(reps, judged, strict=True) for h in r.holders
                     if any(h.socket is b for b in j.blockers) and not _own(service, h)
                     and not (h.socket.inode == 0 and _held_by_itself(service, r, j)))

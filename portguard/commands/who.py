@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from portguard.app import App
-    from portguard.decide.conflicts import BindIntent, Judgement
-    from portguard.model import PortSpec, Proto
+    from portguard.decide.conflicts import Judgement
+    from portguard.model import BindIntent, PortSpec, Proto
     from portguard.observe.observer import PortReport
     from portguard.report.output import Output
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:
     if reuse is not None or any(":" in text for text in args.ports):  # an address
         return _ask(args.ports, True if reuse is None else reuse, app, out)
     from portguard.model import Proto
-    from portguard.observe.bindable import nothing_bound
+    from portguard.observe.kernel.bindable import nothing_bound
     from portguard.report import tables
     # The table shows each holder's unit, which its cgroup names exactly; only --json and
     # -v show the unit's state, which takes systemd's D-Bus API (and ~30 ms of imports).
@@ -103,7 +103,8 @@ def _answer(intent: BindIntent, rep: PortReport, judged: Judgement) -> str:
 
 
 def _ask(texts: Sequence[str], reuse: bool, app: App, out: Output) -> ExitStatus:
-    from portguard.decide import bind_probe, conflicts
+    from portguard.decide import conflicts
+    from portguard.observe.kernel import probe
     from portguard.report import tables
     intents: dict[BindIntent, None] = {}
     for spec in _specs(texts):
@@ -118,7 +119,7 @@ def _ask(texts: Sequence[str], reuse: bool, app: App, out: Output) -> ExitStatus
     for intent in intents:
         rep = by_pair[(intent.port, intent.proto)]
         answers.append((intent, rep, conflicts.judge(
-            intent, [h.socket for h in rep.holders], bind_probe.Kernel(rep.holders))))
+            intent, [h.socket for h in rep.holders], probe.Kernel(rep.holders))))
     if out.json:
         out.document({"ports": [{**judged_doc(rep, j), "address": i.address,
                                  "reuse_address": i.reuse_address, "question": _question(i)}

@@ -13,8 +13,8 @@ with the arguments argparse would give it (`arguments`), without argparse (~6 ms
 from __future__ import annotations
 
 from portguard.config import MAX_RANGE_PORTS
-from portguard.observe.bindable import nothing_bound
-from portguard.observe.container_hints import may_publish
+from portguard.observe.containers.hints import may_publish
+from portguard.observe.kernel.bindable import nothing_bound
 from portguard.report.layout import WHO_HEADER, columns, free_row
 
 TYPE_CHECKING = False

@@ -17,8 +17,9 @@ from portguard.config.unitnames import mangle_unit
 from portguard.decide import bindfail, postmortem
 from portguard.decide.postmortem import ACTIVATION, Step, Wanted
 from portguard.errors import ConfigError, ExitStatus, PortguardError, UsageError
-from portguard.observe import journal_read
-from portguard.observe.journal_read import Invocation
+from portguard.model import BindIntent
+from portguard.observe.systemd import journal
+from portguard.observe.systemd.journal import Invocation
 
 if TYPE_CHECKING:
     import argparse
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from portguard.config.schema import Config, Service
     from portguard.decide.classify import Conflict
     from portguard.model import Holder
-    from portguard.observe.units import Systemd
+    from portguard.observe.systemd.units import Systemd
     from portguard.report.output import Output
 
 OWN_IDENTIFIER = "portguard"  # our own preflight's records are not the daemon's words
@@ -74,7 +75,7 @@ def explain(app: App, unit_arg: str) -> Answer:
     sockets: dict[str, tuple[tuple[str, str], ...]] = {}
     if systemd is not None:
         sockets = _socket_units(systemd, unit, notes)
-    read = journal_read.invocations([unit, *(s for s in sockets if s != unit)])
+    read = journal.invocations([unit, *(s for s in sockets if s != unit)])
     if read.warning:
         notes.append(f"journalctl: {read.warning}")
     runs = sorted(read.invocations, key=lambda i: i.records[-1].usec if i.records else 0,
@@ -115,7 +116,7 @@ def _config(app: App, notes: list[str]) -> Config | None:
 
 
 def _connect(app: App, notes: list[str]) -> Systemd | None:
-    from portguard.observe.units import SystemdUnavailable
+    from portguard.observe.systemd.dbus_errors import SystemdUnavailable
     try:
         return app.connect_systemd()
     except SystemdUnavailable as exc:
@@ -126,7 +127,7 @@ def _connect(app: App, notes: list[str]) -> Systemd | None:
 
 def _socket_units(systemd: Systemd, unit: str, notes: list[str],
                   ) -> dict[str, tuple[tuple[str, str], ...]]:
-    from portguard.observe.units import SystemdError
+    from portguard.observe.systemd.dbus_errors import SystemdError
     try:
         if systemd.load_state(unit) == "not-found":
             notes.append(f"systemd knows no unit {unit} (no unit file)")
@@ -151,7 +152,7 @@ def _failed_run(runs: Sequence[Invocation],
 
 
 def _listening_now(unit: str) -> list[tuple[int, Any, str]]:
-    from portguard.observe.listeners import listeners
+    from portguard.observe.kernel.listeners import listeners
     return [(lst.socket.local_port, lst.socket.proto, lst.socket.local_address)
             for lst in listeners() if lst.unit == unit]
 
@@ -172,7 +173,7 @@ def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config |
     answers = []
     for want in wanted:
         rep = next(r for r in reports if (r.port, r.proto) == (want.port, want.proto))
-        intent = conflicts.BindIntent(want.address, want.port, want.proto)
+        intent = BindIntent(want.address, want.port, want.proto)
         rows = []
         steps: list[Step] = []
         for holder in rep.holders:

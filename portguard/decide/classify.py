@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 from portguard.config.schema import Service
 from portguard.model import Container, Holder, Process, ProgramId, Proto, Unit
-from portguard.observe.activation import activated_by_note, held_for
 from portguard.observe.observer import LINGERING_STATES
+from portguard.observe.systemd.activation import activated_by_note, held_for
 
 
 class Kind(enum.StrEnum):

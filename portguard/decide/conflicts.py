@@ -1,6 +1,6 @@
 """Which observed sockets stop a declared port's bind(), by the kernel's own rules.
 
-Everything here is a pure function of `model` values; `portguard.decide.bind_probe` asks the kernel
+Everything here is a pure function of `model` values; `observe.kernel.probe` asks the kernel
 itself. The rules follow Linux (read in 6.18, checked on it):
 
 * TCP, `inet_csk_get_port` -> `inet_csk_bind_conflict` -> `inet_bind_conflict` (relax and
@@ -13,7 +13,7 @@ itself. The rules follow Linux (read in 6.18, checked on it):
 
 sock_diag does not show an observed socket's SO_REUSEADDR / SO_REUSEPORT (nor a
 timewait socket's v6only). Where they decide, `judge` asks a `Kernel`: the socket's
-options as its owner's fd says (`bind_probe.Kernel`, root), and failing that bind()
+options as its owner's fd says (`observe.kernel.probe.Kernel`, root), and failing that bind()
 itself. Only the pure fallback (no kernel) rests on `assumed_peer`. SO_BINDTODEVICE
 never matters: the service binds no device (a `%scope` aside), and a socket without one
 meets every device.
@@ -29,7 +29,7 @@ import _socket as socket  # the C module: its names without socket.py's enums (~
 import enum
 import functools
 
-from portguard.model import PortSpec, Proto, Socket
+from portguard.model import BindIntent, PeerOptions, PortSpec, Proto, Socket
 from portguard.records import NamedTuple
 
 TYPE_CHECKING = False
@@ -56,38 +56,6 @@ def normalize_state(state: str) -> str:
     """`ESTAB`, `fin-wait-1`, `FIN_WAIT1` ... -> the kernel's name (`FIN_WAIT1`)."""
     name = state.strip().upper().replace("-", "_")
     return _STATE_ALIASES.get(name, name)
-
-
-class BindIntent(NamedTuple):
-    """How the service will bind one port: a `PortSpec` address and port plus options.
-
-    `address` None: the service binds the wildcard of either family; treated as a
-    dual-stack `[::]`, which overlaps every address of both families. `v6only` matters
-    for an IPv6 wildcard only; None is the system default, taken as dual-stack
-    (net.ipv6.bindv6only=0, the default; `probe_bind` uses the real sysctl). `uid` is
-    the service's user, used only by the SO_REUSEPORT same-uid rule (None: unknown, so a
-    reuseport group is never assumed). Build with `intents()`, which validates.
-    """
-
-    address: str | None
-    port: int
-    proto: Proto = Proto.TCP
-    reuse_address: bool = True
-    reuse_port: bool = False
-    v6only: bool | None = None
-    uid: int | None = None
-
-    def __str__(self) -> str:
-        host = "*" if self.address is None else self.address
-        host = f"[{host}]" if ":" in host else host
-        return f"{host}:{self.port}/{self.proto}"
-
-
-class PeerOptions(NamedTuple):
-    """Options of an observed socket that sock_diag does not report."""
-
-    reuse_address: bool
-    reuse_port: bool = False
 
 
 def assumed_peer(sock: Socket) -> PeerOptions:
@@ -306,7 +274,7 @@ def uncertain(intent: BindIntent, sock: Socket) -> bool:
 
 
 class Kernel(Protocol):
-    """What only the kernel can say (`bind_probe.Kernel` asks it; tests fake it)."""
+    """What only the kernel can say (`observe.kernel.probe.Kernel` asks it; tests fake it)."""
 
     def options(self, sock: Socket) -> PeerOptions | None:
         """`sock`'s SO_REUSEADDR / SO_REUSEPORT, read from its owner; None: unknown."""

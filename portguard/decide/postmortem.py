@@ -16,7 +16,7 @@ from portguard.decide.bindfail import BindFailure
 from portguard.decide.classify import Conflict, Kind
 from portguard.errors import ExitStatus
 from portguard.model import Holder, Proto
-from portguard.observe import activation
+from portguard.observe.systemd import activation
 
 ACTIVATION = "activation"  # the unit's own .socket unit holds it, for it (DESIGN case 7)
 RUNNING = "itself"  # the unit runs again and holds it: a failure since resolved

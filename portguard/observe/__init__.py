@@ -1,10 +1,9 @@
 """observe: who holds a port, read-only. Sockets -> processes -> units, in that order.
 
-Owns every contact with the running system that only looks: sock_diag over netlink
-(`netlink` builds the bytes, `sockets` talks), /proc and psutil (`processes`), systemd's
-D-Bus API through pystemd (`units`, with `dbus_errors` and `bus_signals`), cgroup paths
-(`cgroups`), container runtimes' records on disk (`containers`, parsing in
-`container_records`), and the `Observer` that combines them (`observer`). Each outside interface
-has exactly one module here. May import `config`, `model` and `errors`; nothing later on
-the path (decide, act, report, commands).
+One sub-package per system it reads: `kernel` (sockets over sock_diag, bind() asked as a
+question, a socket's own options), `procs` (/proc and psutil, cgroups), `systemd` (units
+over D-Bus through pystemd, the journal), `containers` (what runtimes record on disk).
+`observer` combines them into holders. Nothing here changes the system: changes live in
+`act`. Each outside interface has exactly one module. May import `config`, `model` and
+`errors`; nothing later on the path (decide, act, report, commands).
 """

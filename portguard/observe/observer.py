@@ -11,23 +11,24 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 
 from portguard.model import Holder, Process, Proto, Socket, Unit
-from portguard.observe import cgroups, processes, sockets
-from portguard.observe.container_hints import may_publish
-from portguard.observe.dbus_errors import SystemdError, SystemdUnavailable
+from portguard.observe.containers.hints import may_publish
+from portguard.observe.kernel import sockets
+from portguard.observe.procs import cgroups, processes
+from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
 from portguard.records import NamedTuple
 
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from portguard.observe import containers
-    from portguard.observe.units import Systemd
+    from portguard.observe.containers import lookup
+    from portguard.observe.systemd.units import Systemd
 
 # States of a socket that is on its way out: no process holds it any more, or the
 # process is only draining it. They block a bind() only without SO_REUSEADDR.
 LINGERING_STATES = frozenset(
     {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING"})
 # No socket: a container's published port, forwarded by the kernel (DNAT) after the
-# runtime's helper that held it is gone (observe/containers.py, source 4).
+# runtime's helper that held it is gone (observe/containers/lookup.py, source 4).
 PUBLISHED = "PUBLISHED"
 # Sockets accepted from (or being accepted by) a listener on the same address: the
 # listener is the holder that matters; its connections are only counted.
@@ -91,7 +92,7 @@ class UnitLookup:
                     self.failure = exc.message
                 except SystemdError:
                     pass  # e.g. a socket unit unloaded meanwhile: named from cgroups
-        from portguard.observe import activation  # PID 1's listeners only (ipaddress)
+        from portguard.observe.systemd import activation  # PID 1's listeners only (ipaddress)
         return activation.socket_unit_for(sock, self._socket_units)
 
     @property
@@ -164,8 +165,8 @@ class Observer:
         ident = None
         publishing = may_publish()  # else no runtime has published a port: none to read
         if owners.by_inode or publishing:
-            from portguard.observe import containers
-            ident = containers.Identifier(_read_parent)  # fresh: names change, containers go
+            from portguard.observe.containers import lookup
+            ident = lookup.Identifier(_read_parent)  # fresh: names change, containers go
         reports = []
         for port, proto in wanted:
             mine = [s for s in found if s.local_port == port and s.proto == proto]
@@ -187,7 +188,7 @@ class Observer:
         return [s for s in self._query(ports, protos) if s.state == "LISTEN"]
 
     def _holders(self, sock: Socket, owners: processes.Owners,
-                 ident: containers.Identifier | None) -> list[Holder]:
+                 ident: lookup.Identifier | None) -> list[Holder]:
         """The socket and what holds it: one Holder per unit among its processes.
 
         Processes sharing a socket usually share a unit (prefork workers), not always:
@@ -248,7 +249,7 @@ def _read_parent(pid: int) -> Process | None:
         return None
 
 
-def _published(ident: containers.Identifier, port: int, proto: Proto,
+def _published(ident: lookup.Identifier, port: int, proto: Proto,
                holders: Sequence[Holder]) -> tuple[Holder, ...]:
     """Ports a container publishes that no socket of its own holds (its helper is gone).
 

@@ -9,8 +9,8 @@ import _socket
 from collections.abc import Mapping, Sequence
 
 from portguard.model import Container, Holder, Process, Unit
-from portguard.observe.activation import activated_by_note
 from portguard.observe.observer import LINGERING_STATES, PUBLISHED, PortReport
+from portguard.observe.systemd.activation import activated_by_note
 from portguard.report.layout import WHO_HEADER, columns, free_row, shell_join
 
 TYPE_CHECKING = False

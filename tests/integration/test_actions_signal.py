@@ -22,7 +22,7 @@ import pytest
 
 from portguard.act.signals import SignalOutcome, signal_process
 from portguard.model import Process
-from portguard.observe import processes
+from portguard.observe.procs import processes
 
 # Modes: "plain" (default dispositions), "ignore-term", "handler" (SIGTERM runs a python
 # handler, which only runs while the process runs, then exits 0), "report" (prints the

@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import pytest
 
-from portguard.decide.bind_probe import Kernel, probe_bind
 from portguard.decide.conflicts import (
     BindIntent,
     PeerOptions,
@@ -32,6 +31,7 @@ from portguard.decide.conflicts import (
     uncertain,
 )
 from portguard.model import Proto, Socket
+from portguard.observe.kernel.probe import Kernel, probe_bind
 
 TCP, UDP = Proto.TCP, Proto.UDP
 

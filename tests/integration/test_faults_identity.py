@@ -54,7 +54,8 @@ def signals_sent(case: Case, unit: str) -> list[dict[str, str]]:
 STALE = r"""
 import json, signal, sys, time
 from portguard.act import signals as actions
-from portguard.observe import processes, sockets
+from portguard.observe.procs import processes
+from portguard.observe.kernel import sockets
 pid, port, skew = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 [sock] = [s for s in sockets.query([port], ("tcp",)) if s.state == "LISTEN"]
 inspected = processes.read_process(pid)

@@ -64,7 +64,7 @@ def nobody_portguard(sb: Sandbox, uid: str, *, caps: Sequence[str] = ()
         wanted = ",".join(f"+{c}" for c in caps)
         argv += [f"--inh-caps={wanted}", f"--ambient-caps={wanted}"]
     argv += [SYSTEM_PYTHON, "-m", "portguard"]
-    probe = sb.run([*argv[:-2], "-c", "import pystemd.dbuslib, portguard.observe.units"], env=env)
+    probe = sb.run([*argv[:-2], "-c", "import pystemd.dbuslib, observe.systemd.units"], env=env)
     if probe.returncode != 0:
         pytest.skip(f"nobody cannot import portguard with {SYSTEM_PYTHON}: {probe.stderr}")
     return argv, env
@@ -291,7 +291,7 @@ def test_a_twin_unloaded_between_scan_and_stopunit_counts_as_gone(case: Case) ->
     case.unit(legacy, "--port", str(port), guarded=False)
     case.start_listening(legacy, port)
 
-    run = Paused(sb, case.uid, "portguard.observe.units:Systemd.stop_unit",
+    run = Paused(sb, case.uid, "portguard.act.units:UnitControl.stop",
                  "--config", case.cfg, "preflight", unit)
     run.wait_paused()
     sb.systemctl("stop", legacy, check=True)  # gone, and its unit with it

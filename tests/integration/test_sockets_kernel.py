@@ -1,4 +1,4 @@
-"""portguard.observe.sockets against the running kernel.
+"""portguard.observe.kernel.sockets against the running kernel.
 
 Every test makes its own sockets, on loopback, on ports the kernel picked (bind to port
 0), and asserts only about those ports, so nothing else on the host matters. No systemd
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from portguard.model import Proto, Socket
-from portguard.observe import netlink, sockets
+from portguard.observe.kernel import netlink, sockets
 
 AF_INET, AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
 LINGER_RST = struct.pack("ii", 1, 0)  # close with RST: leave no TIME_WAIT behind

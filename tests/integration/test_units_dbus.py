@@ -1,4 +1,4 @@
-"""portguard.observe.units' job and state API against a real systemd 252 (the sandbox), over D-Bus.
+"""observe.systemd.units' job and state API against a real systemd 252 (the sandbox), over D-Bus.
 
 What is checked here, and the pystemd behaviour it rests on (pystemd 0.11 and 0.15 share
 the same dbuslib; see the last section):
@@ -42,8 +42,11 @@ from portguard.errors import ExitStatus
 PRELUDE = """\
 import json, sys
 from portguard.errors import PortguardError
-from portguard.observe.units import JobResult, Systemd
+from portguard.observe.systemd.units import Systemd
+from portguard.observe.systemd.bus_signals import JobResult
+from portguard.act.units import UnitControl
 sd = Systemd.connect()
+ctl = UnitControl(sd)
 U = sys.argv[1:]
 def show(f):
     try:
@@ -59,7 +62,8 @@ def show(f):
 
 def api(sb: Sandbox, *exprs: str, args: tuple[str, ...] = (), timeout: float = 60
         ) -> list[dict[str, Any]]:
-    """Evaluate each expression (with `sd`, a connected Systemd, and U = args) inside the
+    """Evaluate each expression (with `sd`, a connected Systemd,
+    `ctl`, its UnitControl, and U = args) inside the
     sandbox, in one process; one {"value": ...} or {"error": ...} per expression."""
     code = PRELUDE + "".join(f"show(lambda: {e})\n" for e in exprs)
     done = sb.python(code, *args, timeout=timeout)
@@ -79,7 +83,7 @@ def free_port(uid: str) -> int:
     return 20000 + int(uid, 16) % 20000
 
 
-# -- stop_unit / start_unit ---------------------------------------------------------------
+# -- UnitControl.stop / start ---------------------------------------------------------------
 
 
 def test_stop_unit_of_a_running_unit_is_done_and_leaves_it_inactive(sandbox: Sandbox,
@@ -87,7 +91,7 @@ def test_stop_unit_of_a_running_unit_is_done_and_leaves_it_inactive(sandbox: San
     unit = f"stop-{uid}.service"
     sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\n")
     sandbox.systemctl("start", unit, check=True)
-    stopped, state = api(sandbox, "sd.stop_unit(U[0], timeout=10)", "sd.active_state(U[0])",
+    stopped, state = api(sandbox, "ctl.stop(U[0], timeout=10)", "sd.active_state(U[0])",
                          args=(unit,))
     assert stopped["value"]["result"] == "done"
     assert stopped["value"]["unit"] == unit
@@ -102,7 +106,7 @@ def test_stop_unit_of_an_inactive_unit_is_done_at_once(sandbox: Sandbox, uid: st
     # reply immediately and is dispatched only once the call has returned.
     unit = f"idle-{uid}.service"
     sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\n")
-    results = api(sandbox, *["sd.stop_unit(U[0], timeout=5)"] * 5, args=(unit,))
+    results = api(sandbox, *["ctl.stop(U[0], timeout=5)"] * 5, args=(unit,))
     assert [r["value"]["result"] for r in results] == ["done"] * 5
     assert len({r["value"]["job"] for r in results}) == 5
 
@@ -114,7 +118,7 @@ def test_stop_with_a_hanging_exec_stop_reports_what_systemd_decided(sandbox: San
                              "ExecStop=/bin/sleep 100\nTimeoutStopSec=1\n")
     sandbox.systemctl("start", unit, check=True)
     t0 = time.monotonic()
-    [stopped] = api(sandbox, "sd.stop_unit(U[0], timeout=20)", args=(unit,))
+    [stopped] = api(sandbox, "ctl.stop(U[0], timeout=20)", args=(unit,))
     assert 0.9 < time.monotonic() - t0 < 15
     # systemd kills ExecStop after TimeoutStopSec, the unit ends "failed" with result
     # "timeout", and the stop *job* is done: the unit did stop.
@@ -131,8 +135,8 @@ def test_stop_unit_gives_up_after_its_timeout_and_the_job_goes_on(sandbox: Sandb
     sandbox.write_unit(unit, "[Service]\nExecStart=/bin/sleep 1000\nExecStop=/bin/sleep 3\n")
     sandbox.systemctl("start", unit, check=True)
     t0 = time.monotonic()
-    gave_up, again = api(sandbox, "sd.stop_unit(U[0], timeout=0.3)",
-                         "sd.stop_unit(U[0], timeout=20)", args=(unit,))
+    gave_up, again = api(sandbox, "ctl.stop(U[0], timeout=0.3)",
+                         "ctl.stop(U[0], timeout=20)", args=(unit,))
     assert gave_up["error"] == "TimedOutError"
     assert gave_up["exit_status"] == ExitStatus.TIMEOUT == 75
     assert unit in gave_up["message"]
@@ -152,8 +156,8 @@ def test_start_unit_done_failed_and_dependency(sandbox: Sandbox, uid: str) -> No
     sandbox.write_unit(bad, "[Service]\nType=oneshot\nExecStart=/bin/false\n", reload=False)
     sandbox.write_unit(dep, f"[Unit]\nRequires={bad}\nAfter={bad}\n"
                             "[Service]\nExecStart=/bin/sleep 1000\n")
-    results = api(sandbox, "sd.start_unit(U[0], timeout=10)", "sd.start_unit(U[1], timeout=10)",
-                  "sd.start_unit(U[2], timeout=10)", "sd.active_state(U[0])",
+    results = api(sandbox, "ctl.start(U[0], timeout=10)", "ctl.start(U[1], timeout=10)",
+                  "ctl.start(U[2], timeout=10)", "sd.active_state(U[0])",
                   args=(ok, bad, dep))
     assert [r["value"]["result"] for r in results[:3]] == ["done", "failed", "dependency"]
     assert [r["value"]["unit"] for r in results[:3]] == [ok, bad, dep]
@@ -163,7 +167,7 @@ def test_start_unit_done_failed_and_dependency(sandbox: Sandbox, uid: str) -> No
     sandbox.systemctl("reset-failed", bad)
 
 
-# -- kill_unit --------------------------------------------------------------------------
+# -- UnitControl.kill --------------------------------------------------------------------------
 
 
 def test_kill_unit_sigkill_kills_every_process_of_the_unit(sandbox: Sandbox, uid: str) -> None:
@@ -179,8 +183,8 @@ def test_kill_unit_sigkill_kills_every_process_of_the_unit(sandbox: Sandbox, uid
     pids = [int(p) for p in sandbox.read_file(f"/sys/fs/cgroup{cgroup}/cgroup.procs").split()]
     assert len(pids) == 3  # the parent and two workers sharing the socket
 
-    term, kill = api(sandbox, f"sd.kill_unit(U[0], {int(signal.SIGTERM)})",
-                     f"sd.kill_unit(U[0], {int(signal.SIGKILL)})", args=(unit,))
+    term, kill = api(sandbox, f"ctl.kill(U[0], {int(signal.SIGTERM)})",
+                     f"ctl.kill(U[0], {int(signal.SIGKILL)})", args=(unit,))
     assert term == {"value": None} and kill == {"value": None}
     sandbox.wait_for(lambda: not any(sandbox.pid_alive(p) for p in pids), 10,
                      f"every process of {unit} to die")
@@ -195,8 +199,8 @@ def test_kill_unit_of_a_unit_not_loaded_is_no_such_unit(sandbox: Sandbox, uid: s
     sandbox.write_unit(empty, "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
                               "ExecStart=/bin/true\n")
     sandbox.systemctl("start", empty, check=True)  # active, without a process
-    never_started, no_process = api(sandbox, f"sd.kill_unit(U[0], {int(signal.SIGKILL)})",
-                                    f"sd.kill_unit(U[1], {int(signal.SIGKILL)})",
+    never_started, no_process = api(sandbox, f"ctl.kill(U[0], {int(signal.SIGKILL)})",
+                                    f"ctl.kill(U[1], {int(signal.SIGKILL)})",
                                     args=(idle, empty))
     assert never_started["error"] == "SystemdError"
     assert never_started["dbus_name"] == "org.freedesktop.systemd1.NoSuchUnit"  # not loaded
@@ -212,8 +216,8 @@ def test_masked_and_unknown_units_map_to_systemd_errors(sandbox: Sandbox, uid: s
     sandbox.run(["ln", "-s", "/dev/null", f"/etc/systemd/system/{masked}"], check=True)
     sandbox.systemctl("daemon-reload", check=True)
     start_masked, stop_masked, stop_bogus, start_bogus = api(
-        sandbox, "sd.start_unit(U[0], timeout=5)", "sd.stop_unit(U[0], timeout=5)",
-        "sd.stop_unit(U[1], timeout=5)", "sd.start_unit(U[1], timeout=5)",
+        sandbox, "ctl.start(U[0], timeout=5)", "ctl.stop(U[0], timeout=5)",
+        "ctl.stop(U[1], timeout=5)", "ctl.start(U[1], timeout=5)",
         args=(masked, bogus))
     assert start_masked["error"] == "SystemdError"
     assert start_masked["dbus_name"] == "org.freedesktop.systemd1.UnitMasked"
@@ -255,7 +259,7 @@ def test_reload_is_a_daemon_reload(sandbox: Sandbox, uid: str) -> None:
     sandbox.write_unit(unit, "[Unit]\nDescription=two\n[Service]\nExecStart=/bin/sleep 1000\n",
                        reload=False)
     assert sandbox.unit_property(unit, "NeedDaemonReload") == "yes"
-    assert api(sandbox, "sd.reload()") == [{"value": None}]
+    assert api(sandbox, "ctl.reload()") == [{"value": None}]
     assert sandbox.unit_property(unit, "NeedDaemonReload") == "no"
     assert sandbox.unit_property(unit, "Description") == "two"
     sandbox.systemctl("stop", unit)
@@ -278,7 +282,7 @@ def nobody_python(sb: Sandbox) -> tuple[list[str], dict[str, str]]:
     site = sysconfig.get_paths()["purelib"]
     env = {"PYTHONPATH": f"{REPO}:{site}"}
     probe = sb.run([*NOBODY, DEBIAN_PYTHON, "-c",
-                    "import pystemd.dbuslib, portguard.observe.units"], env=env)
+                    "import pystemd.dbuslib, portguard.observe.systemd.units"], env=env)
     if probe.returncode != 0:
         pytest.skip(f"nobody cannot import pystemd with {DEBIAN_PYTHON}: {probe.stderr}")
     return [*NOBODY, DEBIAN_PYTHON], env
@@ -286,10 +290,10 @@ def nobody_python(sb: Sandbox) -> tuple[list[str], dict[str, str]]:
 
 @pytest.mark.skipif(not os.access(DEBIAN_PYTHON, os.X_OK), reason=f"no {DEBIAN_PYTHON}")
 @pytest.mark.parametrize(("expr", "action"), [
-    ("sd.stop_unit(U[0], timeout=5)", "org.freedesktop.systemd1.manage-units"),
-    ("sd.start_unit(U[0], timeout=5)", "org.freedesktop.systemd1.manage-units"),
-    ("sd.kill_unit(U[0], 9)", "org.freedesktop.systemd1.manage-units"),
-    ("sd.reload()", "org.freedesktop.systemd1.reload-daemon"),
+    ("ctl.stop(U[0], timeout=5)", "org.freedesktop.systemd1.manage-units"),
+    ("ctl.start(U[0], timeout=5)", "org.freedesktop.systemd1.manage-units"),
+    ("ctl.kill(U[0], 9)", "org.freedesktop.systemd1.manage-units"),
+    ("ctl.reload()", "org.freedesktop.systemd1.reload-daemon"),
 ])
 def test_access_denied_is_not_permitted_exit_77(sandbox: Sandbox, uid: str, expr: str,
                                                 action: str) -> None:

@@ -1,5 +1,6 @@
-"""portguard.observe.units' job loop on a fake bus: orderings a real systemd will not produce on
-demand (a JobRemoved dispatched before the method returns, or queued behind others; a job
+"""act.units' job loop (over observe.systemd.units' connection) on a fake bus: orderings
+a real systemd will not produce on demand (a JobRemoved dispatched before the method
+returns, or queued behind others; a job
 that vanishes silently; EINTR; a lost bus) and the errors it maps. In-process, no sandbox.
 
 `FakeBus` is as much of pystemd's DBus as the loop uses, behaving as test_units_dbus.py
@@ -16,9 +17,12 @@ from typing import Any
 import pytest
 from pystemd.dbusexc import DBusError
 
+from portguard.act import units as act_units
+from portguard.act.units import UnitControl
 from portguard.errors import ExitStatus, NotPermittedError, TimedOutError
-from portguard.observe import units
-from portguard.observe.units import JobResult, Systemd, SystemdError, SystemdUnavailable
+from portguard.observe.systemd.bus_signals import JOB_GONE, PINNED, REMEMBERED, JobResult
+from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
+from portguard.observe.systemd.units import Systemd
 
 JOB = b"/org/freedesktop/systemd1/job/7"
 
@@ -100,7 +104,7 @@ def test_a_jobremoved_before_the_reply_is_not_lost() -> None:
         return JOB
 
     bus.methods[b"StopUnit"] = stop_and_finish_at_once
-    assert Systemd(bus).stop_unit("x.service", timeout=1) == \
+    assert UnitControl(Systemd(bus)).stop("x.service", timeout=1) == \
         JobResult(JOB.decode(), "x.service", "done")
 
 
@@ -109,23 +113,23 @@ def test_a_jobremoved_queued_with_the_reply_and_others_first() -> None:
     bus.queue = [removed(b"/org/freedesktop/systemd1/job/5", b"y.service"),
                  [1, 2], removed(JOB, result=b"failed")]  # [1, 2]: malformed, ignored
     sd = Systemd(bus)
-    assert sd.start_unit("x.service", timeout=1).result == "failed"
-    assert "/org/freedesktop/systemd1/job/5" in sd._finished  # kept for whoever asks
+    assert UnitControl(sd).start("x.service", timeout=1).result == "failed"
+    assert "/org/freedesktop/systemd1/job/5" in sd._hub.finished  # kept for whoever asks
 
 
 def test_a_job_that_vanishes_without_a_signal_is_gone(monkeypatch: pytest.MonkeyPatch
                                                       ) -> None:
-    monkeypatch.setattr(units, "GONE_CHECK", 0.01)
+    monkeypatch.setattr(act_units, "GONE_CHECK", 0.01)
     bus = FakeBus()
     bus.methods[b"Get"] = DBusError(-errno.ENXIO, b"org.freedesktop.DBus.Error.UnknownObject",
                                     b"Unknown object")
-    assert Systemd(bus).stop_unit("x.service", timeout=5) == \
-        JobResult(JOB.decode(), "x.service", units.JOB_GONE)
+    assert UnitControl(Systemd(bus)).stop("x.service", timeout=5) == \
+        JobResult(JOB.decode(), "x.service", JOB_GONE)
 
 
 def test_a_signal_queued_by_the_lookup_call_still_wins_over_gone(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(units, "GONE_CHECK", 0.01)
+    monkeypatch.setattr(act_units, "GONE_CHECK", 0.01)
     bus = FakeBus()
     gone = DBusError(-errno.ENXIO, b"org.freedesktop.DBus.Error.UnknownObject", b"gone")
 
@@ -134,14 +138,14 @@ def test_a_signal_queued_by_the_lookup_call_still_wins_over_gone(
         return gone
 
     bus.methods[b"Get"] = lookup
-    assert Systemd(bus).stop_unit("x.service", timeout=5).result == "done"
+    assert UnitControl(Systemd(bus)).stop("x.service", timeout=5).result == "done"
 
 
 def test_timeout_names_the_unit_and_the_seconds() -> None:
     bus = FakeBus()
     t0 = time.monotonic()
     with pytest.raises(TimedOutError) as info:
-        Systemd(bus).stop_unit("web@blue.service", timeout=0.2)
+        UnitControl(Systemd(bus)).stop("web@blue.service", timeout=0.2)
     assert 0.2 <= time.monotonic() - t0 < 2
     assert info.value.exit_status == ExitStatus.TIMEOUT
     assert "web@blue.service" in info.value.message and "0.2s" in info.value.message
@@ -152,14 +156,14 @@ def test_eintr_while_waiting_is_not_an_error() -> None:
     bus.wait_errors = [DBusError(-errno.EINTR, "Failed to wait for bus")]
     bus.methods[b"StopUnit"] = lambda: (bus.queue.append(removed(JOB)), JOB)[1]
     bus.queue = [removed(b"/org/freedesktop/systemd1/job/1")]
-    assert Systemd(bus).stop_unit("x.service", timeout=2).result == "done"
+    assert UnitControl(Systemd(bus)).stop("x.service", timeout=2).result == "done"
 
 
 def test_a_lost_bus_while_waiting_is_systemd_unavailable() -> None:
     bus = FakeBus()
     bus.process_errors = [DBusError(-errno.ECONNRESET, None, "Failed to process bus")]
     with pytest.raises(SystemdUnavailable, match="lost the system bus"):
-        Systemd(bus).stop_unit("x.service", timeout=2)
+        UnitControl(Systemd(bus)).stop("x.service", timeout=2)
 
 
 def test_subscribe_once_and_already_subscribed_is_fine() -> None:
@@ -169,7 +173,7 @@ def test_subscribe_once_and_already_subscribed_is_fine() -> None:
     sd = Systemd(bus)
     for _ in range(2):
         bus.queue.append(removed(JOB))
-        assert sd.stop_unit("x.service", timeout=1).result == "done"
+        assert UnitControl(sd).stop("x.service", timeout=1).result == "done"
     assert bus.calls.count(b"Subscribe") == 1
     assert len(bus.callbacks) == 1
 
@@ -178,11 +182,11 @@ def test_the_signal_callback_is_pinned_until_close() -> None:
     bus = FakeBus()
     bus.queue.append(removed(JOB))
     sd = Systemd(bus)
-    sd.stop_unit("x.service", timeout=1)
+    UnitControl(sd).stop("x.service", timeout=1)
     [callback] = bus.callbacks
-    assert callback in units._PINNED
+    assert callback in PINNED
     sd.close()
-    assert callback not in units._PINNED
+    assert callback not in PINNED
     assert bus.closed
 
 
@@ -191,8 +195,8 @@ def test_results_nobody_asks_for_are_bounded() -> None:
     bus.queue = [removed(f"/org/freedesktop/systemd1/job/{1000 + i}".encode())
                  for i in range(3000)] + [removed(JOB)]
     sd = Systemd(bus)
-    assert sd.stop_unit("x.service", timeout=10).result == "done"
-    assert len(sd._finished) <= units._REMEMBERED
+    assert UnitControl(sd).stop("x.service", timeout=10).result == "done"
+    assert len(sd._hub.finished) <= REMEMBERED
 
 
 def test_access_denied_on_a_job_names_the_unit_and_the_polkit_action() -> None:
@@ -201,7 +205,7 @@ def test_access_denied_on_a_job_names_the_unit_and_the_polkit_action() -> None:
                                          b"org.freedesktop.DBus.Error.AccessDenied",
                                          b"Permission denied")
     with pytest.raises(NotPermittedError) as info:
-        Systemd(bus).stop_unit("web.service", timeout=1)
+        UnitControl(Systemd(bus)).stop("web.service", timeout=1)
     assert info.value.exit_status == ExitStatus.NOT_PERMITTED
     assert "stop web.service" in info.value.message
     assert "org.freedesktop.systemd1.manage-units" in info.value.message
@@ -223,4 +227,4 @@ def test_a_reload_that_outlives_the_call_timeout_is_timed_out() -> None:
     bus.methods[b"Reload"] = DBusError(-errno.ETIMEDOUT, b"org.freedesktop.DBus.Error.Timeout",
                                        b"Connection timed out")
     with pytest.raises(TimedOutError, match="daemon-reload"):
-        Systemd(bus).reload()
+        UnitControl(Systemd(bus)).reload()

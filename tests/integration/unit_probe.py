@@ -27,7 +27,7 @@ def imports():
     return "ok"
 
 def sockdiag():
-    from portguard.observe import sockets
+    from portguard.observe.kernel import sockets
     found = sockets.query(range(1, 65536), via="netlink")
     return sorted({f"{s.local_port}/{s.proto} uid={s.uid} cgroup={s.cgroup_id is not None}"
                    for s in found if s.state in ("LISTEN", "UNCONN")})
@@ -48,8 +48,8 @@ def who():
         app.close()
 
 def bind():
-    from portguard.decide.conflicts import BindIntent
-    from portguard.decide.bind_probe import probe_bind
+    from portguard.model import BindIntent
+    from portguard.observe.kernel.probe import probe_bind
     from portguard.model import Proto
     res = {}
     for spec in os.environ["PROBE_BIND"].split():
@@ -63,13 +63,15 @@ def read_fds():
     return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "exe": os.readlink(f"/proc/{pid}/exe")}
 
 def dbus():
-    from portguard.observe.units import Systemd
+    from portguard.act.units import UnitControl
+    from portguard.observe.systemd.units import Systemd
     sd = Systemd.connect()
+    ctl = UnitControl(sd)
     unit = os.environ["PROBE_VICTIM"]
     try:
-        stop = sd.stop_unit(unit, timeout=10)
+        stop = ctl.stop(unit, timeout=10)
         stopped = sd.active_state(unit)
-        start = sd.start_unit(unit, timeout=10)
+        start = ctl.start(unit, timeout=10)
         return [stop.result, stopped, start.result, sd.active_state(unit)]
     finally:
         sd.close()

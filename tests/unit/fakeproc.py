@@ -1,4 +1,4 @@
-"""A fake /proc and cgroup2 tree for portguard.observe.processes, built in a test's tmp_path.
+"""A fake /proc and cgroup2 tree for portguard.observe.procs.processes, built in a test's tmp_path.
 
 The fake /proc has what the kernel's has for each pid: `stat` (with the real field
 layout, neighbours of the fields we read given distinct values so an off-by-one shows),

@@ -8,7 +8,7 @@ from socket import AF_INET, AF_INET6
 import pytest
 
 from portguard.model import Proto, Socket, Unit
-from portguard.observe.activation import (
+from portguard.observe.systemd.activation import (
     activated_by_note,
     held_for,
     listens_on,

@@ -33,7 +33,7 @@ OUR_NS = 4026531836  # a typical inode of the host's pid namespace
 APP_ARGV = ("/usr/bin/python3", "/opt/web/app.py", "--port", "8080")
 EXEC_START = (APP_ARGV,)
 PYTHON_EXE = "/usr/bin/python3.11"  # what /proc/PID/exe shows: the symlink resolved
-# file identities (st_dev, st_ino), as observe/programs.py reads them
+# file identities (st_dev, st_ino), as observe/procs/programs.py reads them
 PYTHON_FILE, APP_FILE, OTHER_FILE = FileId(8, 1001), FileId(8, 2002), FileId(8, 3003)
 APP = ProgramId(PYTHON_FILE, target=APP_FILE, interpreted=True)  # python3 /opt/web/app.py
 

@@ -58,7 +58,7 @@ from portguard.commands import who
 from portguard.config import values as ct
 from portguard.config.schema import MAX_BYTES, Config, load, loads
 from portguard.errors import ConfigError, UsageError
-from portguard.observe.units import SystemdUnavailable
+from portguard.observe.systemd.dbus_errors import SystemdUnavailable
 
 pytestmark = pytest.mark.usefixtures("not_root")
 BOMB_SECONDS = 2.0  # wall time a refused bomb may take (each takes well under 1 s here)
@@ -142,13 +142,13 @@ def status_json(path: Path) -> tuple[int, dict[str, Any]]:
 
     cli.main() builds its App itself (importing it when called); the fake systemd goes in
     through portguard.app.App, the empty socket table through
-    portguard.observe.sockets.query (the Observer's default).
+    portguard.observe.kernel.sockets.query (the Observer's default).
     """
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("portguard.app.App", lambda path, make_journal: App(
             path, make_journal=make_journal, connect_systemd=no_systemd))
-        mp.setattr("portguard.observe.sockets.query", lambda ports, protos=(), **kw: [])
+        mp.setattr("portguard.observe.kernel.sockets.query", lambda ports, protos=(), **kw: [])
         status = cli.main(["--config", str(path), "--json", "status"], stdout=out, stderr=err)
     assert not err.getvalue(), err.getvalue()
     return status, json.loads(out.getvalue())

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from portguard.model import Container, Process, Proto
-from portguard.observe.cgroups import container_scope
-from portguard.observe.container_records import (
+from portguard.observe.containers.lookup import Identifier
+from portguard.observe.containers.records import (
     ConmonArgs,
     DockerRecord,
     Published,
@@ -25,7 +25,7 @@ from portguard.observe.container_records import (
     parse_docker_config,
     store_root,
 )
-from portguard.observe.containers import Identifier
+from portguard.observe.procs.cgroups import container_scope
 
 CID = "94c1a2e552a21821fdf0b0d414e166bd9e86ed358ddaa2884a8d4b0da16ea127"
 ROOT = "/var/lib/containers/storage"
@@ -317,7 +317,7 @@ def test_a_container_is_one_holder_however_many_helpers_hold_its_port() -> None:
 def test_may_publish_only_where_a_runtime_recorded_something(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path's question: nothing there (most hosts) -> no reading, no import."""
-    from portguard.observe import container_hints as hints
+    from portguard.observe.containers import hints
     monkeypatch.setattr(hints, "CNI_RESULTS", str(tmp_path / "cni/results"))
     monkeypatch.setattr(hints, "DOCKER_ROOT", str(tmp_path / "docker"))
     monkeypatch.setattr(hints, "DOCKER_DAEMON_JSON", str(tmp_path / "daemon.json"))

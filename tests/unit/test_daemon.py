@@ -26,7 +26,7 @@ from portguard.commands.daemon_survey import (
 )
 from portguard.config.schema import Config, loads
 from portguard.model import Holder, Unit
-from portguard.observe.bus_signals import unit_from_object_path
+from portguard.observe.systemd.bus_signals import unit_from_object_path
 from portguard.report.notify import Keeper
 
 

@@ -60,7 +60,7 @@ def test_the_checks_read_the_code_not_an_empty_list() -> None:
     assert {"MESSAGE_ID", "PORTGUARD_UNIT", "PORTGUARD_HOLDER_KIND", "PORTGUARD_ACTION",
             "PORTGUARD_RESULT"} <= fields
     modules = drift.package_modules(ROOT / "portguard")
-    assert {"cli", "config/schema", "observe/units", "decide/classify", "act/signals",
+    assert {"cli", "config/schema", "observe/systemd/units", "decide/classify", "act/signals",
             "report/journal", "commands/preflight"} <= set(modules)
     refs = drift.test_references(page("security.md"))
     assert len([r for r in refs if r[1]]) >= drift.MIN_SECURITY_REFS

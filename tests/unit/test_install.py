@@ -1,7 +1,7 @@
 """portguard.commands.install without root or systemd: names, paths, the drop-in, idempotence.
 
 The drop-in base is pointed at tmp_path, root is faked, and systemd is a small fake with
-what install needs (load_state, unit_file_state, reload, close). The real thing, in a
+what install needs (load_state, unit_file_state, the Reload call, close). The real thing, in a
 booted systemd, is tests/integration/test_install.py.
 """
 
@@ -49,7 +49,9 @@ class FakeSystemd:
     def unit_file_state(self, name: str) -> str | None:
         return self.files.get(name)
 
-    def reload(self) -> None:
+    def call(self, path: bytes, iface: bytes, method: bytes, sig: bytes,
+             values: list[Any], *, action: str = "", what: str = "") -> Any:
+        assert method == b"Reload", method  # the one manager method install calls
         if self.reload_error is not None:
             raise self.reload_error
         self.reloads += 1

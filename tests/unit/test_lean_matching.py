@@ -8,8 +8,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.observe.cgroupfs import glob_match
-from portguard.observe.programs import is_interpreter
+from portguard.observe.procs.cgroupfs import glob_match
+from portguard.observe.procs.programs import is_interpreter
 
 PIECES = st.sampled_from(["web", "@", "*", ".service", "a", "b", "-", "**", "?", "[ab]", ""])
 NAMES = st.text(alphabet="web@.servicab-x", max_size=20)

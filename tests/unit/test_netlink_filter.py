@@ -1,4 +1,4 @@
-"""portguard.observe.netlink's port filter: the port ranges asked for and the inet_diag bytecode
+"""observe.kernel.netlink's port filter: the port ranges asked for and the inet_diag bytecode
 that selects them, checked against an executable model of the kernel's checker."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portguard.observe import netlink
+from portguard.observe.kernel import netlink
 
 # --- an executable model of the kernel's bytecode checker and interpreter -------------
 # Written from the semantics of net/ipv4/inet_diag.c (inet_diag_bc_audit, valid_cc,

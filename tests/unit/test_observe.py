@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 from portguard.model import Proto, Socket, Unit
-from portguard.observe import observer, processes
-from portguard.observe.cgroupfs import CgroupTree
+from portguard.observe import observer
 from portguard.observe.observer import Observer, PortReport, UnitLookup
-from portguard.observe.units import SystemdError, SystemdUnavailable
+from portguard.observe.procs import processes
+from portguard.observe.procs.cgroupfs import CgroupTree
+from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
 from portguard.report import tables as report
 
 AF_INET, AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)

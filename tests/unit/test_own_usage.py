@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from portguard.observe import processes
+from portguard.observe.procs import processes
 
 
 def _btime() -> float:

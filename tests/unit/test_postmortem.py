@@ -14,7 +14,7 @@ from portguard.decide.bindfail import BindFailure
 from portguard.decide.classify import Conflict, Kind
 from portguard.errors import ExitStatus
 from portguard.model import Holder, PortSpec, Process, Proto, Socket, Unit
-from portguard.observe import journal_read
+from portguard.observe.systemd import journal
 
 TCP = Proto.TCP
 
@@ -116,10 +116,10 @@ def test_journal_records_group_into_invocations_newest_first() -> None:
                          "__REALTIME_TIMESTAMP": "5", "_SYSTEMD_INVOCATION_ID": "a"}),
              "not json", json.dumps({"UNIT": "w.service", "_UID": "1000", "MESSAGE": "forged",
                                      "__REALTIME_TIMESTAMP": "4", "INVOCATION_ID": "a"})]
-    records = journal_read.parse("\n".join(lines), ["w.service"])
+    records = journal.parse("\n".join(lines), ["w.service"])
     assert records[-1].message == "hi"  # bytes arrays decoded; a user's UNIT= is no record
     assert "forged" not in [r.message for r in records]
-    groups = journal_read.group(records, limit=2)
+    groups = journal.group(records, limit=2)
     assert [(g.id, [r.message for r in g.records]) for g in groups] == [
         ("c", ["3b", "3"]), ("b", ["2"])]
 
@@ -174,6 +174,6 @@ def test_an_unreadable_journal_is_not_permitted_not_never_ran() -> None:
         return subprocess.CompletedProcess([], 1, "", "Failed to open journal: I/O error\n")
 
     with pytest.raises(NotPermittedError, match="systemd-journal"):
-        journal_read.invocations(["w.service"], run=refused)
+        journal.invocations(["w.service"], run=refused)
     with pytest.raises(PortguardError, match="I/O error"):
-        journal_read.invocations(["w.service"], run=broken)
+        journal.invocations(["w.service"], run=broken)

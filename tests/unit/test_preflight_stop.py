@@ -11,7 +11,7 @@ import pytest
 
 from portguard.commands.preflight_stop import StopRequested, settle, stop_signals
 from portguard.errors import BlockedError, ExitStatus, PortguardError
-from portguard.observe.units import SystemdUnavailable
+from portguard.observe.systemd.dbus_errors import SystemdUnavailable
 
 
 class FakeSystemd:

@@ -1,4 +1,4 @@
-"""portguard.observe.processes reading one process, its cgroup and its fds, and the cgroup2
+"""portguard.observe.procs.processes reading one process, its cgroup and its fds, and the cgroup2
 tree, against a fake /proc and cgroup tree (fakeproc.py) built in tmp_path. The owner
 search over many processes is test_processes_owners.py."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from fakeproc import NOBODY, FakeProc, ListdirSpy, cg_id
 
-from portguard.observe import processes
-from portguard.observe.cgroupfs import CgroupTree, cgroup2_mount
-from portguard.observe.processes import ProcessGone
+from portguard.observe.procs import processes
+from portguard.observe.procs.cgroupfs import CgroupTree, cgroup2_mount
+from portguard.observe.procs.processes import ProcessGone
 
 # --- start_time / read_process ------------------------------------------------------
 

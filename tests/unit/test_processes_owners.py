@@ -1,4 +1,4 @@
-"""portguard.observe.processes.find_owners: who holds each socket, searched in rings (suspects,
+"""observe.procs.processes.find_owners: who holds each socket, searched in rings (suspects,
 the socket's cgroup, its uid, then every process), against a fake /proc and cgroup tree
 (fakeproc.py). ListdirSpy records which fd tables each search listed: the rings exist to
 list as few as they can."""
@@ -13,9 +13,9 @@ import pytest
 from fakeproc import NOBODY, FakeProc, ListdirSpy, cg_id, tcp
 
 from portguard.model import Process
-from portguard.observe import processes
-from portguard.observe.cgroupfs import CgroupTree
-from portguard.observe.processes import ProcessGone
+from portguard.observe.procs import processes
+from portguard.observe.procs.cgroupfs import CgroupTree
+from portguard.observe.procs.processes import ProcessGone
 
 # --- find_owners: the rings -------------------------------------------------------------
 

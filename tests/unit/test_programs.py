@@ -1,4 +1,5 @@
-"""observe/programs.py: which program an argv runs, by file identity (the contract (docs/) case 3).
+"""observe/procs/programs.py: which program an argv runs, by file identity (docs/identity.md,
+the stray case).
 
 The argv parsing is pure; the identities are read from real files under tmp_path (a
 symlink, a #! script, busybox-style applets), as /proc and ExecStart= would give them.
@@ -14,7 +15,7 @@ import pytest
 
 from portguard.decide.classify import same_program
 from portguard.model import FileId, ProgramId
-from portguard.observe import programs
+from portguard.observe.procs import programs
 
 
 @pytest.mark.parametrize(("argv", "rest"), [

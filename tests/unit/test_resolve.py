@@ -65,17 +65,20 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setattr(resolve, "observe", lambda *a: (w.facts, ""))
     monkeypatch.setattr(resolve.Reconciler, "_holders", lambda self, app, check: w.holders)
     monkeypatch.setattr(resolve, "Preflight", FakePreflight)
+    monkeypatch.setattr(resolve, "UnitControl", lambda systemd: systemd)  # FakeSystemd is both
     yield w
 
 
 class FakeSystemd:
+    """The daemon's connection and its act.units.UnitControl, in one fake."""
+
     def __init__(self, world: World) -> None:
         self.world = world
 
     def reset_failed(self, unit: str) -> None:
         self.world.started.append(f"reset {unit}")
 
-    def start_unit(self, unit: str, *, timeout: float) -> Any:
+    def start(self, unit: str, *, timeout: float) -> Any:
         self.world.started.append(f"start {unit}")
         return type("Job", (), {"result": "done"})()
 

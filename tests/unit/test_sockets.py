@@ -1,4 +1,4 @@
-"""portguard.observe.sockets / portguard.observe.netlink without the kernel: bytes in, bytes
+"""observe.kernel.sockets / observe.kernel.netlink without the kernel: bytes in, bytes
 out (the port filter's bytecode is test_netlink_filter.py)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portguard.model import Proto, Socket
-from portguard.observe import netlink, sockets
-from portguard.observe.netlink import KernelError, SocketQueryError
+from portguard.observe.kernel import netlink, sockets
+from portguard.observe.kernel.netlink import KernelError, SocketQueryError
 
 AF_INET, AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
 HDR = struct.Struct("=IHHII")
@@ -300,7 +300,7 @@ def test_query_falls_back_to_proc_when_netlink_is_refused(
         raise sockets.NetlinkUnavailable("cannot open a sock_diag socket: Permission denied")
 
     monkeypatch.setattr(sockets, "_open_netlink", refuse)
-    with caplog.at_level(logging.DEBUG, logger="portguard.observe.sockets"):
+    with caplog.at_level(logging.DEBUG, logger="portguard.observe.kernel.sockets"):
         found = sockets.query([8080, 53])
     assert len(found) == 3 + 3 + 1
     assert "Permission denied" in caplog.text and "/udp6" in caplog.text

@@ -1,4 +1,4 @@
-"""portguard.observe.units (and portguard.observe.cgroups, where its pure part moved) without a bus:
+"""observe.systemd.units (and observe.procs.cgroups, where its pure part moved) without a bus:
 what cgroup paths and argv say, D-Bus error names, and replies from a fake bus.
 
 The cgroup paths are the ones systemd and the container runtimes create (systemd's
@@ -19,9 +19,15 @@ from pystemd.dbusexc import DBusError
 
 from portguard.errors import ExitStatus, NotPermittedError
 from portguard.model import Unit
-from portguard.observe import cgroups, units
-from portguard.observe.cgroups import container_from_cgroup, docker_proxy_target, unit_from_cgroup
-from portguard.observe.units import Systemd, SystemdError, SystemdUnavailable, dbus_error_name
+from portguard.observe.procs import cgroups
+from portguard.observe.procs.cgroups import (
+    container_from_cgroup,
+    docker_proxy_target,
+    unit_from_cgroup,
+)
+from portguard.observe.systemd import units
+from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable, dbus_error_name
+from portguard.observe.systemd.units import Systemd
 
 DOCKER_ID = "3f2a9c1b2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
 

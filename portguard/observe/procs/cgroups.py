@@ -2,7 +2,7 @@
 
 These answer when systemd's D-Bus API cannot (or need not) be asked: a socket's owner
 named by the cgroup it lives in, a container runtime recognised by its scope name.
-`portguard.observe.units` re-exports them for older imports.
+`portguard.observe.systemd.units` re-exports them for older imports.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Socket activation: which .socket unit a listener PID 1 holds belongs to (DESIGN case 7).
+"""Socket activation: which .socket unit a listener PID 1 holds belongs to.
+
+See docs/identity.md (socket activation).
 
 systemd binds a socket unit's `Listen*=` itself and holds the socket in PID 1 until (and
 while) the service it activates runs: `ss` shows `systemd` (pid 1, init.scope) on the
@@ -7,7 +9,7 @@ never a conflict for it, so PID 1's listeners are attributed to their socket uni
 matching the kernel socket against each socket unit's Listen= (type and address, as
 D-Bus reports them: ("Stream", "[::]:22"), ("Datagram", "0.0.0.0:53")).
 
-Pure functions here; `Systemd.socket_units` (observe.units) reads the units.
+Pure functions here; `Systemd.socket_units` (observe/systemd/units) reads the units.
 """
 
 from __future__ import annotations

@@ -40,9 +40,8 @@ import pwd
 from collections.abc import Callable, Iterable, Sequence
 
 from portguard.model import Container, Process, Proto
-from portguard.observe.cgroups import container_scope, docker_proxy_target
-from portguard.observe.container_hints import CNI_RESULTS, DOCKER_DAEMON_JSON, DOCKER_ROOT
-from portguard.observe.container_records import (
+from portguard.observe.containers.hints import CNI_RESULTS, DOCKER_DAEMON_JSON, DOCKER_ROOT
+from portguard.observe.containers.records import (
     ConmonArgs,
     DockerRecord,
     Published,
@@ -55,6 +54,7 @@ from portguard.observe.container_records import (
     parse_docker_config,
     store_root,
 )
+from portguard.observe.procs.cgroups import container_scope, docker_proxy_target
 
 PODMAN_ROOT = "/var/lib/containers/storage"
 STORAGE_CONF = ("/etc/containers/storage.conf", "/usr/share/containers/storage.conf")
@@ -282,7 +282,7 @@ def published_by(container_id: str, port: int, proto: Proto) -> bool:
 def identifier() -> Identifier:
     """An Identifier that reads parents from /proc, for commands outside the observer
     (`discover`): one per run, so each record is read once."""
-    from portguard.observe.processes import ProcessGone, read_process
+    from portguard.observe.procs.processes import ProcessGone, read_process
 
     def parent(pid: int) -> Process | None:
         try:

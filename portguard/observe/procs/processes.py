@@ -27,8 +27,8 @@ import pwd
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from portguard.model import Process, Socket, Usage
-from portguard.observe import programs
-from portguard.observe.cgroupfs import CgroupTree
+from portguard.observe.procs import programs
+from portguard.observe.procs.cgroupfs import CgroupTree
 from portguard.records import NamedTuple
 
 PROC = "/proc"

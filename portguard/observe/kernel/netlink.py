@@ -1,6 +1,6 @@
 """sock_diag wire format: requests, port-filter bytecode and replies, as pure functions.
 
-No I/O here (portguard.observe.sockets does the talking), so every byte can be unit-tested.
+No I/O here (portguard.observe.kernel.sockets does the talking), so every byte can be unit-tested.
 Layouts follow the kernel's UAPI headers: <linux/netlink.h> (`struct nlmsghdr`,
 `struct nlattr`, `struct nlmsgerr`), <linux/sock_diag.h> and <linux/inet_diag.h>
 (`struct inet_diag_req_v2`, `struct inet_diag_sockid`, `struct inet_diag_msg`,

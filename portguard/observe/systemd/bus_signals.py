@@ -1,8 +1,8 @@
 """systemd's signals on one bus connection: JobRemoved and unit PropertiesChanged.
 
-Split from portguard.observe.units, which owns the connection and turns pystemd's errors into
+Split from observe.systemd.units, which owns the connection and turns pystemd's errors into
 ours; this module only builds, pins and counts the signal callbacks (it imports neither
-pystemd nor portguard.observe.units). Two users:
+pystemd nor `units`). Two users:
 
 - job waits (`Systemd.stop_unit`/`start_unit`): every JobRemoved since the first match is
   kept, by job path, in `SignalHub.finished` (bounded), because a job's JobRemoved may be
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+from portguard.observe.systemd.dbus_errors import as_text
 
 DEST = b"org.freedesktop.systemd1"
 PATH = b"/org/freedesktop/systemd1"
@@ -48,9 +50,6 @@ class JobResult(NamedTuple):
 Listener = Callable[[str], None]
 Matcher = Callable[[bytes, bytes | None, bytes, bytes, Callable[..., None]], None]
 
-
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def unit_from_object_path(path: str) -> str | None:
@@ -103,10 +102,10 @@ class SignalHub:
                 self.seen += 1
                 msg.process_reply(False)
                 _, job, unit, result = msg.body
-                finished[_s(job)] = JobResult(_s(job), _s(unit), _s(result))
+                finished[as_text(job)] = JobResult(as_text(job), as_text(unit), as_text(result))
                 while len(finished) > REMEMBERED:
                     del finished[next(iter(finished))]
-                self._tell(_s(unit))
+                self._tell(as_text(unit))
             except Exception:  # a malformed signal (or a listener's bug) is not ours
                 pass
 
@@ -122,7 +121,7 @@ class SignalHub:
         def on_properties(msg: Any, error: Any = None, userdata: Any = None) -> None:
             try:  # the body (every changed property) is not parsed: the path says it all
                 self.seen += 1
-                unit = unit_from_object_path(_s(msg.get_path()))
+                unit = unit_from_object_path(as_text(msg.get_path()))
                 if unit:
                     self._tell(unit)
             except Exception:

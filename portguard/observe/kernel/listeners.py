@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from portguard.model import Process, Proto, Socket
-from portguard.observe import cgroupfs, cgroups, processes, sockets
+from portguard.observe.kernel import sockets
+from portguard.observe.procs import cgroupfs, cgroups, processes
 
 LISTEN_STATES = ("LISTEN", "UNCONN")
 ALL_PORTS = range(1, 65536)

@@ -8,68 +8,51 @@ need no D-Bus (a free port, a unit named by its cgroup) must not pay it. Only AP
 pystemd 0.11 (Debian 12) has too is used: `dbuslib.DBus` open/close/call_method/
 match_signal/process/wait, and `apply_signature`.
 
-Jobs (`stop_unit`, `start_unit`) are followed through the Manager's JobRemoved signal;
-the pystemd quirks that shapes (a callback pystemd does not keep alive, `process()` that
-hides whether it did anything, error names lost on bus-level failures) are described in
+Only reads are here. What changes a unit (StopUnit, StartUnit, KillUnit, Reload,
+ResetFailedUnit, and following their jobs) is `portguard.act.units.UnitControl`, which
+speaks through this connection's typed primitives (`call`, `get`, `pump`, `watch_jobs`,
+`finished_job`), so pystemd stays behind this one module. The pystemd quirks that shape
+job waits (a callback pystemd does not keep alive, `process()` that hides whether it did
+anything, error names lost on bus-level failures) are described in
 tests/integration/test_units_dbus.py, which checks them against systemd 252. The signal
-callbacks themselves live in portguard.observe.bus_signals; `watch_units`, `fileno` and
-`dispatch` let `portguard daemon` wait for unit changes in its own select loop.
+callbacks themselves live in `bus_signals`; `watch_units`, `fileno` and `dispatch` let
+`portguard daemon` wait for unit changes in its own select loop.
 """
 
 from __future__ import annotations
 
 import errno
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from portguard.errors import TimedOutError
 from portguard.model import Unit
-from portguard.observe.bus_signals import (
-    JOB_GONE,
-    PINNED,
-    REMEMBERED,
+from portguard.observe.systemd.bus_signals import (
+    DEST,
+    MANAGER,
+    PATH,
+    PROPERTIES,
     JobResult,
     Listener,
     SignalHub,
 )
-from portguard.observe.cgroups import (  # re-exported: they used to live here
-    container_from_cgroup,
-    docker_proxy_target,
-    unit_from_cgroup,
-    unit_from_path_only,
-)
-from portguard.observe.dbus_errors import (  # re-exported: part of this module's API
-    _CALL_TIMEOUT,
-    _NO_OBJECT,
-    _NOT_FOUND,
+from portguard.observe.systemd.dbus_errors import (
     MANAGE_UNITS,
-    RELOAD_DAEMON,
+    NO_OBJECT,
+    NOT_FOUND,
     SystemdError,
     SystemdUnavailable,
-    _dbus_error,
-    _errno,
-    _is_dbus_error,
-    _s,
-    dbus_error_name,
+    as_text,
+    errno_of,
+    is_dbus_error,
+    to_portguard_error,
 )
 
-__all__ = ["JOB_GONE", "Bus", "JobResult", "Systemd", "SystemdError", "SystemdUnavailable",
-           "container_from_cgroup", "dbus_error_name", "docker_proxy_target",
-           "unit_from_cgroup", "unit_from_path_only"]
-
-DEST = b"org.freedesktop.systemd1"
-PATH = b"/org/freedesktop/systemd1"
-MANAGER = b"org.freedesktop.systemd1.Manager"
 UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = b"org.freedesktop.systemd1.Service"
 SOCKET_IFACE = b"org.freedesktop.systemd1.Socket"
 JOB_IFACE = b"org.freedesktop.systemd1.Job"
-PROPERTIES = b"org.freedesktop.DBus.Properties"
 
-GONE_CHECK = 0.5  # seconds: how often a job that stays silent is looked up
-_DRAIN = 256  # process() calls that empty the queue a synchronous call filled
-_REMEMBERED = REMEMBERED
+DRAIN = 256  # process() calls that empty the queue a synchronous call filled
 
 
 
@@ -92,13 +75,9 @@ class Bus(Protocol):
     def get_fd(self) -> int: ...
 
 
-def _one(body: Any) -> Any:
+def single_value(body: Any) -> Any:
     """A single-value reply: pystemd unwraps it; a hand-made bus may not."""
     return body[0] if isinstance(body, (list, tuple)) and len(body) == 1 else body
-
-
-# Callbacks registered with pystemd's match_signal (it keeps only a raw pointer to them).
-_PINNED = PINNED
 
 
 class Systemd:
@@ -108,7 +87,6 @@ class Systemd:
         self.bus = bus
         self._apply_signature: Any = None
         self._hub = SignalHub()
-        self._finished = self._hub.finished  # JobRemoved seen, by job path
         self.keep_open = False  # True: close() leaves the connection to its owner
 
     @classmethod
@@ -139,25 +117,25 @@ class Systemd:
             self._apply_signature = apply_signature
         return self._apply_signature(signature, values)
 
-    def _call(self, path: bytes, iface: bytes, method: bytes, sig: bytes,
+    def call(self, path: bytes, iface: bytes, method: bytes, sig: bytes,
               values: list[Any], *, action: str = MANAGE_UNITS, what: str = "") -> Any:
         try:
             reply = self.bus.call_method(DEST, path, iface, method,
                                          self._sig(sig, values) if sig else None)
         except Exception as exc:
-            if _is_dbus_error(exc):
-                raise _dbus_error(exc, action, what) from exc
+            if is_dbus_error(exc):
+                raise to_portguard_error(exc, action, what) from exc
             raise
         return reply.body
 
-    def _get(self, path: bytes, iface: bytes, prop: str) -> Any:
+    def get(self, path: bytes, iface: bytes, prop: str) -> Any:
         """One property (Properties.Get; the variant comes back unwrapped)."""
-        return self._call(path, PROPERTIES, b"Get", b"ss", [iface, prop.encode()])
+        return self.call(path, PROPERTIES, b"Get", b"ss", [iface, prop.encode()])
 
     def unit_path_for_pid(self, pid: int) -> bytes | None:
         """GetUnitByPID: None when the pid belongs to no unit (or is gone)."""
         try:
-            return bytes(_one(self._call(PATH, MANAGER, b"GetUnitByPID", b"u", [pid])))
+            return bytes(single_value(self.call(PATH, MANAGER, b"GetUnitByPID", b"u", [pid])))
         except SystemdError as exc:
             if exc.dbus_name in ("org.freedesktop.systemd1.NoUnitForPID",
                                  "org.freedesktop.systemd1.NoSuchProcess"):
@@ -170,33 +148,33 @@ class Systemd:
 
     def unit_path(self, unit_id: str) -> bytes:
         """LoadUnit: the object path of a unit by name (loading it if needed)."""
-        return bytes(_one(self._call(PATH, MANAGER, b"LoadUnit", b"s", [unit_id.encode()])))
+        return bytes(single_value(self.call(PATH, MANAGER, b"LoadUnit", b"s", [unit_id.encode()])))
 
     def describe(self, unit_id: str) -> Unit:
         return self.describe_path(self.unit_path(unit_id))
 
     def properties(self, path: bytes, iface: bytes) -> dict[str, Any]:
-        body = self._call(path, PROPERTIES, b"GetAll", b"s", [iface])
+        body = self.call(path, PROPERTIES, b"GetAll", b"s", [iface])
         props = body[0] if isinstance(body, (list, tuple)) else body
-        return {_s(k): v for k, v in dict(props).items()}
+        return {as_text(k): v for k, v in dict(props).items()}
 
     def describe_path(self, path: bytes) -> Unit:
         unit = self.properties(path, UNIT_IFACE)
-        uid = _s(unit.get("Id", b""))
+        uid = as_text(unit.get("Id", b""))
         service: dict[str, Any] = {}
         if uid.endswith(".service"):
             service = self.properties(path, SERVICE_IFACE)
         return Unit(
             id=uid,
-            active_state=_s(unit.get("ActiveState", b"")),
-            sub_state=_s(unit.get("SubState", b"")),
+            active_state=as_text(unit.get("ActiveState", b"")),
+            sub_state=as_text(unit.get("SubState", b"")),
             main_pid=int(service.get("MainPID", 0) or 0),
-            control_group=_s(service.get("ControlGroup", b"")),
+            control_group=as_text(service.get("ControlGroup", b"")),
             invocation_id=_invocation_id(unit.get("InvocationID", b"")),
             exec_start=_exec_argvs(service.get("ExecStart", [])),
-            user=_s(service.get("User", b"")),
+            user=as_text(service.get("User", b"")),
             from_dbus=True,
-            triggers=tuple(_s(t) for t in unit.get("Triggers", ()) or ()),
+            triggers=tuple(as_text(t) for t in unit.get("Triggers", ()) or ()),
         )
 
     def socket_units(self, patterns: Sequence[str] = ("*.socket",)) -> list[Unit]:
@@ -209,7 +187,7 @@ class Systemd:
         """The .socket units that activate `unit_id`: its TriggeredBy=, and the socket
         named like it (ssh.socket for ssh.service), loaded here if need be, since systemd
         252 lists it in TriggeredBy only when it was loaded first."""
-        by = [_s(s) for s in self._get(self.unit_path(unit_id), UNIT_IFACE, "TriggeredBy")]
+        by = [as_text(s) for s in self.get(self.unit_path(unit_id), UNIT_IFACE, "TriggeredBy")]
         pair = unit_id.rpartition(".")[0] + ".socket"
         if pair not in by and self.load_state(pair) == "loaded":
             by.append(pair)
@@ -218,29 +196,25 @@ class Systemd:
 
     def describe_socket(self, unit_id: str) -> Unit:
         path = self.unit_path(unit_id)
-        listen = self._get(path, SOCKET_IFACE, "Listen") or ()
+        listen = self.get(path, SOCKET_IFACE, "Listen") or ()
         return self.describe_path(path)._replace(
-            listen=tuple((_s(kind), _s(addr)) for kind, addr in listen))
+            listen=tuple((as_text(kind), as_text(addr)) for kind, addr in listen))
 
     def list_units(self, patterns: Sequence[str], states: Sequence[str] = ()) -> list[str]:
         """ListUnitsByPatterns: ids of loaded units matching the globs."""
-        body = self._call(PATH, MANAGER, b"ListUnitsByPatterns", b"asas",
+        body = self.call(PATH, MANAGER, b"ListUnitsByPatterns", b"asas",
                           [[s.encode() for s in states], [p.encode() for p in patterns]])
         rows = body[0] if body and isinstance(body[0], list) else body
-        return [_s(row[0]) for row in rows]
+        return [as_text(row[0]) for row in rows]
 
     def unit_states(self, patterns: Sequence[str]) -> list[Unit]:
         """Loaded units matching the globs, with ActiveState and SubState: one call
         (ListUnitsByPatterns rows are name, description, load, active, sub, ...)."""
-        body = self._call(PATH, MANAGER, b"ListUnitsByPatterns", b"asas",
+        body = self.call(PATH, MANAGER, b"ListUnitsByPatterns", b"asas",
                           [[], [p.encode() for p in patterns]])
         rows = body[0] if body and isinstance(body[0], list) else body
-        return [Unit(id=_s(r[0]), active_state=_s(r[3]), sub_state=_s(r[4])) for r in rows]
-
-    def reset_failed(self, unit: str) -> None:
-        """ResetFailedUnit: forget a failed state and the start rate limit's count."""
-        self._call(PATH, MANAGER, b"ResetFailedUnit", b"s", [unit.encode()],
-                   what=f"reset the failed state of {unit}")
+        return [Unit(id=as_text(r[0]), active_state=as_text(r[3]), sub_state=as_text(r[4]))
+                for r in rows]
 
     # -- signals: for a select loop ----------------------------------------------------
 
@@ -252,16 +226,16 @@ class Systemd:
         try:
             self._hub.watch_units(self.bus.match_signal, listener)
         except Exception as exc:
-            if _is_dbus_error(exc):
-                raise _dbus_error(exc, what="watch units") from exc
+            if is_dbus_error(exc):
+                raise to_portguard_error(exc, what="watch units") from exc
             raise
-        self._watch_jobs()
+        self.watch_jobs()
         return self.fileno()
 
     def fileno(self) -> int:
         return int(self.bus.get_fd())
 
-    def dispatch(self, limit: int = _DRAIN) -> int:
+    def dispatch(self, limit: int = DRAIN) -> int:
         """Run the callbacks of the signals already received, without blocking; return how
         many. pystemd's process() does not say whether it dispatched anything, so this
         stops after two calls in a row that reached none of our callbacks (a message
@@ -272,111 +246,65 @@ class Systemd:
         idle = 0
         for _ in range(limit):
             before = hub.seen
-            self._pump(None, what="read systemd's signals")
+            self.pump(None, what="read systemd's signals")
             idle = idle + 1 if hub.seen == before else 0
             if idle >= 2:
                 break
         return hub.seen - start
 
 
-    # -- jobs and state --------------------------------------------------------------
-
-    def stop_unit(self, unit: str, *, timeout: float) -> JobResult:
-        """StopUnit(unit, "replace") and wait, at most `timeout` s, for its job to end."""
-        return self._job(b"StopUnit", unit, timeout, "stop")
-
-    def start_unit(self, unit: str, *, timeout: float) -> JobResult:
-        """StartUnit(unit, "replace") and wait, at most `timeout` s, for its job to end."""
-        return self._job(b"StartUnit", unit, timeout, "start")
-
-    def kill_unit(self, unit: str, signal: int, whom: str = "all") -> None:
-        """KillUnit: send `signal` to the unit's processes (whom: main, control, all)."""
-        self._call(PATH, MANAGER, b"KillUnit", b"ssi", [unit.encode(), whom.encode(), signal],
-                   what=f"kill {unit}")
-
-    def reload(self) -> None:
-        """daemon-reload. systemd replies once the reload is done, so this returns then;
-        bounded by sd-bus's method call timeout (25 s, or $SYSTEMD_BUS_TIMEOUT)."""
-        try:
-            self._call(PATH, MANAGER, b"Reload", b"", [], action=RELOAD_DAEMON,
-                       what="reload its configuration")
-        except SystemdUnavailable as exc:
-            cause = exc.__cause__
-            if isinstance(cause, Exception) and dbus_error_name(cause) in _CALL_TIMEOUT:
-                raise TimedOutError("systemd did not finish daemon-reload within the D-Bus "
-                                    "call timeout (25 s unless $SYSTEMD_BUS_TIMEOUT says)"
-                                    ) from exc
-            raise
+    # -- state -----------------------------------------------------------------------
 
     def load_state(self, unit: str) -> str:
         """LoadState after LoadUnit: loaded, not-found, masked, error, bad-setting, ..."""
-        return _s(self._get(self.unit_path(unit), UNIT_IFACE, "LoadState"))
+        return as_text(self.get(self.unit_path(unit), UNIT_IFACE, "LoadState"))
 
     def active_state(self, unit: str) -> str:
-        return _s(self._get(self.unit_path(unit), UNIT_IFACE, "ActiveState"))
+        return as_text(self.get(self.unit_path(unit), UNIT_IFACE, "ActiveState"))
 
     def unit_file_state(self, name: str) -> str | None:
         """GetUnitFileState (enabled, static, masked, ...; templates too); None: no file."""
         try:
-            return _s(_one(self._call(PATH, MANAGER, b"GetUnitFileState", b"s",
-                                      [name.encode()])))
+            return as_text(single_value(self.call(PATH, MANAGER, b"GetUnitFileState", b"s",
+                                          [name.encode()])))
         except SystemdError as exc:
-            if exc.dbus_name in _NOT_FOUND:
+            if exc.dbus_name in NOT_FOUND:
                 return None
             raise
 
-    def _watch_jobs(self) -> None:
+    # -- the typed primitives act.units changes units with ---------------------------------
+
+    def watch_jobs(self) -> None:
         """Match JobRemoved and Subscribe, once per connection, before any job is queued."""
         if self._hub.jobs_watched:
             return
         try:
             self._hub.watch_jobs(self.bus.match_signal)
         except Exception as exc:
-            if _is_dbus_error(exc):
-                raise _dbus_error(exc, what="watch jobs") from exc
+            if is_dbus_error(exc):
+                raise to_portguard_error(exc, what="watch jobs") from exc
             raise
         try:
-            self._call(PATH, MANAGER, b"Subscribe", b"", [])
+            self.call(PATH, MANAGER, b"Subscribe", b"", [])
         except SystemdError as exc:
             if exc.dbus_name != "org.freedesktop.systemd1.AlreadySubscribed":
                 raise
 
-    def _job(self, method: bytes, unit: str, timeout: float, verb: str) -> JobResult:
-        deadline = time.monotonic() + timeout
-        self._watch_jobs()
-        job = _s(_one(self._call(PATH, MANAGER, method, b"ss", [unit.encode(), b"replace"],
-                                 what=f"{verb} {unit}")))
-        # Its JobRemoved may already sit in the queue (it can come in with the reply):
-        # every JobRemoved since _watch_jobs is kept in self._finished, whoever asked.
-        look_again = time.monotonic() + GONE_CHECK
-        while True:
-            self._pump(None)
-            if job in self._finished:
-                return self._finished.pop(job)
-            now = time.monotonic()
-            if now >= deadline:
-                raise TimedOutError(f"systemd did not {verb} {unit} within {timeout:.1f}s "
-                                    f"(its job {job} is still queued or running)")
-            if now >= look_again:
-                look_again = now + GONE_CHECK
-                if not self._job_exists(job):  # the call queued any earlier JobRemoved
-                    for _ in range(_DRAIN):
-                        self._pump(None)
-                        if job in self._finished:
-                            return self._finished.pop(job)
-                    return JobResult(job, unit, JOB_GONE)
-            self._pump(min(deadline, look_again) - now)
+    def finished_job(self, job: str) -> JobResult | None:
+        """The JobRemoved seen for `job` (taken: asked once), or None yet. Every JobRemoved
+        since `watch_jobs` is kept, whoever asked, since it can come in with the reply."""
+        return self._hub.finished.pop(job, None)
 
-    def _job_exists(self, job: str) -> bool:
+    def job_exists(self, job: str) -> bool:
         try:
-            self._get(job.encode(), JOB_IFACE, "State")
+            self.get(job.encode(), JOB_IFACE, "State")
         except SystemdError as exc:
-            if exc.dbus_name in _NO_OBJECT:
+            if exc.dbus_name in NO_OBJECT:
                 return False
             raise
         return True
 
-    def _pump(self, wait: float | None, what: str = "wait for a job") -> None:
+    def pump(self, wait: float | None, what: str = "wait for a job") -> None:
         """None: dispatch one queued message (callbacks run); else wait up to `wait` s
         for one to arrive."""
         try:
@@ -385,11 +313,11 @@ class Systemd:
             else:
                 self.bus.wait(max(0, int(wait * 1_000_000)))
         except Exception as exc:
-            if not _is_dbus_error(exc):
+            if not is_dbus_error(exc):
                 raise
-            if _errno(exc) == errno.EINTR:
+            if errno_of(exc) == errno.EINTR:
                 return  # a signal: Python runs its handler next, then we go on
-            raise _dbus_error(exc, what=what) from exc
+            raise to_portguard_error(exc, what=what) from exc
 
 
 def _invocation_id(raw: Any) -> str:
@@ -397,7 +325,7 @@ def _invocation_id(raw: Any) -> str:
         return bytes(raw).hex()
     if isinstance(raw, (list, tuple)):
         return bytes(int(x) for x in raw).hex()
-    return _s(raw)
+    return as_text(raw)
 
 
 def _exec_argvs(raw: Iterable[Any]) -> tuple[tuple[str, ...], ...]:
@@ -405,7 +333,7 @@ def _exec_argvs(raw: Iterable[Any]) -> tuple[tuple[str, ...], ...]:
     out = []
     for entry in raw or ():
         try:
-            argv = tuple(_s(a) for a in entry[1])
+            argv = tuple(as_text(a) for a in entry[1])
         except (IndexError, TypeError):
             continue
         if argv:

@@ -24,9 +24,9 @@ _ACCESS_DENIED = {"org.freedesktop.DBus.Error.AccessDenied",
 _UNREACHABLE = {f"org.freedesktop.DBus.Error.{n}" for n in (
     "ServiceUnknown", "NoReply", "NameHasNoOwner", "NoServer", "Disconnected", "Timeout",
     "IOError", "ConnectionRefused")}
-_CALL_TIMEOUT = {"org.freedesktop.DBus.Error.Timeout", "org.freedesktop.DBus.Error.NoReply"}
-_NOT_FOUND = {"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"}
-_NO_OBJECT = {f"org.freedesktop.DBus.Error.Unknown{n}" for n in ("Object", "Interface",
+CALL_TIMEOUT = {"org.freedesktop.DBus.Error.Timeout", "org.freedesktop.DBus.Error.NoReply"}
+NOT_FOUND = {"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"}
+NO_OBJECT = {f"org.freedesktop.DBus.Error.Unknown{n}" for n in ("Object", "Interface",
                                                                   "Method")}
 # pystemd classes whose name is not "org.freedesktop.DBus.Error." + the class's stem
 _CLASS_NAMES = {"DBusNoSuchUnitError": "org.freedesktop.systemd1.NoSuchUnit",
@@ -48,24 +48,24 @@ class SystemdError(PortguardError):
         self.dbus_name = dbus_name
 
 
-def _s(value: Any) -> str:
+def as_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _is_dbus_error(exc: Exception) -> bool:
+def is_dbus_error(exc: Exception) -> bool:
     # pystemd's DBusBaseError and its per-name subclasses (pystemd.dbusexc); matched by
     # shape, not by import, so this module does not import pystemd until connecting.
     return hasattr(exc, "err_message") and hasattr(exc, "errno")
 
 
-def _errno(exc: Exception) -> int:
+def errno_of(exc: Exception) -> int:
     value = getattr(exc, "errno", 0)
     return abs(value) if isinstance(value, int) else 0
 
 
 def dbus_error_name(exc: Exception) -> str:
     """The D-Bus error name: pystemd keeps it only on the base class, or in the class name."""
-    name = _s(getattr(exc, "err_name", "") or "")
+    name = as_text(getattr(exc, "err_name", "") or "")
     if name:
         return name
     cls = type(exc).__name__
@@ -76,14 +76,15 @@ def dbus_error_name(exc: Exception) -> str:
     return cls
 
 
-def _dbus_error(exc: Exception, action: str = MANAGE_UNITS, what: str = "") -> PortguardError:
+def to_portguard_error(exc: Exception, action: str = MANAGE_UNITS,
+                       what: str = "") -> PortguardError:
     """Turn a pystemd D-Bus error into ours: AccessDenied means polkit/root is needed.
 
     `action` is the polkit action the refused call needs; `what` says what was asked
     ("stop web.service").
     """
     name = dbus_error_name(exc)
-    text = _s(getattr(exc, "err_message", "") or exc)
+    text = as_text(getattr(exc, "err_message", "") or exc)
     asked = f" to {what}" if what else ""
     if name in _ACCESS_DENIED:
         return NotPermittedError(
@@ -94,7 +95,7 @@ def _dbus_error(exc: Exception, action: str = MANAGE_UNITS, what: str = "") -> P
     import re  # only when a D-Bus call failed: observer and `who` import this module
 
     if not re.fullmatch(_DBUS_NAME, name):  # a bus-level failure: only errno is reliable
-        code = _errno(exc)
+        code = errno_of(exc)
         why = f"{text or name}{asked}: {os.strerror(code) if code else 'unknown error'}"
         if code in _BUS_GONE:
             return SystemdUnavailable(f"lost the system bus: {why}")

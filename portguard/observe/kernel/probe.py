@@ -12,9 +12,8 @@ import _socket as socket  # the C module: preflight's fast path skips socket.py 
 import errno
 from collections.abc import Iterable, Sequence
 
-from portguard.decide.conflicts import BindIntent, PeerOptions
-from portguard.model import Holder, Process, Proto, Socket
-from portguard.observe import bindable
+from portguard.model import BindIntent, Holder, PeerOptions, Process, Proto, Socket
+from portguard.observe.kernel import bindable
 
 
 def _probe(family: int, host: str, intent: BindIntent, v6only: bool | None) -> OSError | None:
@@ -72,7 +71,7 @@ class Kernel:
 
     def _processes(self, sock: Socket) -> Sequence[Process]:
         if sock.inode not in self._owners and self._lookup:
-            from portguard.observe import processes  # /proc and pwd: not for a probe
+            from portguard.observe.procs import processes  # /proc and pwd: not for a probe
             found = processes.find_owners([sock]).by_inode.get(sock.inode, ())
             self._owners[sock.inode] = list(found)
         return self._owners.get(sock.inode, ())
@@ -81,7 +80,7 @@ class Kernel:
         if not sock.inode:
             return None  # kernel-held (TIME_WAIT & co.): no fd to read
         if sock.inode not in self._known:
-            from portguard.observe import sockopts  # ctypes & co: not for the fast path
+            from portguard.observe.kernel import sockopts  # ctypes & co: not for the fast path
             flags = next((f for p in self._processes(sock) for fd in p.fds
                           if (f := sockopts.reuse_flags(p.pid, fd, sock.inode))), None)
             self._known[sock.inode] = PeerOptions(*flags) if flags else None

@@ -2,7 +2,7 @@
 
 conmon's argv (podman's and CRI-O's container monitor), containers/storage's
 containers.json (podman, CRI-O, buildah), docker's config.v2.json, libcni's result
-cache, and storage.conf's graphroot. `portguard.observe.containers` reads the files and
+cache, and storage.conf's graphroot. `portguard.observe.containers.lookup` reads the files and
 decides which one to believe (its docstring says why); these only parse, and every
 damaged input parses as "nothing known".
 """

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 
 from portguard.model import Proto, Socket
-from portguard.observe.netlink import (
+from portguard.observe.kernel.netlink import (
     NETLINK_SOCK_DIAG,
     KernelError,
     SocketQueryError,
@@ -187,7 +187,8 @@ def _log_fallback(reason: str, pairs: Iterable[tuple[int, Proto]]) -> None:
     import logging
 
     files = ", ".join(_proc_file(family, proto) for family, proto in pairs)
-    logging.getLogger("portguard.observe.sockets").debug("%s; reading %s instead", reason, files)
+    logging.getLogger("portguard.observe.kernel.sockets").debug(
+        "%s; reading %s instead", reason, files)
 
 
 def _proc_file(family: int, proto: Proto) -> str:
