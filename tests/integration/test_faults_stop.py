@@ -64,7 +64,8 @@ def nobody_portguard(sb: Sandbox, uid: str, *, caps: Sequence[str] = ()
         wanted = ",".join(f"+{c}" for c in caps)
         argv += [f"--inh-caps={wanted}", f"--ambient-caps={wanted}"]
     argv += [SYSTEM_PYTHON, "-m", "portguard"]
-    probe = sb.run([*argv[:-2], "-c", "import pystemd.dbuslib, observe.systemd.units"], env=env)
+    probe = sb.run([*argv[:-2], "-c", "import pystemd.dbuslib, portguard.observe.systemd.units"],
+                   env=env)
     if probe.returncode != 0:
         pytest.skip(f"nobody cannot import portguard with {SYSTEM_PYTHON}: {probe.stderr}")
     return argv, env
