@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The bind() oracle, long (issue 12): random socket zoos, random service port specs.
 
-Runs tests/integration/bind_oracle.py (read its docstring for what a zoo is and how the
+Runs tests/support/bind_oracle.py (read its docstring for what a zoo is and how the
 truth is found) for several seeds in one sandbox and prints, per seed and in total, the
 false free / false blocked / holder mismatch counts of `preflight --dry-run`, `status`
 and `who ADDR:PORT --[no-]reuse-address`. Exit 0 only when every count is 0 (and the
@@ -18,9 +18,9 @@ import sys
 import time
 from collections import Counter
 
-import benchlib  # noqa: F401  (puts tests/integration on sys.path)
-from bind_oracle import COMMANDS, Tally, run
-from sandbox import Sandbox
+import benchlib  # noqa: F401  (puts tests/ on sys.path)
+from support.bind_oracle import COMMANDS, Tally, run
+from support.sandbox import Sandbox
 
 
 def main() -> int:

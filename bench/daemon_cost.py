@@ -1,6 +1,6 @@
 """Benchmark: what `portguard daemon` costs while it watches 100 services.
 
-Inside the real-systemd sandbox (tests/integration/sandbox.py), the daemon runs under the
+Inside the real-systemd sandbox (tests/support/sandbox.py), the daemon runs under the
 shipped systemd/portguard.service (every hardening setting; a drop-in only points
 ExecStart= at this checkout, as tests/integration/test_unit_file.py does) with a config of
 `--services` services x 2 ports. The first `--running` services run (each holds its first
@@ -42,7 +42,7 @@ from benchlib import REPO, RESULTS
 from benchlib.results import append_entry
 from daemonlib.measure import Run, build, measure
 from daemonlib.report import HEADING, INTRO, report, verdicts
-from sandbox import PYTHON, Sandbox, SandboxError
+from support.sandbox import PYTHON, Sandbox, SandboxError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

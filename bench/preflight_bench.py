@@ -12,7 +12,7 @@ pystemd" claim three ways:
     .venv/bin/python bench/preflight_bench.py --runs 31 --scale L --output /tmp/r.md
 
 Method, load and runner are who_bench.py's (both take them from bench/benchlib): a fresh
-real-systemd sandbox (tests/integration/sandbox.py) carrying who_bench's load (default M:
+real-systemd sandbox (tests/support/sandbox.py) carrying who_bench's load (default M:
 100 `load@N.service` units, 500 processes, ~10,600 inet sockets, 1,000 TIME_WAIT);
 `portguard/` byte-compiled first; whole processes timed INSIDE the sandbox's namespaces
 by the shared runner (posix_spawn + wait4, stdio on /dev/null, every command once per
@@ -47,7 +47,7 @@ from benchlib.loaded_host import scenario
 from benchlib.results import write_section
 from preflightlib.report import HEADING, render, verdict
 from preflightlib.scenario import run
-from sandbox import Sandbox, SandboxError
+from support.sandbox import Sandbox, SandboxError
 
 
 def code_state() -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: randomized `portguard preflight` scenarios against a real systemd (issue 7, item 3).
 
-One sandbox (tests/integration/sandbox.py: systemd 252 as PID 1 of private namespaces)
+One sandbox (tests/support/sandbox.py: systemd 252 as PID 1 of private namespaces)
 runs every scenario. Scenario N is drawn from `--seed` and N alone (the same in any run,
 any lane): 1-4 holders on 1-2 fresh ports (TCP, or UDP one time in ten) of a service
 `soak<L>@sN.service` (root, or `User=nobody` in `soaku<L>@`), a config of its own
@@ -77,10 +77,10 @@ from pathlib import Path
 
 from benchlib import RESULTS
 from benchlib.results import write_section
-from sandbox import Sandbox
 from soaklib.report import HEADING, render
 from soaklib.runner import run
 from soaklib.world import DEFAULT_SEED
+from support.sandbox import Sandbox
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

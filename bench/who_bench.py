@@ -1,6 +1,6 @@
 """Benchmark: `portguard who PORT` against ss, fuser and lsof on a loaded host.
 
-Builds the load inside the real-systemd sandbox (tests/integration/sandbox.py), one fresh
+Builds the load inside the real-systemd sandbox (tests/support/sandbox.py), one fresh
 sandbox per scenario, then times whole processes, from inside the sandbox's namespaces:
 
     .venv/bin/python bench/who_bench.py                    # S, M, L, L1; 15 runs; RESULTS.md
@@ -32,7 +32,7 @@ from benchlib.cli import add_run_counts, check_run_counts, start_measuring, stde
 from benchlib.loaded_host import scenario
 from benchlib.results import kept_notes, other_sections
 from benchlib.timing import MAX_WAIT, TIMED_ENV
-from sandbox import Sandbox, SandboxError
+from support.sandbox import Sandbox, SandboxError
 from wholib.report import OWN_HEADING, render, verdict_text, verdicts
 from wholib.scenario import run_scenario
 

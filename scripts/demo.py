@@ -1,10 +1,10 @@
 """`make demo`: portguard's story, told by a real systemd in a throwaway sandbox.
 
 As root, it boots the host's systemd (252 on Debian 12) as PID 1 of private namespaces
-(tests/integration/sandbox.py: its own network, PIDs, cgroups and /etc/systemd/system;
+(tests/support/sandbox.py: its own network, PIDs, cgroups and /etc/systemd/system;
 nothing on the host is touched), puts config.example.yaml, unchanged, at
 /etc/portguard/config.yaml, writes the example's services (web@.service, api.service,
-metrics-gateway.service, each running tests/integration/listener.py under a program
+metrics-gateway.service, each running tests/support/listener.py under a program
 name), guards them with `portguard install` and then creates each kind of conflict in
 turn:
 

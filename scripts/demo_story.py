@@ -17,7 +17,7 @@ from demo_output import S, block, labelled, note, out, para, shell, table
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
-SANDBOX_PY = REPO / "tests" / "integration" / "sandbox.py"
+SUPPORT = REPO / "tests" / "support"  # the test support package: the sandbox
 CONFIG = "/etc/portguard/config.yaml"  # inside the sandbox: the default path
 BIN = "/run/demo"  # inside: the demo's programs (copies of listener.py)
 # the example's units the scenes play with
@@ -57,14 +57,16 @@ FINAL = (CLEAR, REFUSED, "ca5a8ba6bfa04e42a616be49bb49746b")  # a preflight's la
 # -- the sandbox --------------------------------------------------------------------------
 
 def load_sandbox() -> ModuleType:
-    """tests/integration/sandbox.py by path (tests/ is not a package); stdlib only."""
-    spec = importlib.util.spec_from_file_location("portguard_demo_sandbox", SANDBOX_PY)
+    """tests/support's `sandbox` (stdlib only), its package loaded by path: the demo runs
+    from a checkout where tests/ is on no path."""
+    spec = importlib.util.spec_from_file_location(
+        "support", SUPPORT / "__init__.py", submodule_search_locations=[str(SUPPORT)])
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {SANDBOX_PY}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+        raise ImportError(f"cannot load {SUPPORT}")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("support", package)
+    spec.loader.exec_module(package)
+    return importlib.import_module("support.sandbox")
 
 
 class Unexpected(Exception):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from sandbox import PYTHON
+from support.sandbox import PYTHON
 
 from benchlib import REPO
 

@@ -12,7 +12,7 @@ import time
 from typing import Any, NamedTuple
 
 import load  # bench/load.py: the unit's program, and the port layout it uses
-from sandbox import PYTHON, Sandbox, SandboxError
+from support.sandbox import PYTHON, Sandbox, SandboxError
 
 from benchlib import BENCH
 

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from sandbox import PYTHON, Sandbox
+from support.sandbox import PYTHON, Sandbox
 
 from benchlib.timing import TIMED_ENV
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sandbox import PYTHON, Sandbox
+from support.sandbox import PYTHON, Sandbox
 
 from benchlib import REPO
 

@@ -17,11 +17,11 @@ from typing import NamedTuple
 
 from benchlib import REPO
 from benchlib.host import cpu_jiffies
-from sandbox import PYTHON, Sandbox, SandboxError
+from support.sandbox import PYTHON, Sandbox, SandboxError
 
 UNIT = "portguard.service"
 SHIPPED = REPO / "systemd" / UNIT
-LISTENER = str(REPO / "tests/integration/listener.py")
+LISTENER = str(REPO / "tests/support/listener.py")
 METRICS = "/run/portguard/portguard.prom"  # RuntimeDirectory: writable under the unit
 FIRST_PORT, SECOND_PORT = 20000, 30000  # service i declares FIRST_PORT+i, SECOND_PORT+i
 CLK_TCK = os.sysconf("SC_CLK_TCK")

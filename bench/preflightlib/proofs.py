@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from benchlib import PORTGUARD
 from benchlib.timing import TIMED_ENV, fmt, summary
-from sandbox import Sandbox
+from support.sandbox import Sandbox
 
 from preflightlib.scene import NO_BUS, SLOW, SVC, SYSTEM_BUS, TWIN_UNIT, Cmd, time_commands
 from preflightlib.stages import has_pystemd, importtime, module_names

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from benchlib.host import Log, loadavg, wait_quiet
 from benchlib.loaded_host import Scale
 from benchlib.timing import TIMED_ENV, Timings
-from sandbox import Sandbox, SandboxError
+from support.sandbox import Sandbox, SandboxError
 
 from preflightlib.proofs import Proof, prove
 from preflightlib.scene import (

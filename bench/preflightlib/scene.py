@@ -13,7 +13,7 @@ from benchlib import PORTGUARD
 from benchlib.host import Log
 from benchlib.loaded_host import Scale, build, count
 from benchlib.timing import TIMED_ENV, Timings, run_timer
-from sandbox import PYTHON, Sandbox, SandboxError, listener_argv, listener_exec
+from support.sandbox import PYTHON, Sandbox, SandboxError, listener_argv, listener_exec
 
 CONFIG = "/etc/portguard/config.yaml"  # the default: commands carry no --config
 NO_BUS = "unix:path=/nonexistent/system_bus_socket"

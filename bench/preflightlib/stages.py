@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from benchlib import PORTGUARD
 from benchlib.profiling import WRAP_CODE, Import, ImportTimes, median_importtime, stage_medians
-from sandbox import Sandbox
+from support.sandbox import Sandbox
 
 # One fresh process per call: imports timed in the order cli.main() needs them, the fast
 # path's steps wrapped with timers, then cli.main() itself. A function that has moved is

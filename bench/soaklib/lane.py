@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import REPO
-from sandbox import PYTHON, Sandbox, SandboxError
+from support.sandbox import PYTHON, Sandbox, SandboxError
 
 from soaklib.checks import check_after_preflight
 from soaklib.journal import check_journal

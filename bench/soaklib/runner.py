@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from benchlib import host
-from sandbox import Sandbox
+from support.sandbox import Sandbox
 
 from soaklib.generator import make_scenario
 from soaklib.lane import Lane, Soak

@@ -14,7 +14,7 @@ import load
 from benchlib import PORTGUARD
 from benchlib.loaded_host import FREE, HELD, UDP_HELD, Scale, holders_expected, p_instance
 from benchlib.timing import Timings
-from sandbox import Sandbox
+from support.sandbox import Sandbox
 
 _SS_PID = re.compile(r"pid=(\d+)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from benchlib import PORTGUARD, REPO
 from benchlib.profiling import WRAP_CODE, Import, median_importtime, stage_medians
 from benchlib.timing import TIMED_ENV
-from sandbox import PYTHON, Sandbox
+from support.sandbox import PYTHON, Sandbox
 
 # One fresh process per call: wraps portguard's stages with timers, runs cli.main(), and
 # prints the stage times (ms). Imports are timed where cli.main() would do them.

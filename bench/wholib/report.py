@@ -18,7 +18,7 @@ from benchlib import PORTGUARD, REPO
 from benchlib.host import machine
 from benchlib.loaded_host import FREE, HELD, UDP_HELD, holders_expected, p_instance, udp_instance
 from benchlib.timing import BUSY, GAP, MAX_WAIT, TIMED_ENV, fmt, median_ms, summary
-from sandbox import PYTHON
+from support.sandbox import PYTHON
 
 from wholib.profiles import COUNTS
 from wholib.scenario import Outcome

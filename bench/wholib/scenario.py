@@ -11,7 +11,7 @@ from benchlib.host import Log, loadavg, wait_quiet
 from benchlib.loaded_host import FREE, HELD, Scale, build, count
 from benchlib.profiling import Import
 from benchlib.timing import BUSY, MAX_WAIT, TIMED_ENV, Timings, run_timer
-from sandbox import PYTHON, Sandbox
+from support.sandbox import PYTHON, Sandbox
 
 from wholib.checks import Check, check_identity, timed_status_checks
 from wholib.profiles import cprofile, importtime, phases

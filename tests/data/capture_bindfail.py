@@ -1,10 +1,10 @@
 """Capture real daemons' bind-failure journal lines into tests/data/bindfail/.
 
-Run as root from the repository (boots the systemd sandbox of tests/integration):
+Run as root from the repository (boots the systemd sandbox of tests/support):
 
-    .venv/bin/python tests/data/capture_bindfail.py [NAME ...]
+    PYTHONPATH=tests .venv/bin/python tests/data/capture_bindfail.py [NAME ...]
 
-For each daemon a listener (tests/integration/listener.py) first holds the port, then the
+For each daemon a listener (tests/support/listener.py) first holds the port, then the
 daemon is started under a unit of its own inside the sandbox and fails for real; every
 journal record of that unit's failed invocation is written, as journalctl gave it (MESSAGE,
 SYSLOG_IDENTIFIER, PRIORITY), to bindfail/NAME.jsonl. The parser's tests read those files
@@ -22,10 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "integration"))
+from support.sandbox import Sandbox, listener_argv
 
-from sandbox import Sandbox, listener_argv  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 OUT = HERE / "bindfail"
 KEEP = ("MESSAGE", "SYSLOG_IDENTIFIER", "PRIORITY")

@@ -1,6 +1,6 @@
 """Fixtures for the field suite: real Debian daemons under their packaged unit files.
 
-    field_sb   module-scoped Sandbox (tests/integration/sandbox.py) for a module's daemons
+    field_sb   module-scoped Sandbox (tests/support/sandbox.py) for a module's daemons
     field      a daemons.Field on it: install/config/start daemons, ss, status, journal
     uid        a short unique string for names the test writes itself
 
@@ -12,19 +12,15 @@ A module names its daemons in `DAEMONS_USED = [...]` (keys of daemons.DAEMONS).
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.availability import skip_or_fail
+from support.daemons import Field, missing_packages
+from support.sandbox import Sandbox
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent / "integration"))
-sys.path.insert(0, str(HERE))
-
-from availability import skip_or_fail  # noqa: E402
-from daemons import Field, missing_packages  # noqa: E402
-from sandbox import Sandbox  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

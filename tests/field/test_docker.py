@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import runtimes as rt
-from daemons import Field
-from guard import Guard
-from sandbox import Sandbox
+from support import runtimes as rt
+from support.daemons import Field
+from support.guard import Guard
+from support.sandbox import Sandbox
 
 DAEMONS_USED: list[str] = []  # dockerd is checked below
 DOCKER = "/usr/bin/docker"

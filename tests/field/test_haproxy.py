@@ -8,8 +8,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from daemons import Field
-from guard import CONFLICT, REFUSED, guarding
+from support.daemons import Field
+from support.guard import CONFLICT, REFUSED, guarding
 
 DAEMONS_USED = ["haproxy", "nginx"]
 UNIT, NGINX = "haproxy.service", "nginx.service"

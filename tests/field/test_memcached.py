@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from daemons import Field
-from guard import REFUSED, Guard
+from support.daemons import Field
+from support.guard import REFUSED, Guard
 
 DAEMONS_USED = ["memcached"]
 UNIT = "memcached.service"

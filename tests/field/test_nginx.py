@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from daemons import Field
-from guard import CONFLICT, PORTS_CLEAR, REFUSED, Guard, guarding
+from support.daemons import Field
+from support.guard import CONFLICT, PORTS_CLEAR, REFUSED, Guard, guarding
 
 DAEMONS_USED = ["nginx", "lighttpd"]
 NGINX = "nginx.service"

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemons import Field
-from guard import CONFLICT, REFUSED, Guard, guarding
+from support.daemons import Field
+from support.guard import CONFLICT, REFUSED, Guard, guarding
 
 DAEMONS_USED = ["php-fpm", "nginx"]
 UNIT = "php8.2-fpm.service"

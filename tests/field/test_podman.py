@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import runtimes as rt
-from daemons import Field
-from guard import Guard
-from sandbox import Sandbox
+from support import runtimes as rt
+from support.daemons import Field
+from support.guard import Guard
+from support.sandbox import Sandbox
 
 DAEMONS_USED: list[str] = []  # podman is checked below: it is no packaged daemon
 IMAGE = "localhost/web:1"

@@ -16,8 +16,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from daemons import Field
-from guard import CONFLICT, REFUSED, STOP_UNIT, guarding
+from support.daemons import Field
+from support.guard import CONFLICT, REFUSED, STOP_UNIT, guarding
 
 DAEMONS_USED = ["postgresql"]
 TEMPLATE = "postgresql@.service"

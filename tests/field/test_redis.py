@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemons import Field
-from guard import CONFLICT, STOP_UNIT, Guard, guarding
+from support.daemons import Field
+from support.guard import CONFLICT, STOP_UNIT, Guard, guarding
 
 DAEMONS_USED = ["redis"]
 TEMPLATE = "redis-server@.service"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from daemons import Field
-from guard import REFUSED, Guard, guarding
+from support.daemons import Field
+from support.guard import REFUSED, Guard, guarding
 
 DAEMONS_USED = ["nginx", "lighttpd"]
 LIGHTTPD, NGINX = "lighttpd.service", "nginx.service"

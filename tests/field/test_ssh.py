@@ -8,8 +8,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from daemons import Field
-from guard import CONFLICT, PORTS_CLEAR, REFUSED, guarding
+from support.daemons import Field
+from support.guard import CONFLICT, PORTS_CLEAR, REFUSED, guarding
 
 DAEMONS_USED = ["ssh"]
 PORT = 22

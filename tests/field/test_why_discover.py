@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemons import Field
-from guard import KILL, SIGNAL
+from support.daemons import Field
+from support.guard import KILL, SIGNAL
 
 DAEMONS_USED = ["nginx", "lighttpd", "redis"]
 NGINX, LIGHTTPD, REDIS = "nginx.service", "lighttpd.service", "redis-server.service"

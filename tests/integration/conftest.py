@@ -18,18 +18,14 @@ instead, so CI never goes green without them.
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from availability import require_sandbox
-from cases import Case
-from sandbox import Sandbox
+from support.availability import require_sandbox
+from support.cases import Case
+from support.sandbox import Sandbox
 
 HERE = Path(__file__).parent
 

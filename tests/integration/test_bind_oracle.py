@@ -12,8 +12,8 @@ run is `bench/bind_oracle.py` (in `make soak`).
 
 from __future__ import annotations
 
-from bind_oracle import run
-from sandbox import Sandbox
+from support.bind_oracle import run
+from support.sandbox import Sandbox
 
 SEED, ZOOS, SPECS = 12, 20, 15
 

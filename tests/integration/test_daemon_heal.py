@@ -22,7 +22,7 @@ import re
 import time
 from pathlib import Path
 
-from cases import (
+from support.cases import (
     CONFLICT,
     FLAPPING,
     REFUSED,
@@ -35,7 +35,7 @@ from cases import (
     before,
     config,
 )
-from sandbox import LISTENER, PYTHON, listener_exec
+from support.sandbox import LISTENER, PYTHON, listener_exec
 
 
 def test_a_unit_in_auto_restart_behind_a_stray_is_healed(case: Case) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from cases import (
+from support.cases import (
     CONFIG_ERROR,
     CONFLICT,
     DEGRADED,

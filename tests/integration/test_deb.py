@@ -11,7 +11,7 @@ Issue 6, item 1. Once per module (so once per session: nothing else uses it):
    Debian's repositories (python3-pystemd 0.11, python3-psutil 5.9, python3-sdnotify
    0.3.1, ...) into its own archive cache: the booted root has no network.
 3. systemd 252 boots as PID 1 of fresh namespaces with that root as `/` (pivot_root), the
-   way tests/integration/sandbox.py boots one on the host's `/` (`DebRoot` reuses
+   way tests/support/sandbox.py boots one on the host's `/` (`DebRoot` reuses
    its whole API and changes only the boot script; see debroot.py).
 4. Inside, with systemd running: `dpkg -i portguard.deb` (its dependencies are missing,
    so it stays unconfigured) and `apt-get install -f` (offline, from the cache), so the
@@ -37,12 +37,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from availability import require_sandbox, skip_or_fail
-from cases import CONFLICT, SIGNAL
-from cases import RELOADED as DAEMON_RELOADED
-from cases import STARTED as DAEMON_STARTED
-from debroot import PKG_DIR, DebRoot, PrepareFailed, booted_root, build_deb
-from sandbox import REPO, SandboxError
+from support.availability import require_sandbox, skip_or_fail
+from support.cases import CONFLICT, SIGNAL
+from support.cases import RELOADED as DAEMON_RELOADED
+from support.cases import STARTED as DAEMON_STARTED
+from support.debroot import PKG_DIR, DebRoot, PrepareFailed, booted_root, build_deb
+from support.sandbox import REPO, SandboxError
 
 WEB_PORT = 8080  # the root has a network namespace of its own
 WEBD = "/run/portguard-test/webd.py"

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from availability import require_sandbox, skip_or_fail
-from sandbox import BASE_ENV, PYTHON, REPO, _cgroup_hierarchies
+from support.availability import require_sandbox, skip_or_fail
+from support.sandbox import BASE_ENV, PYTHON, REPO, _cgroup_hierarchies
 
 DEMO = REPO / "scripts" / "demo.py"
 PROMISED_SECONDS = 60  # README / issue 6: "readable in under a minute"
@@ -167,9 +167,7 @@ def readable_copy() -> Iterator[Path]:
         for script in DEMO.parent.glob("demo*.py"):  # demo.py and the modules it imports
             shutil.copy(script, root / "scripts" / script.name)
         shutil.copy(REPO / "config.example.yaml", root / "config.example.yaml")
-        (root / "tests" / "integration").mkdir(parents=True)
-        shutil.copy(REPO / "tests" / "integration" / "sandbox.py",
-                    root / "tests" / "integration" / "sandbox.py")
+        shutil.copytree(REPO / "tests" / "support", root / "tests" / "support", ignore=ignore)
         # portguard's dependencies too: a clean clone's .venv may sit under a directory
         # nobody cannot enter (mktemp -d is 0700)
         for name in RUNTIME_PACKAGES:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from cases import Case
-from sandbox import listener_exec
+from support.cases import Case
+from support.sandbox import listener_exec
 
 
 def test_discover_proposes_a_config_that_check_config_accepts_and_preflight_uses(

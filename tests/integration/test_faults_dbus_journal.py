@@ -22,7 +22,7 @@ import re
 import time
 from typing import Any
 
-from cases import (
+from support.cases import (
     ACTING,
     CONFLICT,
     PORTS_CLEAR,
@@ -31,7 +31,7 @@ from cases import (
     Case,
     config,
 )
-from sandbox import Sandbox
+from support.sandbox import Sandbox
 
 
 def stop_dbus(sb: Sandbox) -> None:

@@ -24,8 +24,8 @@ import subprocess
 import time
 
 import pytest
-from cases import PORTS_CLEAR, REFUSED, SIGNAL, Case, config
-from sandbox import BASE_ENV, PYTHON, REPO, Sandbox, listener_argv
+from support.cases import PORTS_CLEAR, REFUSED, SIGNAL, Case, config
+from support.sandbox import BASE_ENV, PYTHON, REPO, Sandbox, listener_argv
 from test_faults_stop import NOBODY, SYSTEM_PYTHON, Paused
 
 IDENTITY_CHANGED = "8ad43760f38648719a0731aee8185aca"
@@ -163,7 +163,7 @@ def shared_copy(sb: Sandbox, uid: str) -> list[str]:
     unit and a copy started by another user run."""
     path = f"/tmp/pg-{uid}/listener.py"
     sb.run(["mkdir", "-p", f"/tmp/pg-{uid}"], check=True)
-    sb.run(["cp", f"{REPO}/tests/integration/listener.py", path], check=True)
+    sb.run(["cp", f"{REPO}/tests/support/listener.py", path], check=True)
     return [SYSTEM_PYTHON, path]
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import re
 
-from cases import CONFLICT, REFUSED, Case, config
-from sandbox import PYTHON, REPO, Sandbox
+from support.cases import CONFLICT, REFUSED, Case, config
+from support.sandbox import PYTHON, REPO, Sandbox
 from test_faults_identity import gone, shared_copy, signals_sent
 from test_faults_stop import NOBODY, SITE, SYSTEM_PYTHON
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from subprocess import CompletedProcess
 
 import pytest
-from cases import (
+from support.cases import (
     ACTING,
     CONFLICT,
     KILL,
@@ -39,7 +39,7 @@ from cases import (
     Case,
     config,
 )
-from sandbox import REPO, Sandbox, listener_exec
+from support.sandbox import REPO, Sandbox, listener_exec
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not reach the venv's interpreter

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from availability import require_sandbox, skip_or_fail
-from cases import RELOADED, SIGNAL, Case
-from debroot import PKG_DIR, PrepareFailed, booted_root, build_deb
-from sandbox import REPO, Sandbox, SandboxError, listener_exec
+from support.availability import require_sandbox, skip_or_fail
+from support.cases import RELOADED, SIGNAL, Case
+from support.debroot import PKG_DIR, PrepareFailed, booted_root, build_deb
+from support.sandbox import REPO, Sandbox, SandboxError, listener_exec
 
 ANSIBLE = REPO / "packaging" / "ansible"
 ROLES = ANSIBLE / "roles"

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
-from cases import FLAPPING, REFUSED, Case
-from sandbox import LISTENER, PYTHON, REPO, listener_exec
+from support.cases import FLAPPING, REFUSED, Case
+from support.sandbox import LISTENER, PYTHON, REPO, listener_exec
 
 RULES = REPO / "packaging" / "prometheus" / "portguard.rules.yml"
 ALERTS = ("PortguardForeignHolder", "PortguardRefusals", "PortguardFlapping",

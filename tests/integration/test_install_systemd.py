@@ -13,7 +13,7 @@ import os
 import sysconfig
 
 import pytest
-from sandbox import REPO, Sandbox
+from support.sandbox import REPO, Sandbox
 
 BASE = "/etc/systemd/system"
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from cases import CONFLICT, KILL, PORTS_CLEAR, SIGNAL, STOP_UNIT, Case, config, ids
+from support.cases import CONFLICT, KILL, PORTS_CLEAR, SIGNAL, STOP_UNIT, Case, config, ids
 
 # -- 1. a remnant of the unit's previous run -----------------------------------------------
 

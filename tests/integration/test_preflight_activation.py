@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from cases import PORTS_CLEAR, REFUSED, Case, config
-from sandbox import PYTHON, REPO
+from support.cases import PORTS_CLEAR, REFUSED, Case, config
+from support.sandbox import PYTHON, REPO
 
 # Answers every connection with "hi" on the socket systemd passes as fd 3.
 SERVE_FD3 = """\

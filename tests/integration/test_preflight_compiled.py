@@ -19,8 +19,8 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from cases import PORTS_CLEAR, REFUSED
-from sandbox import PYTHON, REPO, Sandbox
+from support.cases import PORTS_CLEAR, REFUSED
+from support.sandbox import PYTHON, REPO, Sandbox
 from test_preflight_fastpath import Scene, is_clear_line, modules, said
 
 COMPILED_DIR = "/run/portguard/compiled"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import time
 
-from cases import (
+from support.cases import (
     CONFLICT,
     KILL,
     PORTS_CLEAR,
@@ -22,7 +22,7 @@ from cases import (
     config,
     ids,
 )
-from sandbox import PYTHON
+from support.sandbox import PYTHON
 
 # -- 5. holders that do not stop on SIGTERM at once ----------------------------------------
 

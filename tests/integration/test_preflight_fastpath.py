@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cases import CONFLICT, PORTS_CLEAR, wait_record
-from sandbox import PYTHON, REPO, Sandbox, listener_argv, listener_exec
+from support.cases import CONFLICT, PORTS_CLEAR, wait_record
+from support.sandbox import PYTHON, REPO, Sandbox, listener_argv, listener_exec
 
 NO_BUS = "unix:path=/nonexistent"
 _IMPORT_LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \| (.*)$")

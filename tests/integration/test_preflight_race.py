@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from cases import (
+from support.cases import (
     ACTING,
     CONFLICT,
     KILL,
@@ -17,7 +17,7 @@ from cases import (
     Case,
     config,
 )
-from sandbox import PYTHON, REPO
+from support.sandbox import PYTHON, REPO
 
 # -- 7. --dry-run ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 
-from cases import (
+from support.cases import (
     ACTING,
     CONFLICT,
     PORTS_CLEAR,
@@ -23,7 +23,7 @@ from cases import (
     config,
     ids,
 )
-from sandbox import listener_argv
+from support.sandbox import listener_argv
 
 # -- 4. a foreign holder ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ tests/field/ does the same with lighttpd's packaged unit and nginx.
 
 from __future__ import annotations
 
-from cases import Case, config
+from support.cases import Case, config
 
 
 def status_line(case: Case, unit: str) -> str:

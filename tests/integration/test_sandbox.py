@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sandbox import (
+from support.sandbox import (
     PRIVATE_MOUNTS,
     PYTHON,
     REPO,

@@ -14,7 +14,7 @@ import collections
 import sys
 from pathlib import Path
 
-from sandbox import Sandbox
+from support.sandbox import Sandbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import pytest
-from sandbox import Sandbox, listener_argv, listener_exec
+from support.sandbox import Sandbox, listener_argv, listener_exec
 
 CONFIG = "/etc/portguard/config.yaml"
 

@@ -40,8 +40,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sandbox import LISTENER, PYTHON, REPO, Sandbox
-from unit_probe import PROBE
+from support.sandbox import LISTENER, PYTHON, REPO, Sandbox
+from support.unit_probe import PROBE
 
 UNIT = "portguard.service"
 SHIPPED = REPO / "systemd" / UNIT

@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 import pytest
-from sandbox import REPO, Sandbox, listener_exec
+from support.sandbox import REPO, Sandbox, listener_exec
 
 from portguard.errors import ExitStatus
 

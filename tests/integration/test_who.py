@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox import LISTENER, PYTHON, Sandbox, listener_argv, listener_exec
+from support.sandbox import LISTENER, PYTHON, Sandbox, listener_argv, listener_exec
 
 HEADER = ["PORT", "STATE", "ADDRESS", "PID", "USER", "UNIT", "COMMAND"]
 SYSTEM_PYTHON = "/usr/bin/python3"  # for User= units: the venv lives under /root (0700)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sandbox import LISTENER, Sandbox
+from support.sandbox import LISTENER, Sandbox
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # nobody cannot read the venv under /root
 

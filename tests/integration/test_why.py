@@ -13,8 +13,8 @@ import json
 import subprocess
 from typing import Any
 
-from cases import Case, config
-from sandbox import REPO
+from support.cases import Case, config
+from support.sandbox import REPO
 
 NODE_APP = "require('http').createServer((q, s) => s.end('ok')).listen({port});\n"
 JAVA_APP = """\

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sandbox import BASE_ENV, REPO, Sandbox, SandboxError
+from support.sandbox import BASE_ENV, REPO, Sandbox, SandboxError
 
 PKG_DIR = "/var/cache/portguard-test"  # inside the root: the .deb under test
 

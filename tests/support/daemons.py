@@ -3,7 +3,7 @@
 The one place that says which daemons the field suite runs and what each needs
 (`DAEMONS`); scripts/bootstrap (FIELD_PACKAGES) installs them, with a policy-rc.d guard so
 nothing starts on the host. `Field(sb)` sets a daemon up inside a Sandbox
-(tests/integration/sandbox.py) the way a booted Debian host has it:
+(tests/support/sandbox.py) the way a booted Debian host has it:
 
     field = Field(sb)
     field.install("nginx")                      # packaged units copied unchanged, dirs made
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sandbox import Sandbox
+from support.sandbox import Sandbox
 
 UNIT_DIR = "/lib/systemd/system"
 

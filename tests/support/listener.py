@@ -3,7 +3,7 @@
 Standalone (stdlib only) so it runs as a unit's `ExecStart=`, as a stray started by hand,
 or on the host:
 
-    /work/main/.venv/bin/python tests/integration/listener.py --port 8080 --name webd
+    /work/main/.venv/bin/python tests/support/listener.py --port 8080 --name webd
 
 Options mirror what decides whether two binds clash: protocol, address (IPv4 or IPv6,
 `[::]` accepted), SO_REUSEADDR (on by default, as most servers set it), SO_REUSEPORT,

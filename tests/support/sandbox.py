@@ -74,7 +74,7 @@ API (all paths are as seen inside the sandbox; pids are inside pids unless named
     portguard()/python() add PYTHONPATH=REPO.
     PYTHON, REPO, LISTENER, PRIVATE_MOUNTS, SEED_DIR: module constants;
     listener_argv(*args) -> list[str] and listener_exec(*args) -> str (an ExecStart=
-    value) run tests/integration/listener.py with PYTHON.
+    value) run tests/support/listener.py with PYTHON.
 
 Quirks worth knowing: journalctl 252 returns nothing for --after-cursor combined with a
 match the cursor's own record fails, so since_cursor is applied here, in Python. A .socket
@@ -114,13 +114,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-# Its siblings are plain modules: importable however this file was loaded (by path, or
-# as tests.integration.sandbox from bench/).
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from sandbox_base import (  # noqa: E402
+from support.sandbox_base import (
     BASE_ENV,
     BOOT_SCRIPT,
     LISTENER,
@@ -135,7 +129,7 @@ from sandbox_base import (  # noqa: E402
     listener_exec,
     write_stage,
 )
-from sandbox_host import (  # noqa: E402
+from support.sandbox_host import (
     _cgroup2_mounts,
     _cgroup_hierarchies,
     _remove_stale,
@@ -143,8 +137,8 @@ from sandbox_host import (  # noqa: E402
     _under,
     unavailable_reason,
 )
-from sandbox_inside import SandboxInside  # noqa: E402
-from sandbox_run import _cursor_position  # noqa: E402
+from support.sandbox_inside import SandboxInside
+from support.sandbox_run import _cursor_position
 
 __all__ = [
     "BASE_ENV", "LISTENER", "PRIVATE_MOUNTS", "PYTHON", "REPO", "SEED_DIR", "Sandbox",

@@ -20,10 +20,10 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
-from availability import skip_or_fail
-from daemons import Field
-from guard import CONFLICT, REFUSED, Guard
-from sandbox import Sandbox, listener_exec
+from support.availability import skip_or_fail
+from support.daemons import Field
+from support.guard import CONFLICT, REFUSED, Guard
+from support.sandbox import Sandbox, listener_exec
 
 PORT = 8080
 PAGE = "hello\n"

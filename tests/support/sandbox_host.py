@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandbox_base import (
+from support.sandbox_base import (
     BASE_ENV,
     DBUS_DAEMON,
     JOURNALD,

@@ -14,8 +14,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sandbox_base import PRIVATE_MOUNTS, SandboxError
-from sandbox_run import SandboxRunner
+from support.sandbox_base import PRIVATE_MOUNTS, SandboxError
+from support.sandbox_run import SandboxRunner
 
 
 class SandboxInside(SandboxRunner):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sandbox import Sandbox
+from support.sandbox import Sandbox
 
 # MESSAGE_IDs: the contract (README "Journal"), spelled out so a changed id fails here.
 CONFLICT = "d74d81e4b74f43ecb06f332d7e10fca9"

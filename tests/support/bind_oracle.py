@@ -39,10 +39,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from support.bind_zoo import NOBODY, ZOO_ADDRESSES, Desc, Intent, build, refused
 
-from bind_zoo import NOBODY, ZOO_ADDRESSES, Desc, Intent, build, refused  # noqa: E402
+HERE = Path(__file__).resolve().parent
+
 
 PORTS = range(10000, 30000)  # zoo ports: below the ephemeral range, none used twice
 PORTS_CLEAR = "718392d18d1d40e2a9e43cb92f8fe39d"  # MESSAGE_IDs of the journal contract
@@ -301,9 +301,10 @@ def tally(rows: Iterable[dict[str, Any]], seed: int) -> Tally:
 def run(sb: Any, seed: int, zoos: range, specs: int, tag: str, *,
         timeout: float = 1800.0) -> Tally:
     """Run zoos `zoos` of `seed` inside sandbox `sb`, `specs` specs each, and tally."""
-    from sandbox import PYTHON, REPO
-    done = sb.run([PYTHON, str(HERE / "bind_oracle.py"), "zoo", str(seed), str(zoos.start),
-                   str(len(zoos)), str(specs), tag], env={"PYTHONPATH": str(REPO)},
+    from support.sandbox import PYTHON, REPO
+    done = sb.run([PYTHON, "-m", "support.bind_oracle", "zoo", str(seed), str(zoos.start),
+                   str(len(zoos)), str(specs), tag],
+                  env={"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"},
                   timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"oracle driver failed ({done.returncode}):\n{done.stderr[-3000:]}")

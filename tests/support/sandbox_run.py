@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sandbox_base import BASE_ENV, PYTHON, REPO, SandboxError, SandboxTimeout
+from support.sandbox_base import BASE_ENV, PYTHON, REPO, SandboxError, SandboxTimeout
 
 T = TypeVar("T")
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from sandbox import Sandbox
+
+from support.sandbox import Sandbox
 
 
 def skip_or_fail(reason: str) -> None:

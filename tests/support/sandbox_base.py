@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() \
     else sys.executable
-LISTENER = str(REPO / "tests/integration/listener.py")
+LISTENER = str(REPO / "tests/support/listener.py")
 
 SYSTEMD = "/usr/bin/systemd"
 JOURNALD = "/lib/systemd/systemd-journald"
@@ -140,7 +140,7 @@ class SandboxTimeout(SandboxError, TimeoutError):
 
 
 def listener_argv(*args: str) -> list[str]:
-    """argv that runs tests/integration/listener.py with the project's Python."""
+    """argv that runs tests/support/listener.py with the project's Python."""
     return [PYTHON, LISTENER, *args]
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sandbox import PYTHON, REPO, Sandbox, _cursor_position, listener_argv, listener_exec
+from support.sandbox import PYTHON, REPO, Sandbox, _cursor_position, listener_argv, listener_exec
 
 # MESSAGE_IDs: the contract (README "Journal"), spelled out here rather than imported, so
 # a changed id in portguard/report/journal.py fails these tests.
