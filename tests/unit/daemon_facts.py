@@ -1,5 +1,5 @@
 """The daemon's unit-test world: a config, sockets, units and the facts a pass observes
-(shared by test_daemon.py and test_resolve.py)."""
+(shared by test_daemon.py and test_heal.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""actions.signal_process against real processes this test starts itself.
+"""act.signals.signal_process against real processes this test starts itself.
 
 Each holder is a small python that listens on 127.0.0.1 (port 0: any free port) and
 prints `PORT FD`. It is inspected the way preflight does (processes.read_process, the
