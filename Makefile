@@ -36,7 +36,7 @@ bench: setup
 	$(PY) bench/daemon_cost.py
 
 soak: setup
-	$(PY) bench/soak.py --scenarios 1000 && $(PY) bench/bind_oracle.py
+	$(PY) bench/soak.py --scenarios 1000 && PYTHONPATH=tests $(PY) -m support.bind_oracle
 
 docs: setup
 	$(PY) scripts/gen-docs

@@ -5,9 +5,9 @@ network namespace; `preflight --dry-run`, `status` and `who ADDR:PORT --[no-]reu
 must each give the kernel's verdict and name exactly the pids of the sockets that
 conflict (see bind_oracle.py for how the truth is found); and a plain `who PORT/PROTO`,
 which skips sock_diag where a bind() probe shows the port empty, must list a socket
-whenever the zoo made one of that protocol. A failure line names its seed
-and zoo; replay it with `bench/bind_oracle.py --seeds N --zoos Z --count 1 -v`. The long
-run is `bench/bind_oracle.py` (in `make soak`).
+whenever the zoo made one of that protocol. A failure line names its seed and zoo;
+replay it with `PYTHONPATH=tests .venv/bin/python -m support.bind_oracle --seeds N
+--zoos Z --count 1 -v`. The long run is the same module without arguments (`make soak`).
 """
 
 from __future__ import annotations

@@ -11,15 +11,10 @@ alone with `bench/soak.py --only N -v`.
 from __future__ import annotations
 
 import collections
-import sys
-from pathlib import Path
 
 from support.sandbox import Sandbox
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from soaklib.runner import run
-from soaklib.world import DEFAULT_SEED, MADE
+from support.soak.runner import run
+from support.soak.world import DEFAULT_SEED, MADE
 
 SCENARIOS = 40
 

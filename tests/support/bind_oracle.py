@@ -22,7 +22,10 @@ Each is tallied: false free, false blocked, holder mismatches.
 
 Run inside a sandbox by `run(sb, seed, zoos, specs)`; a zoo depends only on (seed, its
 number): `run(..., zoos=range(17, 18))` replays one. This file is also the in-sandbox
-driver (`python bind_oracle.py zoo SEED FIRST COUNT SPECS TAG`: JSON lines out).
+driver (`python -m support.bind_oracle zoo SEED FIRST COUNT SPECS TAG`: JSON lines out),
+and, without `zoo`, the long run of `make soak` (five seeds x 30 zoos x 15 specs; replay one
+zoo with `PYTHONPATH=tests .venv/bin/python -m support.bind_oracle --seeds S --zoos Z
+--count 1 -v`).
 """
 
 from __future__ import annotations
@@ -311,6 +314,46 @@ def run(sb: Any, seed: int, zoos: range, specs: int, tag: str, *,
     return tally((json.loads(line) for line in done.stdout.splitlines() if line), seed)
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["zoo"]:
-    _seed, _first, _count, _specs = (int(a) for a in sys.argv[2:6])
-    _driver(_seed, _first, _count, _specs, sys.argv[6])
+def main(argv: list[str]) -> int:
+    """The long run (`make soak`): several seeds in one sandbox, per seed and in total."""
+    import argparse
+    import time
+
+    from support.sandbox import Sandbox
+    ap = argparse.ArgumentParser(prog="python -m support.bind_oracle",
+                                 description="the bind() oracle, long: random zoos and specs")
+    ap.add_argument("--seeds", default="101,202,303,404,505",
+                    help="comma-separated seeds (default: five)")
+    ap.add_argument("--zoos", type=int, default=0, help="first zoo number")
+    ap.add_argument("--count", type=int, default=30, help="zoos per seed")
+    ap.add_argument("--specs", type=int, default=15, help="specs per zoo")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every disagreement")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    total = Tally(0, {c: Counter[str]() for c in COMMANDS}, 0, [], Counter[str]())
+    started = time.monotonic()
+    with Sandbox() as sb:
+        for seed in seeds:
+            t0 = time.monotonic()
+            got = run(sb, seed, range(args.zoos, args.zoos + args.count), args.specs,
+                      f"long{seed}", timeout=7200)
+            print(f"seed {seed}: {got.summary()} ({time.monotonic() - t0:.0f} s)", flush=True)
+            for line in got.failures if args.verbose else got.failures[:5]:
+                print("  " + line)
+            for cmd in COMMANDS:
+                total.counts[cmd].update(got.counts[cmd])
+            total.mix.update(got.mix)
+            total.failures.extend(got.failures)
+            total = total._replace(specs=total.specs + got.specs,
+                                   premise=total.premise + got.premise)
+    print(f"total: {total.summary()} ({time.monotonic() - started:.0f} s)")
+    print("covered: " + ", ".join(f"{k} {v}" for k, v in sorted(total.mix.items())))
+    return 0 if total.clean() else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["zoo"]:  # the in-sandbox driver
+        _seed, _first, _count, _specs = (int(a) for a in sys.argv[2:6])
+        _driver(_seed, _first, _count, _specs, sys.argv[6])
+    else:
+        sys.exit(main(sys.argv[1:]))

@@ -13,17 +13,13 @@ import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from soaklib.model import HolderSpec, Outcome, ProcLog, Scenario
-from soaklib.programs import HELPER_CODE
-from soaklib.world import PY3, SIGDIR, TWIN
-
-if TYPE_CHECKING:
-    from soaklib.lane import Lane
+from support.soak.model import HolderSpec, LaneView, Outcome, ProcLog, Scenario
+from support.soak.programs import HELPER_CODE
+from support.soak.world import PY3, SIGDIR, TWIN
 
 
-def read_log(lane: Lane, sc: Scenario, h: HolderSpec, pid: int) -> ProcLog:
+def read_log(lane: LaneView, sc: Scenario, h: HolderSpec, pid: int) -> ProcLog:
     path = lane.soak.host(f"{SIGDIR}/s{sc.n}/{h.tag}.{pid}.log")
     signals, exit_ = [], ""
     with contextlib.suppress(FileNotFoundError):
@@ -36,7 +32,7 @@ def read_log(lane: Lane, sc: Scenario, h: HolderSpec, pid: int) -> ProcLog:
     return ProcLog(pid, signals, exit_)
 
 
-def check_after_preflight(lane: Lane, sc: Scenario, out: Outcome) -> dict[int, ProcLog]:
+def check_after_preflight(lane: LaneView, sc: Scenario, out: Outcome) -> dict[int, ProcLog]:
     """Process-level checks, right after preflight: signals, deaths, exit, ports."""
     exp, v = out.expected, out.violations
     if out.exit != exp.exit and out.exit not in exp.also:
@@ -60,7 +56,7 @@ def check_after_preflight(lane: Lane, sc: Scenario, out: Outcome) -> dict[int, P
     return all_logs
 
 
-def alive_after(lane: Lane, out: Outcome, h: HolderSpec, pid: int, *, permitted: bool,
+def alive_after(lane: LaneView, out: Outcome, h: HolderSpec, pid: int, *, permitted: bool,
                 grace_until: float) -> bool:
     """Alive now; a permitted target gets until `grace_until` to be gone."""
     if permitted and out.exit in (0, 75) and out.expected.exit in (0, 75):
@@ -106,7 +102,7 @@ def check_process(out: Outcome, h: HolderSpec, log: ProcLog, *,
         v.append(f"{who} left by itself although it never was to")  # harness bug
 
 
-def check_unit(lane: Lane, sc: Scenario, out: Outcome, h: HolderSpec, permitted: bool) -> None:
+def check_unit(lane: LaneView, sc: Scenario, out: Outcome, h: HolderSpec, permitted: bool) -> None:
     assert h.unit is not None
     state = lane.sb.systemctl("show", "-P", "ActiveState", h.unit).stdout.strip()
     logs = {pid: read_log(lane, sc, h, pid) for pid in h.pids}  # after the state
@@ -121,7 +117,7 @@ def check_unit(lane: Lane, sc: Scenario, out: Outcome, h: HolderSpec, permitted:
         out.violations.append(f"{who} is still {state} after exit {out.exit}")
 
 
-def check_cleared(lane: Lane, sc: Scenario, out: Outcome) -> None:
+def check_cleared(lane: LaneView, sc: Scenario, out: Outcome) -> None:
     if sc.via_unit:  # the service itself binds its ports: the real proof
         path = lane.soak.host(f"{SIGDIR}/s{sc.n}/subject.ready")
         deadline = time.monotonic() + 10

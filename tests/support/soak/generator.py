@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from soaklib.model import HolderSpec, Scenario
-from soaklib.oracle import budget, decide, expected_kind
-from soaklib.world import (
+from support.soak.model import HolderSpec, Scenario
+from support.soak.oracle import budget, decide, expected_kind
+from support.soak.world import (
     FIRST_PORT,
     MADE,
     MADE_WEIGHTS,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from soaklib.model import HolderSpec, Outcome, ProcLog, Scenario
-from soaklib.oracle import unprobeable
-from soaklib.world import (
+from support.soak.model import HolderSpec, Outcome, ProcLog, Scenario
+from support.soak.oracle import unprobeable
+from support.soak.world import (
     ACT,
     CONFLICT,
     KILL,

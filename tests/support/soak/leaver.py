@@ -5,20 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from soaklib.model import Scenario
-from soaklib.world import SIGDIR, WAIT_ID
-
-if TYPE_CHECKING:
-    from soaklib.lane import Lane
+from support.soak.model import LaneView, Scenario
+from support.soak.world import SIGDIR, WAIT_ID
 
 
 class Leaver:
     """Tells holders to leave (their SOAK_LEAVE_FILE): racing ones `leave` s after
     preflight starts, the others `leave` s after portguard's "waiting up to" record."""
 
-    def __init__(self, lane: Lane, sc: Scenario, subject: str) -> None:
+    def __init__(self, lane: LaneView, sc: Scenario, subject: str) -> None:
         self.lane, self.sc, self.subject = lane, sc, subject
         self.holders = [h for h in sc.holders if h.leave is not None]
         self.stopped = threading.Event()

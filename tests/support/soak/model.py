@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
+
+from support.sandbox import Sandbox
 
 
 @dataclasses.dataclass
@@ -147,3 +150,19 @@ class Report:
     @property
     def errors(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.error]
+
+
+class InSandbox(Protocol):
+    def host(self, path: str) -> str:
+        """A path inside the sandbox, as the host reaches it."""
+        ...
+
+
+class LaneView(Protocol):
+    """What the checks and the leaver read of a running lane (lane.Lane is one): the
+    sandbox, its paths, and whether a holder is still the process that was started."""
+
+    sb: Sandbox
+    soak: InSandbox
+
+    def alive(self, h: HolderSpec, pid: int) -> bool: ...

@@ -6,8 +6,8 @@ code, so that a bug in portguard cannot hide in the expectation too.
 
 from __future__ import annotations
 
-from soaklib.model import Expected, HolderSpec, Scenario
-from soaklib.world import (
+from support.soak.model import Expected, HolderSpec, Scenario
+from support.soak.world import (
     ACT,
     FOREIGN,
     LINGERING,

@@ -19,16 +19,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchlib import REPO
-from support.sandbox import PYTHON, Sandbox, SandboxError
-
-from soaklib.checks import check_after_preflight
-from soaklib.journal import check_journal
-from soaklib.leaver import Leaver
-from soaklib.model import HolderSpec, Outcome, ProcLog, Scenario, SetupError
-from soaklib.oracle import expect
-from soaklib.programs import HELPER_CODE, HOLDER_CODE
-from soaklib.world import (
+from support.sandbox import PYTHON, REPO, Sandbox, SandboxError
+from support.soak.checks import check_after_preflight
+from support.soak.journal import check_journal
+from support.soak.leaver import Leaver
+from support.soak.model import HolderSpec, Outcome, ProcLog, Scenario, SetupError
+from support.soak.oracle import expect
+from support.soak.programs import HELPER_CODE, HOLDER_CODE
+from support.soak.world import (
     CFGDIR,
     CMDCOPY,
     ENVDIR,

@@ -7,24 +7,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from benchlib import host
 from support.sandbox import Sandbox
-
-from soaklib.generator import make_scenario
-from soaklib.lane import Lane, Soak
-from soaklib.model import Outcome, Report
-
-
-def code_version() -> str:
-    """Which portguard ran: commit, uncommitted files, a hash of portguard/*.py."""
-    return host.code_state(host.all_modules(), "portguard/*.py", names_hashed=False)
+from support.soak.generator import make_scenario
+from support.soak.lane import Lane, Soak
+from support.soak.model import Outcome, Report
 
 
 def run(sb: Sandbox, numbers: Sequence[int], seed: int, *, lanes: int = 2,
-        log: Callable[[str], None] = print, verbose: bool = False) -> Report:
-    """Run scenarios `numbers` of `seed` in `sb` (a started Sandbox) over `lanes` lanes."""
+        log: Callable[[str], None] = print, verbose: bool = False, code: str = "") -> Report:
+    """Run scenarios `numbers` of `seed` in `sb` (a started Sandbox) over `lanes` lanes;
+    `code` names the portguard that runs, for the report."""
     t0 = time.monotonic()
-    code = code_version()
     soak = Soak(sb, lanes=lanes, log=log)
     soak.install()
     work = collections.deque(numbers)
