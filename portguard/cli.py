@@ -233,7 +233,8 @@ def _run(args: argparse.Namespace, out_stream: TextIO, err_stream: TextIO) -> in
         if out.json and args.command != "preflight":  # preflight wrote its document
             out.document({"error": exc.message, "exit_status": int(exc.exit_status)})
         elif not out.json:
-            print(f"portguard: {exc.message}", file=err_stream)
+            from portguard.text import shown_lines
+            print(f"portguard: {shown_lines(exc.message)}", file=err_stream)
         return int(exc.exit_status)
     except KeyboardInterrupt:
         print("portguard: interrupted", file=err_stream)

@@ -15,6 +15,7 @@ import enum
 from collections.abc import Iterable
 
 from portguard.records import NamedTuple
+from portguard.text import command, is_container_name, shown
 
 
 class Proto(enum.StrEnum):
@@ -145,14 +146,15 @@ class Process(NamedTuple):
     @property
     def program(self) -> str:
         """A short name for messages: the executable, and the script an interpreter runs
-        (`python3.11 app.py`), since the interpreter alone names nothing."""
+        (`python3.11 app.py`), since the interpreter alone names nothing. The process
+        chose these: `shown`, so a line break or an escape sequence stays in its text."""
         path = self.exe or (self.cmdline[0] if self.cmdline else "")
         name = self.name or path.rsplit("/", 1)[-1] or f"pid {self.pid}"
         if name.startswith(INTERPRETERS):
             script = next((a for a in self.cmdline[1:] if not a.startswith("-")), "")
             if script:
-                return f"{name} {script.rsplit('/', 1)[-1]}"
-        return name
+                return shown(f"{name} {script.rsplit('/', 1)[-1]}")
+        return shown(name)
 
 
 class Usage(NamedTuple):
@@ -180,9 +182,10 @@ class Unit(NamedTuple):
     listen: tuple[tuple[str, str], ...] = ()  # a .socket's Listen: ("Stream", "[::]:22")
 
 
-# The command that stops a container, by runtime (the administrator's own tool).
-_STOP = {"podman": "podman stop {}", "docker": "docker stop {}", "nspawn": "machinectl stop {}",
-         "containerd": "nerdctl stop {}", "cri-o": "crictl stop {}", "lxc": "lxc-stop -n {}"}
+# The command that stops a container, by runtime (the administrator's own tool), as words.
+_STOP = {"podman": ("podman", "stop"), "docker": ("docker", "stop"),
+         "nspawn": ("machinectl", "stop"), "containerd": ("nerdctl", "stop"),
+         "cri-o": ("crictl", "stop"), "lxc": ("lxc-stop", "-n")}
 
 
 class Container(NamedTuple):
@@ -208,20 +211,27 @@ class Container(NamedTuple):
 
     @property
     def label(self) -> str:
-        """What the administrator calls it: the name, else the short id."""
-        return self.name or self.short_id or "(unidentified)"
+        """What the administrator calls it: the name, else the short id (`shown`)."""
+        return shown(self.name or self.short_id or "(unidentified)")
 
     @property
     def stop_command(self) -> str:
-        if not (self.name or self.id):
-            return f"{self.runtime} ps" if self.runtime in ("podman", "docker") else "stop it"
-        # crictl knows containers by id; every other tool by the name it was given
-        target = self.id if self.runtime == "cri-o" else self.label
-        return _STOP.get(self.runtime, "stop container {} with its runtime").format(target)
+        """The runtime's own command that stops it, quoted to paste; "" where neither its
+        name nor its id is one the runtime accepts (docs/security.md): then it is named
+        (`label`, escaped), never offered as a command."""
+        # crictl knows containers by id; every other tool by the name it was given, and
+        # docker and podman by the id too
+        targets = (self.id,) if self.runtime == "cri-o" else (
+            (self.name, self.short_id) if self.runtime in ("podman", "docker") else (self.name,))
+        target = next((t for t in targets if t and is_container_name(t)), "")
+        verb = _STOP.get(self.runtime)
+        if not (self.name or self.id) and self.runtime in ("podman", "docker"):
+            return command(self.runtime, "ps")  # nothing names it: find it
+        return command(*verb, target) if verb and target else ""
 
     def __str__(self) -> str:
         ident = f" ({self.short_id})" if self.name and self.id else ""
-        return f"{self.runtime} container {self.label}{ident}"
+        return f"{shown(self.runtime)} container {self.label}{ident}"
 
 
 class Holder(NamedTuple):

@@ -58,7 +58,8 @@ def propose(app: App, notes: list[str]) -> str:
             lst.unit, sock.local_address, sock.local_port, sock.proto,
             sock.family == socket.AF_INET6, master.pid if master else 0,
             _program(master) if master else "",
-            f"{container}: `{container.stop_command}`" if container else ""))
+            f"{container}: `{container.stop_command}`" if container and container.stop_command
+            else str(container or "")))
     if unknown and os.geteuid() != 0:
         notes.append(f"{unknown} listener(s) of other users could not be read: run as root "
                      "to see every service")

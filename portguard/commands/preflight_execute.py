@@ -19,6 +19,7 @@ from portguard.observe.systemd.bus_signals import JOB_GONE
 from portguard.observe.systemd.units import Systemd
 from portguard.report.journal import Event, Journal
 from portguard.report.tables import container_text
+from portguard.text import command, shown, systemctl
 
 
 def describe_conflict(c: Conflict) -> str:
@@ -45,20 +46,23 @@ def describe_conflict(c: Conflict) -> str:
 
 
 def advice(service: Service, conflict: Conflict) -> str:
-    """What a person can do about a refusal."""
+    """What a person can do about a refusal; a command only where its words could be
+    built (`text.command`), never from a name others chose."""
     if conflict.container is not None:  # its runtime's command, never its conmon's pid
-        return (f"Stop it ({conflict.container.stop_command}), move {service.name} to "
+        stop = conflict.container.stop_command or "with its runtime"
+        return (f"Stop it ({stop}), move {service.name} to "
                 "another port, or set on_foreign: wait to wait for it.")
     if conflict.unit == "init.scope":  # PID 1 for a socket unit D-Bus could not name
         return ("Find the socket unit that listens there with `systemctl list-sockets` and "
                 f"stop it, or move {service.name} to another port.")
     if conflict.kind is Kind.FOREIGN:
-        target = f"systemctl stop {conflict.unit}" if conflict.unit else (
-            f"kill {conflict.pids[0]}" if conflict.pids else "stop it")
+        target = systemctl("stop", conflict.unit) if conflict.unit else (
+            command("kill", str(conflict.pids[0])) if conflict.pids else "")
+        target = target or "stop it yourself"
         if conflict.unit and conflict.unit.endswith(".socket") and conflict.holder and \
                 conflict.holder.unit and conflict.holder.unit.triggers:
-            target += (f"; {', '.join(conflict.holder.unit.triggers)} holds the port too "
-                       "while it runs")
+            target += (f"; {shown(', '.join(conflict.holder.unit.triggers))} holds the port "
+                       "too while it runs")
         return (f"Stop it ({target}), move {service.name} to another port, or set "
                 "on_foreign: wait to wait for it.")
     if conflict.untouchable:

@@ -19,7 +19,9 @@ from portguard.decide.postmortem import ACTIVATION, Step, Wanted
 from portguard.errors import ConfigError, ExitStatus, PortguardError, UsageError
 from portguard.model import BindIntent
 from portguard.observe.systemd import journal
-from portguard.observe.systemd.journal import Invocation
+from portguard.observe.systemd.journal import Invocation, Record
+from portguard.report.layout import columns
+from portguard.text import shown
 
 if TYPE_CHECKING:
     import argparse
@@ -214,6 +216,11 @@ def _holder_text(holder: Holder, sock_unit: str | None) -> tuple[str, str, str, 
     return f"{p.pid}{more}", p.user or str(p.uid), unit, f"{p.program} on {where}{container}"
 
 
+def _quoted(r: Record) -> str:
+    """One journal line as the journal has it: its text is the process's, so `shown`."""
+    return f"  {r.time} {shown(r.identifier)}[{r.pid}]: {shown(r.message)}"
+
+
 def render(answer: Answer) -> str:
     lines: list[str] = []
     inv = answer.invocation
@@ -223,8 +230,7 @@ def render(answer: Answer) -> str:
                         if inv else ""))
         if inv:
             lines.append("its last lines, as the journal has them:")
-            lines += [f"  {r.time} {r.identifier}[{r.pid}]: {r.message}"
-                      for r in inv.records[-LAST_LINES:]]
+            lines += [_quoted(r) for r in inv.records[-LAST_LINES:]]
             lines.append("the port is not the cause of this failure.")
         lines += [f"note: {n}" for n in answer.notes]
         return "\n".join(lines)
@@ -236,7 +242,7 @@ def render(answer: Answer) -> str:
     for r in inv.records:  # each failure line once, as the journal shows it
         if r.message in unshown:
             unshown.discard(r.message)
-            lines.append(f"  {r.time} {r.identifier}[{r.pid}]: {r.message}")
+            lines.append(_quoted(r))
     header = ("PORT", "ADDRESS", "FROM", "STATE", "PID", "USER", "UNIT", "KIND", "HOLDER")
     rows: list[tuple[str, ...]] = []
     for p in answer.ports:
@@ -251,9 +257,7 @@ def render(answer: Answer) -> str:
             rows.append((*base, state,
                          pid, user, unit, kind, what))
     if rows:
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines += ["  ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)).rstrip()
-                  for r in [header, *rows]]
+        lines += columns(header, rows)
     said: set[tuple[str, Step]] = set()  # a port declared per address: its steps once
     for p in answer.ports:
         name = f"{p.wanted.port}/{p.wanted.proto}"

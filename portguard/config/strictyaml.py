@@ -19,6 +19,7 @@ from typing import TypeVar
 import yaml
 
 from portguard.config.values import BOOL_TRAPS, TRUE_FALSE, hint
+from portguard.text import shown as escaped
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
@@ -119,7 +120,7 @@ def kind(node: yaml.Node) -> str:
 def shown(text: str, limit: int = 60) -> str:
     """`text` quoted for a one-line message: at most `limit` characters of it, with line
     breaks, control characters and escape sequences escaped (it came from the file)."""
-    body = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    body = escaped(text[:limit])
     more = f" (and {len(text) - limit} more characters)" if len(text) > limit else ""
     return f"'{body}'{more}"
 

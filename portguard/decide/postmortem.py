@@ -17,6 +17,7 @@ from portguard.decide.classify import Conflict, Kind
 from portguard.errors import ExitStatus
 from portguard.model import Holder, Proto
 from portguard.observe.systemd import activation
+from portguard.text import command, is_unit_name, offered, shown, systemctl
 
 ACTIVATION = "activation"  # the unit's own .socket unit holds it, for it (DESIGN case 7)
 RUNNING = "itself"  # the unit runs again and holds it: a failure since resolved
@@ -92,57 +93,72 @@ def template_of(unit: str) -> str:
 
 def next_step(unit: str, kind: str, conflict: Conflict | None,
               socket_unit: str | None = None) -> Step:
-    """What to do about one holder of a port `unit` failed to bind, by its kind."""
-    restart = f"systemctl restart {unit}"
+    """What to do about one holder of a port `unit` failed to bind, by its kind. Every
+    command is built from words (`text.command`); a name no command may carry is shown,
+    escaped, and no command is offered for it."""
+    restart = systemctl("restart", unit)
+    name = shown(unit)
     if conflict is None:
-        return Step(f"the port is free now: `{restart}`", restart)
+        return Step(f"the port is free now: {offered(restart, 'start it again')}", restart)
     pid = conflict.pids[0] if conflict.pids else None
     if kind == RUNNING:
-        return Step(f"{unit} itself holds it: it runs again since that failure; nothing to "
+        return Step(f"{name} itself holds it: it runs again since that failure; nothing to "
                     "do", "")
     if conflict.holder is not None and conflict.holder.unknown_reason:
-        return Step(f"{conflict.holder.unknown_reason}: `sudo portguard why {unit}` names "
-                    "it and says what to do", f"sudo portguard why {unit}")
+        again = command("sudo", "portguard", "why", unit) if is_unit_name(unit) else ""
+        return Step(f"{conflict.holder.unknown_reason}: {offered(again, 'as root, why')} "
+                    "names it and says what to do", again)
     if kind == ACTIVATION:
-        return Step(f"{socket_unit} holds it for {unit}: the service must take the socket "
-                    "systemd passes it (sd_listen_fds) instead of binding it itself, or "
-                    f"stop the socket unit to let it bind: `systemctl stop {socket_unit}`",
-                    f"systemctl stop {socket_unit}")
+        stop = systemctl("stop", socket_unit or "")
+        return Step(f"{shown(socket_unit or '')} holds it for {name}: the service must take "
+                    "the socket systemd passes it (sd_listen_fds) instead of binding it "
+                    "itself, or stop the socket unit to let it bind: "
+                    f"{offered(stop)}", stop)
     holder_unit = socket_unit or conflict.unit
+    template = template_of(unit)
+    install = offered(command("portguard", "install", template), "") if is_unit_name(
+        template) else ""
+    automatic = f"; {install} makes this automatic" if install else ""
     if conflict.container is not None:  # its runtime stops it; never its conmon's pid
         c = conflict.container
-        by = f" (through its {c.via})" if c.via else ""
+        by = f" (through its {shown(c.via)})" if c.via else ""
+        both = command_and(c.stop_command, restart)
         return Step(f"{c}{by} holds it: stop the container with its runtime "
-                    f"(`{c.stop_command}`), then `{restart}`; or move {unit} to another port",
-                    f"{c.stop_command} && {restart}")
+                    f"({offered(c.stop_command, 'its name is not one to paste')}), then "
+                    f"{offered(restart, 'start ' + name)}; or move {name} to another port",
+                    both)
     if conflict.untouchable:
-        return Step(f"{conflict.untouchable}; portguard never touches it: move {unit} to "
+        return Step(f"{conflict.untouchable}; portguard never touches it: move {name} to "
                     "another port or stop that holder yourself", "")
     if kind == Kind.LINGERING:
         return Step("only lingering sockets (a closed connection's TIME_WAIT and the like) "
                     "remain: they expire on their own, and do not block a service that sets "
-                    f"SO_REUSEADDR; then `{restart}`", restart)
+                    f"SO_REUSEADDR; then {offered(restart, 'start it again')}", restart)
     if kind == Kind.SELF:
-        return Step(f"a process left from {unit}'s previous run still holds it: stop the "
-                    f"unit's leftovers, then start it again; `portguard install "
-                    f"{template_of(unit)}` makes this automatic",
-                    f"systemctl stop {unit} && systemctl start {unit}")
+        return Step(f"a process left from {name}'s previous run still holds it: stop the "
+                    f"unit's leftovers, then start it again{automatic}",
+                    command_and(systemctl("stop", unit), systemctl("start", unit)))
     if kind == Kind.TWIN:
-        return Step(f"another instance, {holder_unit}, holds it: stop it, or let portguard "
-                    f"do it on every start with `portguard install {template_of(unit)}`",
-                    f"systemctl stop {holder_unit}")
+        stop = systemctl("stop", holder_unit or "")
+        return Step(f"another instance, {shown(holder_unit or '?')}, holds it: stop it, or "
+                    f"let portguard do it on every start{automatic}", stop)
     if kind == Kind.STRAY and pid is not None:
-        return Step(f"a copy of {unit}'s program started outside it (pid {pid}) holds it: "
-                    f"`kill {pid}` then `{restart}`; `portguard install "
-                    f"{template_of(unit)}` makes this automatic",
-                    f"kill {pid} && {restart}")
+        kill = command("kill", str(pid))
+        return Step(f"a copy of {name}'s program started outside it (pid {pid}) holds it: "
+                    f"`{kill}` then {offered(restart, 'start it again')}{automatic}",
+                    command_and(kill, restart))
     if holder_unit and not holder_unit.endswith(".scope"):
-        return Step(f"another service, {holder_unit}, holds it: stop it "
-                    f"(`systemctl stop {holder_unit}`) or move {unit} to another port",
-                    f"systemctl stop {holder_unit}")
+        stop = systemctl("stop", holder_unit)
+        return Step(f"another service, {shown(holder_unit)}, holds it: stop it "
+                    f"({offered(stop)}) or move {name} to another port", stop)
     who = f"pid {pid}" if pid is not None else "a process portguard cannot see"
-    return Step(f"{who}, not {unit}'s program, holds it: stop it yourself or move {unit} "
+    return Step(f"{who}, not {name}'s program, holds it: stop it yourself or move {name} "
                 "to another port", "")
+
+
+def command_and(first: str, then: str) -> str:
+    """`first && then`, or "" unless both could be built."""
+    return f"{first} && {then}" if first and then else ""
 
 
 def exit_status(failed: bool, held: bool, port_unknown: bool) -> ExitStatus:

@@ -17,9 +17,13 @@ from typing import NamedTuple
 
 from portguard.decide import postmortem
 from portguard.model import Proto
+from portguard.text import is_unit_name, shown
 
 DEFAULT_PROTECTED = ("sshd.service", "ssh.service", "dbus.service", "systemd-*.service")
-NEVER = ("init.scope", "portguard.service", "portguard@*.service", "systemd-*")
+# systemd's own, portguard's, and a user's service manager (what runs under it is the
+# user's, never a system service to guard)
+NEVER = ("init.scope", "portguard.service", "portguard@*.service", "systemd-*",
+         "user@*.service", "user-runtime-dir@*.service")
 
 
 class Seen(NamedTuple):
@@ -58,10 +62,12 @@ def _unguarded(unit: str | None, protected: Sequence[str]) -> str:
     """Why a unit is a comment rather than an entry ("" when it is an entry)."""
     if unit is None:
         return "outside any unit"
+    if not is_unit_name(unit):
+        return "not a name systemd gives a unit"
     if unit.endswith(".socket"):
         return ""  # handled as socket activation
     if any(fnmatch.fnmatchcase(unit, g) for g in NEVER):
-        return "systemd's own or portguard's, never guarded"
+        return "systemd's own, portguard's or a user's manager, never guarded"
     if any(fnmatch.fnmatchcase(unit, g) for g in protected):
         return "protected"
     if not unit.endswith(".service"):
@@ -135,7 +141,8 @@ def entries(seen: Iterable[Seen], protected: Sequence[str],
 
 def render(found: Sequence[Entry], skipped: Sequence[str], protected: Sequence[str],
            header: str) -> str:
-    """The config text: commented, and valid for check-config."""
+    """The config text: commented, and valid for check-config. A comment holds what
+    processes chose (paths, titles): `shown`, so nothing in it can end the comment."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     lines += ["defaults:", "  policy: stop        # stop | wait | fail | warn",
               "  on_foreign: fail    # fail | wait",
@@ -145,11 +152,11 @@ def render(found: Sequence[Entry], skipped: Sequence[str], protected: Sequence[s
     else:
         lines.append("services:")
         for e in found:
-            lines.append(f"  # {e.comment}")
+            lines.append(f"  # {shown(e.comment)}")
             lines.append(f"  {e.key}:")
             lines.append(f"    ports: {json.dumps(list(e.ports))}")
     if skipped:
         lines.append("")
         lines.append("# Listening, not guarded:")
-        lines += [f"#   {s}" for s in skipped]
+        lines += [f"#   {shown(s)}" for s in skipped]
     return "\n".join(lines) + "\n"

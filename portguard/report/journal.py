@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 from portguard.model import Container
 from portguard.records import NamedTuple
+from portguard.text import shown, shown_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -192,8 +193,10 @@ class Journal:
                 fields[key] = str(value)
         for key, value in (extra or {}).items():
             fields[field_name(key)] = value
-        record = Record(event, message, priority if priority is not None else event.priority,
-                        fields)
+        # MESSAGE is read in terminals (journalctl, `systemctl status`): no control
+        # character a process put in its name gets there
+        record = Record(event, shown_lines(message),
+                        priority if priority is not None else event.priority, fields)
         self.history.append(record)
         delivered = self._send(record)
         if not delivered:
@@ -220,7 +223,8 @@ class Journal:
     def _write_stream(self, record: Record, *, with_fields: bool) -> None:
         line = f"portguard: {record.message}"
         if with_fields:
-            pairs = " ".join(f"{k}={v}" for k, v in record.all_fields().items() if k != "MESSAGE")
+            pairs = " ".join(f"{k}={shown(v)}" for k, v in record.all_fields().items()
+                             if k != "MESSAGE")
             line += f" [{pairs}]"
         # not contextlib.suppress: contextlib is not imported on the fast path
         try:  # noqa: SIM105

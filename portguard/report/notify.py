@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from portguard.text import shown
+
 SEND_TIMEOUT = 1.0  # seconds: a wedged manager costs at most this per message
 
 
@@ -40,7 +42,9 @@ def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
 
 
 def one_line(text: str) -> str:
-    return text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+    """STATUS= is one line: portguard's own line breaks become spaces, and any other
+    control character (a process's name can hold one) is `shown`."""
+    return shown(text.replace("\r", " ").replace("\n", " ").replace("\0", " "))
 
 
 def monotonic_usec() -> int:

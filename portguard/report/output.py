@@ -1,7 +1,10 @@
 """Where a command writes: stdout for results (a table or one JSON document), stderr for
-diagnostics. Built by the CLI and handed to each command."""
+diagnostics. Built by the CLI and handed to each command. Text goes out `shown_lines`:
+whatever a process named itself, no control character reaches the terminal."""
 
 from __future__ import annotations
+
+from portguard.text import shown_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,7 +22,7 @@ class Output:
         self.verbosity = verbosity  # -1 quiet, 0 normal, 1+ verbose
 
     def result(self, text: str) -> None:
-        print(text, file=self.out)
+        print(shown_lines(text), file=self.out)
 
     def document(self, doc: dict[str, Any]) -> None:
         import json
@@ -27,4 +30,4 @@ class Output:
         self.out.write("\n")
 
     def error(self, text: str) -> None:
-        print(text, file=self.err)
+        print(shown_lines(text), file=self.err)

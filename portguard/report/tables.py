@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from portguard.model import Container, Holder, Process, Unit
 from portguard.observe.observer import LINGERING_STATES, PUBLISHED, PortReport
 from portguard.observe.systemd.activation import activated_by_note
-from portguard.report.layout import WHO_HEADER, columns, free_row, shell_join
+from portguard.report.layout import WHO_HEADER, columns, free_row
+from portguard.text import offered, shell_join, shown, systemctl
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,14 +66,14 @@ def container_doc(container: Container | None) -> dict[str, Any] | None:
     return {"runtime": container.runtime, "name": container.name or None,
             "id": container.id or None, "image": container.image or None,
             "via": container.via or None, "source": container.source or None,
-            "stop": container.stop_command}
+            "stop": container.stop_command or None}
 
 
 def container_text(container: Container) -> str:
     """`podman container web (94c1a2e552a2, image localhost/web:1)`."""
     details = [d for d in (container.short_id if container.name else "",
-                           f"image {container.image}" if container.image else "") if d]
-    return f"{container.runtime} container {container.label}" + (
+                           f"image {shown(container.image)}" if container.image else "") if d]
+    return f"{shown(container.runtime)} container {container.label}" + (
         f" ({', '.join(details)})" if details else "")
 
 
@@ -82,7 +83,8 @@ def container_note(holder: Holder) -> str:
     if c is None:
         return ""
     by = f"{c.via} for " if c.via else ""
-    return f"held by {by}{container_text(c)}: `{c.stop_command}` frees it"
+    frees = f"`{c.stop_command}` frees it" if c.stop_command else "its runtime can stop it"
+    return f"held by {by}{container_text(c)}: {frees}"
 
 
 def _process_fields(proc: Process) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def port_doc(report: PortReport, kinds: Mapping[int, str] | None = None) -> dict
 
 
 def _command(proc: Process) -> str:
-    text = shell_join(proc.cmdline) if proc.cmdline else f"[{proc.exe or '?'}]"
+    text = shown(shell_join(proc.cmdline)) if proc.cmdline else f"[{shown(proc.exe or '?')}]"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -158,7 +160,7 @@ def table(reports: Sequence[PortReport]) -> str:
 def socket_note(unit: Unit) -> str:
     """Why PID 1 holds a port, and what frees it (DESIGN case 4's socket units)."""
     return (f"PID 1 (systemd) listens for {activated_by_note(unit)}; "
-            f"`systemctl stop {unit.id}` frees it")
+            f"{offered(systemctl('stop', unit.id), 'stopping it')} frees it")
 
 
 def _states(rep: PortReport) -> str:

@@ -42,5 +42,5 @@ def test_is_interpreter_is_the_old_pattern(stem: str, tail: str, directory: str)
 def test_shell_join_is_shlex_join(words: list[str]) -> None:
     import shlex
 
-    from portguard.report.layout import shell_join
+    from portguard.text import shell_join
     assert shell_join(words) == shlex.join(words)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from portguard.model import Unit
+from portguard.text import is_container_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,7 +43,9 @@ _CONTAINER_SCOPE = (r"(?:^|/)(docker|libpod|cri-containerd|crio|containerd)-"
                     r"(conmon-)?([0-9a-f]{12,64})\.scope(?:/|$)")
 # cgroupfs driver layouts: /docker/<id>, /kubepods/.../<id>
 _CONTAINER_DIR = r"(?:^|/)(docker|lxc)/([0-9a-f]{12,64})(?:/|$)"
-_NSPAWN = r"(?:^|/)(?:machine-([^/]+)\.scope|systemd-nspawn@([^/]+)\.service)"
+# nspawn machines only where systemd-machined puts them, at the top of machine.slice:
+# anyone may name a cgroup `machine-x.scope` in their own delegated subtree
+_NSPAWN = r"^/machine\.slice/(?:machine-([^/]+)\.scope|systemd-nspawn@([^/]+)\.service)(?:/|$)"
 # Each pattern above needs one of these words: a path without any names no container,
 # and `re` (~7 ms to import) stays out of `who` and the daemon's usual pass.
 _CONTAINER_WORDS = ("docker", "libpod", "crio", "containerd", "lxc/", "machine-", "nspawn@")
@@ -73,7 +76,8 @@ def container_scope(path: str) -> tuple[str, str, bool] | None:
     m = nspawn_re.search(path)
     if m:
         name = (m.group(1) or m.group(2)).replace("\\x2d", "-")  # systemd's escaping
-        return "nspawn", name, False
+        # machined names a machine as a hostname; any other name is not its scope
+        return ("nspawn", name, False) if is_container_name(name) else None
     return None
 
 

