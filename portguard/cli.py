@@ -193,9 +193,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     out_stream = stdout if stdout is not None else sys.stdout
     err_stream = stderr if stderr is not None else sys.stderr
     words = list(argv) if argv is not None else sys.argv[1:]
-    # the drop-in's exact form (`portguard preflight %n`) tries the fast path first
-    if (len(words) == 2 and words[0] == "preflight" and not words[1].startswith("-")
-            and _preflight_fast(words[1], err_stream)):
+    drop_in = _drop_in_form(words)  # what `install` writes tries the fast path first
+    if drop_in is not None and _preflight_fast(*drop_in, err_stream):
         return 0  # ExitStatus.OK; errors (and enum) are imported only past the fast paths
     args = _who_plain(words, out_stream)
     if isinstance(args, int):
@@ -250,24 +249,37 @@ def _run(args: argparse.Namespace, out_stream: TextIO, err_stream: TextIO) -> in
         app.close()
 
 
-def _preflight_fast(unit: str, err_stream: TextIO) -> bool:
+def _drop_in_form(words: list[str]) -> tuple[str, str] | None:
+    """(config file, unit) when argv is a form `install` writes: `preflight UNIT`, or
+    `--config PATH preflight UNIT` for a config other than the default; else None."""
+    if len(words) == 4 and words[0] == "--config" and words[1]:
+        config, words = words[1], words[2:]
+    elif len(words) == 2:
+        from portguard.app import default_config_file
+        config = default_config_file()
+    else:
+        return None
+    if words[0] != "preflight" or words[1].startswith("-"):
+        return None
+    return config, words[1]
+
+
+def _preflight_fast(config: str, unit: str, err_stream: TextIO) -> bool:
     """True when the compiled config showed every port of `unit` free (and said so); False
-    sends the run the whole way, which decides again from the YAML."""
-    from portguard.app import default_config_file
+    sends the run the whole way, which decides again from the YAML. Nothing goes to
+    $NOTIFY_SOCKET: systemd clears a unit's STATUS= text when it starts the unit again
+    (checked by test_preflight_restart), so only a refusal has something to say."""
     from portguard.commands.preflight_fast import attempt
-    from portguard.commands.preflight_stop import stop_pending, tell_systemd
-    from portguard.errors import ExitStatus, PortguardError
+    from portguard.commands.preflight_stop import stop_pending
+    from portguard.errors import PortguardError
     from portguard.report.journal import Journal
     journal = Journal(echo=None, verbose=False, stream=err_stream)
     try:
-        clear = attempt(default_config_file(), unit, journal) and not stop_pending()
+        return attempt(config, unit, journal) and not stop_pending()
     except (OSError, PortguardError):
         return False  # e.g. EMFILE: the whole way reports it properly
     finally:
         journal.close()
-    if clear:
-        tell_systemd(ExitStatus.OK, "")  # a refused start's reason goes from `systemctl status`
-    return clear
 
 
 def _who_plain(words: list[str], out_stream: TextIO) -> argparse.Namespace | int | None:

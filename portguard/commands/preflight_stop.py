@@ -4,8 +4,9 @@
 Restart= that is after the last refused attempt, so a refusal's reason on stderr and in
 the journal scrolls out of view at once (issue 11 item 4). A STATUS= text stays, shown as
 `Status: "..."` both when `systemctl start` returns and once the unit settles: preflight
-sends its verdict there when $NOTIFY_SOCKET is set (the drop-in sets NotifyAccess=exec,
-which accepts control processes), and clears it when the ports are clear.
+sends a refusal there when $NOTIFY_SOCKET is set (the drop-in sets NotifyAccess=exec,
+which accepts control processes); a clear start sends nothing, as systemd drops the old
+text itself when it starts the unit again.
 
 Preflight stopped with its unit: end like any stopped unit, not as a failure.
 
@@ -127,15 +128,15 @@ def settle(unit: str, stop: StopRequested, connect: Callable[[], Systemd],
 
 
 def tell_systemd(status: ExitStatus, error: str, env: Mapping[str, str] | None = None) -> None:
-    """STATUS= for `systemctl status`: the refusal, or "" (cleared) when the ports are
-    clear; nothing outside a unit with a notify socket."""
-    if not (os.environ if env is None else env).get("NOTIFY_SOCKET"):
+    """STATUS= for `systemctl status`: the refusal; nothing when the ports are clear (systemd
+    clears the text of an earlier refusal when it starts the unit again) or outside a unit
+    with a notify socket."""
+    if status is ExitStatus.OK or not (os.environ if env is None else env).get("NOTIFY_SOCKET"):
         return
     from portguard.report.notify import Notifier
     notifier = Notifier(env)
     try:
-        notifier.status(STATUS_PREFIX + error if error else
-                        "" if status is ExitStatus.OK else f"{STATUS_PREFIX}exit {int(status)}")
+        notifier.status(STATUS_PREFIX + error if error else f"{STATUS_PREFIX}exit {int(status)}")
     except OSError:
         pass  # best effort: the refusal is on stderr and in the journal anyway
     finally:
