@@ -195,7 +195,9 @@ class Container(NamedTuple):
     and `image` what the runtime records ("" when it could not be read), `via` the
     helper process that holds the host port for it (conmon, docker-proxy, rootlessport,
     slirp4netns, pasta; "" when the container's own process holds it) and `source` where
-    the name was read, for `-v` and bug reports.
+    the name was read, for `-v` and bug reports. `user` is the account whose own runtime
+    runs it (rootless: its name is in that user's store, and only that user's runtime
+    stops it); "" for root's.
     """
 
     runtime: str  # podman, docker, containerd, cri-o, nspawn, lxc
@@ -204,6 +206,7 @@ class Container(NamedTuple):
     image: str = ""
     via: str = ""
     source: str = ""
+    user: str = ""
 
     @property
     def short_id(self) -> str:
@@ -225,13 +228,19 @@ class Container(NamedTuple):
             (self.name, self.short_id) if self.runtime in ("podman", "docker") else (self.name,))
         target = next((t for t in targets if t and is_container_name(t)), "")
         verb = _STOP.get(self.runtime)
+        as_user: tuple[str, ...] = ()
+        if self.user:  # a user's runtime, as that user: root's would stop root's container
+            if not is_container_name(self.user):
+                return ""
+            as_user = ("runuser", "-u", self.user, "--")
         if not (self.name or self.id) and self.runtime in ("podman", "docker"):
-            return command(self.runtime, "ps")  # nothing names it: find it
-        return command(*verb, target) if verb and target else ""
+            return command(*as_user, self.runtime, "ps")  # nothing names it: find it
+        return command(*as_user, *verb, target) if verb and target else ""
 
     def __str__(self) -> str:
         ident = f" ({self.short_id})" if self.name and self.id else ""
-        return f"{shown(self.runtime)} container {self.label}{ident}"
+        whose = f" of user {shown(self.user)}" if self.user else ""
+        return f"{shown(self.runtime)} container {self.label}{ident}{whose}"
 
 
 class Holder(NamedTuple):

@@ -66,6 +66,7 @@ def container_doc(container: Container | None) -> dict[str, Any] | None:
     return {"runtime": container.runtime, "name": container.name or None,
             "id": container.id or None, "image": container.image or None,
             "via": container.via or None, "source": container.source or None,
+            "user": container.user or None,
             "stop": container.stop_command or None}
 
 
@@ -73,7 +74,8 @@ def container_text(container: Container) -> str:
     """`podman container web (94c1a2e552a2, image localhost/web:1)`."""
     details = [d for d in (container.short_id if container.name else "",
                            f"image {shown(container.image)}" if container.image else "") if d]
-    return f"{shown(container.runtime)} container {container.label}" + (
+    whose = f" of user {shown(container.user)}" if container.user else ""
+    return f"{shown(container.runtime)} container {container.label}{whose}" + (
         f" ({', '.join(details)})" if details else "")
 
 

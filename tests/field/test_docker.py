@@ -68,7 +68,7 @@ def start(sb: Sandbox, *args: str) -> dict[str, Any]:
 
 def expected(cid: str, via: str | None) -> dict[str, Any]:
     return {"runtime": "docker", "name": "web", "id": cid, "image": IMAGE, "via": via,
-            "source": "config.v2.json", "stop": "docker stop web"}
+            "source": "config.v2.json", "user": None, "stop": "docker stop web"}
 
 
 def test_published_port_held_by_docker_proxy(web: Field, guard: Guard) -> None:

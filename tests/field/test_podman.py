@@ -76,7 +76,7 @@ def assert_names_web(sb: Sandbox, cid: str, via: str | None) -> dict[str, Any]:
     text, port = rt.who_json(sb)
     [row] = port["holders"]
     assert row["container"] == {"runtime": "podman", "name": "web", "id": cid, "image": IMAGE,
-                                "via": via, "source": "containers.json",
+                                "via": via, "source": "containers.json", "user": None,
                                 "stop": "podman stop web"}, row
     header = text.splitlines()[0].split()
     assert header[6] == "CONTAINER"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 from pathlib import Path
 
 from support.cases import Case, config
@@ -89,3 +90,93 @@ def test_a_cgroup_named_like_a_machine_in_a_users_subtree_is_no_container(case: 
         assert_no_injected_command(record.get("MESSAGE", ""))
         assert "PORTGUARD_HOLDER_CONTAINER" not in record
     assert case.sb.pid_alive(pid)  # a foreign holder: never touched
+
+
+ROOT_ID = "5" * 64  # a container of root's docker, named "shop" in root's records
+IRC = 39  # a system account whose home (/run/ircd) is on the sandbox's private /run
+STORE = "/run/ircd/.local/share/containers/storage"
+
+
+def user_scope_listener(case: Case, port: int, uid: int, user: str, scope: str) -> int:
+    """A listener of `user` (in `user@UID.service`, delegated) that the user moves into a
+    sub-cgroup of its own subtree named `scope`."""
+    sb = case.sb
+    listener = f"/run/listener-{case.uid}.py"
+    sb.write_file(listener, Path(LISTENER).read_text(), mode=0o644)
+    manager = f"user@{uid}.service"
+    sb.write_unit(manager, f"[Service]\nUser={user}\nDelegate=yes\nSlice=user-{uid}.slice\n"
+                           f"ExecStart={SYSTEM_PYTHON} {listener} --port {port}\n")
+    case.units.append(manager)
+    pid = case.start_listening(manager, port)
+    base = f"/sys/fs/cgroup/user.slice/user-{uid}.slice/{manager}"
+    moved = sb.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                    "sh", "-c", 'mkdir "$1" && echo "$2" > "$1/cgroup.procs"', "sh",
+                    f"{base}/{scope}", str(pid)])
+    assert moved.returncode == 0, moved.stderr
+    return pid
+
+
+def as_user(case: Case, uid: int, script: str) -> None:
+    done = case.sb.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                        "sh", "-c", script])
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_users_scope_named_after_roots_container_never_borrows_its_name(case: Case
+                                                                         ) -> None:
+    sb = case.sb
+    sb.run(["sh", "-c", "mkdir -p /var/lib/docker && mount -t tmpfs -o mode=711 hostile "
+            f"/var/lib/docker && mkdir -p /var/lib/docker/containers/{ROOT_ID} && printf "
+            f"'%s' '{{\"ID\": \"{ROOT_ID}\", \"Name\": \"/shop\", \"Config\": "
+            f"{{\"Image\": \"nginx:1\"}}}}' > /var/lib/docker/containers/{ROOT_ID}/"
+            "config.v2.json"], check=True)
+    port = case.port()
+    pid = user_scope_listener(case, port, NOBODY, "nobody", f"docker-{ROOT_ID}.scope")
+    done = sb.portguard("--json", "who", str(port))
+    [holder] = json.loads(done.stdout)["ports"][0]["holders"]
+    assert holder["pid"] == pid
+    container = holder["container"]
+    assert container is None or (container["name"] is None
+                                 and container["user"] == "nobody"), container
+    table = sb.portguard("who", str(port)).stdout
+    assert "shop" not in table and "docker stop" not in table.replace(
+        "runuser -u nobody -- docker stop", ""), table
+
+    # root's own scope of that id is root's container, and keeps its name
+    root_port = case.port()
+    root_pid = sb.spawn(["systemd-run", "--scope", f"--unit=docker-{ROOT_ID}.scope",
+                         "--quiet", SYSTEM_PYTHON, f"/run/listener-{case.uid}.py", "--port",
+                         str(root_port)])
+    case.pids.append(root_pid)
+    case.wait_listening(root_port, root_pid)
+    done = sb.portguard("--json", "who", str(root_port))
+    [holder] = json.loads(done.stdout)["ports"][0]["holders"]
+    assert (holder["container"]["name"], holder["container"]["user"]) == ("shop", None)
+
+
+def test_a_fifo_or_a_link_to_dev_zero_in_a_users_store_cannot_stall_who(case: Case
+                                                                        ) -> None:
+    sb = case.sb
+    ident = "7" * 64
+    sb.run(["sh", "-c", f"mkdir -p {STORE}/overlay-containers && chown -R irc: /run/ircd"],
+           check=True)
+    port = case.port()
+    pid = user_scope_listener(case, port, IRC, "irc", f"libpod-{ident}.scope")
+    records = f"{STORE}/overlay-containers/containers.json"
+    for plant in (f"mkfifo {records}", f"ln -s /dev/zero {records}"):
+        as_user(case, IRC, f"rm -f {records} && {plant}")
+        t0 = time.monotonic()
+        done = sb.portguard("--json", "who", str(port), timeout=30)
+        took = time.monotonic() - t0
+        assert done.returncode == 1, done.stdout + done.stderr
+        [holder] = json.loads(done.stdout)["ports"][0]["holders"]
+        assert holder["pid"] == pid and holder["container"]["user"] == "irc"
+        assert holder["container"]["name"] is None
+        assert took < 5, (plant, took)
+    # a regular file of the user's own is read: its name for its own container
+    as_user(case, IRC, f"rm -f {records} && printf '%s' '[{{\"id\": \"{ident}\", "
+            f"\"names\": [\"chat\"]}}]' > {records}")
+    done = sb.portguard("--json", "who", str(port))
+    [holder] = json.loads(done.stdout)["ports"][0]["holders"]
+    assert (holder["container"]["name"], holder["container"]["user"]) == ("chat", "irc")
+    assert "runuser -u irc -- podman stop chat" in sb.portguard("who", str(port)).stdout

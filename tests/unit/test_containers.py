@@ -69,17 +69,32 @@ class Disk:
         self.procs = {p.pid: p for p in procs}
         self.reads: list[str] = []
 
-    def read(self, path: str) -> str | None:
-        self.reads.append(path)
-        return self.files.get(path)
+    @staticmethod
+    def owner(path: str) -> int:
+        """Who owns a file here: u1000 what is under /home/u1000, root the rest."""
+        return int(path.split("/")[2][1:]) if path.startswith("/home/u") else 0
 
-    def listdir(self, path: str) -> list[str]:
+    def read(self, path: str, owner: int) -> str | None:
+        self.reads.append(path)
+        return self.files.get(path) if self.owner(path) == owner else None
+
+    def listdir(self, path: str, owner: int) -> list[str]:
         prefix = path.rstrip("/") + "/"
+        if self.owner(path) != owner:
+            return []
         return sorted({f[len(prefix):].split("/")[0] for f in self.files if f.startswith(prefix)})
 
     def identifier(self) -> Identifier:
         return Identifier(self.procs.get, read=self.read, listdir=self.listdir,
-                          home=lambda uid: f"/home/u{uid}")
+                          home=lambda uid: f"/home/u{uid}", owner_of=cgroup_owner,
+                          user_name=lambda uid: f"u{uid}")
+
+
+def cgroup_owner(cgroup: str) -> int:
+    """As systemd makes them: root's, except in user@UID.service's subtree (the user's)."""
+    import re
+    m = re.search(r"/user@(\d+)\.service/", cgroup)
+    return int(m.group(1)) if m else 0
 
 
 PODMAN_DISK = {f"{ROOT}/overlay-containers/containers.json": CONTAINERS_JSON}
@@ -213,8 +228,10 @@ def test_a_rootless_container_is_found_in_its_users_store() -> None:
                  "containers.json": CONTAINERS_JSON})
     helper = proc(300, ("rootlessport",), f"/user.slice/user-1000.slice/user@1000.service/"
                   f"user.slice/libpod-conmon-{CID}.scope", uid=1000)
-    assert disk.identifier().identify([helper]) == Container(
-        "podman", CID, "web", "localhost/web:1", "rootlessport", "containers.json")
+    found = disk.identifier().identify([helper])
+    assert found == Container(
+        "podman", CID, "web", "localhost/web:1", "rootlessport", "containers.json", "u1000")
+    assert found.stop_command == "runuser -u u1000 -- podman stop web"  # its user's podman
 
 
 def test_a_rootless_helper_outside_any_scope_is_named_through_its_parents() -> None:
@@ -224,8 +241,8 @@ def test_a_rootless_helper_outside_any_scope_is_named_through_its_parents() -> N
     found = Disk(PODMAN_DISK, (conmon,)).identifier().identify([slirp])
     assert found is not None and (found.name, found.via) == ("web", "slirp4netns")
     lost = Disk({}).identifier().identify([slirp._replace(ppid=1)])
-    assert lost == Container("podman", "", via="slirp4netns")
-    assert lost.stop_command == "podman ps"  # nothing names it: find it
+    assert lost == Container("podman", "", via="slirp4netns", user="u1000")
+    assert lost.stop_command == "runuser -u u1000 -- podman ps"  # nothing names it: find it
 
 
 def test_store_files_are_read_once_per_observation() -> None:
@@ -416,3 +433,18 @@ def test_a_process_that_only_calls_itself_conmon_is_not_believed() -> None:
     real = fake._replace(exe="/usr/bin/conmon")
     found = Disk(PODMAN_DISK).identifier().identify([real])
     assert found is not None and found.name == "web"
+
+
+def test_a_users_cgroup_named_after_roots_container_never_borrows_its_record() -> None:
+    """Anyone may name a cgroup `docker-<id>.scope` in their own delegated subtree: root's
+    records name root's containers only, so the advice never names root's container."""
+    disk = Disk({f"/var/lib/docker/containers/{DOCKER_ID}/config.v2.json": DOCKER_CONFIG})
+    fake = proc(70, ("/srv/x",), f"/user.slice/user-1000.slice/user@1000.service/"
+                f"docker-{DOCKER_ID}.scope", uid=1000)
+    found = disk.identifier().identify([fake])
+    assert found is not None and (found.name, found.user) == ("", "u1000")
+    assert found.stop_command == f"runuser -u u1000 -- docker stop {DOCKER_ID[:12]}"
+    assert not any(r.endswith("config.v2.json") for r in disk.reads)
+    podman = proc(71, ("/srv/x",), f"/user.slice/user-1000.slice/user@1000.service/"
+                  f"libpod-{CID}.scope", uid=1000)
+    assert Disk(PODMAN_DISK).identifier().identify([podman]).name == ""  # root's store: no

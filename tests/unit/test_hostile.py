@@ -11,8 +11,12 @@ words; nothing printed holds a control character; a proposal declares only what 
 from __future__ import annotations
 
 import io
+import os
 import shlex
 import socket
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +26,7 @@ from portguard.config.schema import Service, loads
 from portguard.decide import postmortem, proposal
 from portguard.decide.classify import Conflict, Kind
 from portguard.model import Container, Holder, PortSpec, Process, Proto, Socket, Unit
+from portguard.observe.containers import files
 from portguard.observe.procs.cgroups import container_from_cgroup, container_scope
 from portguard.report import tables
 from portguard.report.journal import Event, Journal
@@ -212,3 +217,41 @@ def test_every_sink_escapes_what_a_process_named_itself(name: str) -> None:
     proc = Process(5, 0, cmdline=(f"/srv/{name}", name), name=name)
     assert proc.program.isprintable()
     assert all(line.isprintable() for line in tables._command(proc).splitlines())
+
+
+def test_records_in_a_users_store_are_read_only_as_regular_files_of_their_owner(
+        tmp_path: Path) -> None:
+    me = os.getuid()
+    good = tmp_path / "containers.json"
+    good.write_text("[]")
+    assert files.read_owned(str(good), me) == "[]"
+    assert files.read_owned(str(good), me + 1) is None  # another uid's file: not its store
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "zero"
+    link.symlink_to("/dev/zero")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 101)
+    t0 = time.monotonic()
+    assert files.read_owned(str(fifo), me) is None  # no writer: would block forever
+    assert files.read_owned(str(link), me) is None  # never followed
+    assert files.read_owned("/dev/zero", 0) is None  # not a regular file
+    assert files.read_owned(str(big), me, limit=100) is None
+    assert time.monotonic() - t0 < 1
+    assert files.list_owned(str(tmp_path), me) == sorted(["big", "containers.json", "fifo",
+                                                          "zero"])
+    assert files.list_owned(str(link), me) == [] and files.list_owned(str(tmp_path), me + 1) == []
+
+
+def test_a_store_that_stalls_is_given_up_on_within_the_bound() -> None:
+    release = threading.Event()
+
+    def stalls() -> dict[str, str]:
+        release.wait(10)
+        return {"late": "x"}
+    t0 = time.monotonic()
+    assert files.bounded("test:stall", stalls, {}, seconds=0.2) == {}
+    assert time.monotonic() - t0 < 1
+    assert files.bounded("test:stall", lambda: {"now": "y"}, {}) == {}  # not read again
+    release.set()
+    assert files.bounded("test:fine", lambda: {"now": "y"}, {}) == {"now": "y"}

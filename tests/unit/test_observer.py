@@ -19,6 +19,7 @@ import pytest
 
 from portguard.model import Proto, Socket, Unit
 from portguard.observe import observer
+from portguard.observe.containers import lookup
 from portguard.observe.observer import Observer, PortReport, UnitLookup
 from portguard.observe.procs import processes
 from portguard.observe.procs.cgroupfs import CgroupTree
@@ -118,6 +119,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
         return real_listdir(path)
 
     monkeypatch.setattr(os, "listdir", listdir)
+    # the fake /proc's cgroups exist nowhere: as on a host, root made them all
+    monkeypatch.setattr(lookup, "_cgroup_owner", lambda cgroup: 0)
     return w
 
 

@@ -122,7 +122,7 @@ def test_port_doc_extras() -> None:
     assert (row["address"], row["family"], row["v6only"]) == ("::", "ipv6", False)
     assert row["container"] == {"runtime": "docker", "name": "web", "id": "3f2a9c1b2d4e" * 5,
                                 "image": "nginx:1", "via": None, "source": "config.v2.json",
-                                "stop": "docker stop web"}
+                                "user": None, "stop": "docker stop web"}
     assert row["notes"] == ["a note"]
     assert row["unit_state"] is None  # a unit known only by name
     assert doc["connections"] == 4

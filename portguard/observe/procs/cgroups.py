@@ -61,6 +61,18 @@ def container_scope(path: str) -> tuple[str, str, bool] | None:
     conmon, which holds a published port for it. nspawn machines are named, not numbered:
     ("nspawn", "mybox", False).
     """
+    found = _scope_match(path)
+    return found[:3] if found is not None else None
+
+
+def container_cgroup(path: str) -> str | None:
+    """The container's own cgroup within `path` (`/system.slice/docker-<id>.scope` of
+    `.../docker-<id>.scope/init`): whoever made that directory owns the container."""
+    found = _scope_match(path)
+    return path[:found[3]].rstrip("/") if found is not None else None
+
+
+def _scope_match(path: str) -> tuple[str, str, bool, int] | None:
     if not any(word in path for word in _CONTAINER_WORDS):
         return None
     if not _compiled:
@@ -69,15 +81,16 @@ def container_scope(path: str) -> tuple[str, str, bool] | None:
     scope_re, dir_re, nspawn_re = _compiled
     m = scope_re.search(path)
     if m:
-        return _RUNTIME_NAMES.get(m.group(1), m.group(1)), m.group(3), bool(m.group(2))
+        return (_RUNTIME_NAMES.get(m.group(1), m.group(1)), m.group(3), bool(m.group(2)),
+                m.end())
     m = dir_re.search(path)
     if m:
-        return m.group(1), m.group(2), False
+        return m.group(1), m.group(2), False, m.end()
     m = nspawn_re.search(path)
     if m:
         name = (m.group(1) or m.group(2)).replace("\\x2d", "-")  # systemd's escaping
         # machined names a machine as a hostname; any other name is not its scope
-        return ("nspawn", name, False) if is_container_name(name) else None
+        return ("nspawn", name, False, m.end()) if is_container_name(name) else None
     return None
 
 
