@@ -39,59 +39,6 @@ def assert_no_injected_command(text: str) -> None:
         assert "curl" not in tokens and "sh" not in tokens, cmd
 
 
-def users_listener(case: Case, port: int) -> tuple[str, int]:
-    """A user's manager stand-in (`user@65534.service`, Delegate=yes, User=nobody) whose
-    listener the user itself moves into a sub-cgroup it names `machine-a;curl...`."""
-    sb = case.sb
-    listener = f"/run/listener-{case.uid}.py"
-    sb.write_file(listener, Path(LISTENER).read_text(), mode=0o644)
-    manager = f"user@{NOBODY}.service"
-    sb.write_unit(manager, f"[Service]\nUser=nobody\nDelegate=yes\nSlice=user-{NOBODY}.slice\n"
-                           f"ExecStart={SYSTEM_PYTHON} {listener} --port {port}\n")
-    case.units.append(manager)
-    pid = case.start_listening(manager, port)
-    base = f"/sys/fs/cgroup/user.slice/user-{NOBODY}.slice/{manager}"
-    # as the user, in its own delegated subtree: no privilege needed
-    moved = sb.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                    "sh", "-c", 'mkdir "$1" && echo "$2" > "$1/cgroup.procs"', "sh",
-                    f"{base}/{INJECTION}", str(pid)])
-    assert moved.returncode == 0, moved.stderr
-    assert sb.cgroup_of(pid) == f"/user.slice/user-{NOBODY}.slice/{manager}/{INJECTION}"
-    return manager, pid
-
-
-def test_a_cgroup_named_like_a_machine_in_a_users_subtree_is_no_container(case: Case
-                                                                         ) -> None:
-    port = case.port()
-    manager, pid = users_listener(case, port)
-    web = case.unit(f"web-{case.uid}.service", "--port", str(port), guarded=False)
-    case.config(config(port, web))
-
-    who = case.sb.portguard("who", str(port))
-    assert who.returncode == 1 and str(pid) in who.stdout, who.stdout + who.stderr
-    assert "CONTAINER" not in who.stdout
-    who_json = case.sb.portguard("--json", "who", str(port))
-    [holder] = json.loads(who_json.stdout)["ports"][0]["holders"]
-    assert (holder["pid"], holder["unit"], holder["container"]) == (pid, manager, None)
-
-    preflight = case.preflight(web, "--dry-run")
-    assert preflight.returncode == 1, preflight.stdout + preflight.stderr
-    status = case.sb.portguard("--config", case.cfg, "status")
-    # the unit's own start fails to bind, for real: `why` reads that
-    case.start(web)
-    case.sb.wait_unit_state(web, "failed", timeout=20)
-    why = case.sb.portguard("--config", case.cfg, "why", web, timeout=60)
-    assert why.returncode == 1, why.stdout + why.stderr
-    assert str(pid) in why.stdout
-    for done in (who, preflight, status, why):
-        assert_no_injected_command(done.stdout + done.stderr)
-    # and what portguard journaled for the refusal
-    for record in case.records():
-        assert_no_injected_command(record.get("MESSAGE", ""))
-        assert "PORTGUARD_HOLDER_CONTAINER" not in record
-    assert case.sb.pid_alive(pid)  # a foreign holder: never touched
-
-
 ROOT_ID = "5" * 64  # a container of root's docker, named "shop" in root's records
 IRC = 39  # a system account whose home (/run/ircd) is on the sandbox's private /run
 STORE = "/run/ircd/.local/share/containers/storage"
@@ -120,6 +67,41 @@ def as_user(case: Case, uid: int, script: str) -> None:
     done = case.sb.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                         "sh", "-c", script])
     assert done.returncode == 0, done.stderr
+
+
+def test_a_cgroup_named_like_a_machine_in_a_users_subtree_is_no_container(case: Case
+                                                                         ) -> None:
+    port = case.port()
+    # any user may name cgroups in its own delegated subtree
+    pid = user_scope_listener(case, port, NOBODY, "nobody", INJECTION)
+    manager = f"user@{NOBODY}.service"
+    assert case.sb.cgroup_of(pid) == f"/user.slice/user-{NOBODY}.slice/{manager}/{INJECTION}"
+    web = case.unit(f"web-{case.uid}.service", "--port", str(port), guarded=False)
+    case.config(config(port, web))
+
+    who = case.sb.portguard("who", str(port))
+    assert who.returncode == 1 and str(pid) in who.stdout, who.stdout + who.stderr
+    assert "CONTAINER" not in who.stdout
+    who_json = case.sb.portguard("--json", "who", str(port))
+    [holder] = json.loads(who_json.stdout)["ports"][0]["holders"]
+    assert (holder["pid"], holder["unit"], holder["container"]) == (pid, manager, None)
+
+    preflight = case.preflight(web, "--dry-run")
+    assert preflight.returncode == 1, preflight.stdout + preflight.stderr
+    status = case.sb.portguard("--config", case.cfg, "status")
+    # the unit's own start fails to bind, for real: `why` reads that
+    case.start(web)
+    case.sb.wait_unit_state(web, "failed", timeout=20)
+    why = case.sb.portguard("--config", case.cfg, "why", web, timeout=60)
+    assert why.returncode == 1, why.stdout + why.stderr
+    assert str(pid) in why.stdout
+    for done in (who, preflight, status, why):
+        assert_no_injected_command(done.stdout + done.stderr)
+    # and what portguard journaled for the refusal
+    for record in case.records():
+        assert_no_injected_command(record.get("MESSAGE", ""))
+        assert "PORTGUARD_HOLDER_CONTAINER" not in record
+    assert case.sb.pid_alive(pid)  # a foreign holder: never touched
 
 
 def test_a_users_scope_named_after_roots_container_never_borrows_its_name(case: Case
