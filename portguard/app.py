@@ -84,11 +84,10 @@ class App:
     def config(self) -> Config:
         """The validated config, loaded on first use (commands like `who` need none)."""
         if self._config is None:
-            from portguard.config import compiled
             from portguard.config.schema import load_source
             path = self.config_path
             self._config, source = load_source(path)
-            compiled.store(str(path), source, self._config)  # for the next guarded start
+            store_compiled(str(path), source, self._config)  # for the next guarded start
         return self._config
 
     def close(self) -> None:
@@ -96,3 +95,18 @@ class App:
             self._observer.unit_lookup.close()
         if self._journal is not None:
             self._journal.close()
+
+
+def store_compiled(config_path: str, source: bytes, cfg: Config) -> None:
+    """Write the compiled config (config.compiled) for preflight's fast path; quietly
+    skip what cannot be (not root, a config not root's alone, /run/portguard unwritable):
+    the fast path then loads the YAML."""
+    import contextlib
+
+    from portguard.act import files
+    from portguard.config import compiled
+    found = compiled.compile_config(config_path, source, cfg)
+    if found is None:
+        return
+    with contextlib.suppress(OSError):
+        files.write_atomic(found[0], found[1], mode=0o600, dir_mode=0o700)

@@ -85,6 +85,8 @@ class _HelpExit(Exception):
 def build_parser() -> argparse.ArgumentParser:
     import argparse  # here, not at import: see _parser_type
 
+    from portguard.commands import OPTION_DEFAULTS
+    from portguard.commands.who_fast import WHO_DEFAULTS
     parser_type = _parser_type()
     parser = parser_type(
         prog="portguard",
@@ -97,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="count", default=0, help="say more")
+    noise.add_argument("-v", "--verbose", action="count", help="say more")
     noise.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    parser.set_defaults(**OPTION_DEFAULTS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_type)
     commands.required = True
 
@@ -119,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="e.g. 8080, 5353/udp, 7000-7010/tcp (tcp when no protocol); "
                      "with an address, 127.0.0.2:8080/udp or [::1]:8443, ask as a "
                      "service binding it would (preflight's question)")
-    who.add_argument("--reuse-address", action=argparse.BooleanOptionalAction, default=None,
+    who.add_argument("--reuse-address", action=argparse.BooleanOptionalAction,
                      help="ask whether a service that sets (or, --no-reuse-address, does "
                      "not set) SO_REUSEADDR could bind each port now, and who stops it "
                      "(default with an address: set, as reuse_address: true)")
-    who.set_defaults(handler="who:run")
+    who.set_defaults(**WHO_DEFAULTS)
 
     status = commands.add_parser(
         "status", help="every configured service: ports, holders, unit state",

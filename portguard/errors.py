@@ -9,7 +9,7 @@ import enum
 
 
 class ExitStatus(enum.IntEnum):
-    """Process exit codes: the contract in the contract (docs/) (sysexits where one fits)."""
+    """Process exit codes: as docs/commands.md promises them (sysexits where one fits)."""
 
     OK = 0  # ports clear
     BLOCKED = 1  # foreign holder, policy `fail`, a stop that failed

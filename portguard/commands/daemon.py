@@ -9,7 +9,7 @@ portguard.commands.daemon_heal (act through Preflight).
 
 sd_notify: READY=1 after a valid config and the first pass; STATUS= after every pass;
 SIGHUP: RELOADING=1, re-read, a bad config kept out, READY=1; SIGTERM: STOPPING=1, exit 0
-at once (the handler raises resolve.Interrupted into a pass in progress). A pass step that
+at once (the handler raises daemon_heal.Interrupted into a pass in progress). A pass step that
 may wait keeps the watchdog fed through notify.Keeper, within its own bound only.
 
 Test hook: PORTGUARD_TEST_HANG_AFTER=N hangs the loop after N passes (no more passes, no

@@ -8,13 +8,13 @@ atomically (mode 0644) and never over an existing file.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from portguard.act import files
 from portguard.decide import proposal
 from portguard.errors import ConfigError, ExitStatus, PortguardError
 
@@ -105,38 +105,15 @@ def _program(proc: Process) -> str:
 
 
 def write_new(path: Path, text: str) -> None:
-    """Write `path` atomically, mode 0644, refusing to replace anything already there:
-    a temporary file in the same directory, fsynced, then link()ed to the name (which
-    fails if the name exists, even if it appeared a moment ago)."""
-    if os.path.lexists(path):
+    """Write `path` atomically, mode 0644, refusing to replace anything already there
+    (act.files.write_atomic, exclusive: even a name that appeared a moment ago)."""
+    try:
+        files.write_atomic(path, text.encode("utf-8"), mode=0o644, exclusive=True)
+    except FileExistsError:
         raise PortguardError(f"{path} exists; not overwriting it (remove it first, or "
-                             "write elsewhere)")
-    directory = path.parent
-    tmp = directory / f".{path.name}.portguard-{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                             "write elsewhere)") from None
     except OSError as exc:
-        raise PortguardError(f"cannot write in {directory}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)  # whatever the umask
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise PortguardError(f"{path} exists; not overwriting it") from None
-        except OSError as exc:
-            raise PortguardError(f"cannot create {path}: {exc.strerror}") from None
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        raise PortguardError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:

@@ -40,8 +40,8 @@ Decisions, for the README:
   it (the line is left out, which install reads over D-Bus; a template through an
   instance it loads for the purpose).
 - A socket-activated unit gets the same drop-in: preflight counts the listeners PID 1
-  holds for the unit's own .socket units as the unit's (DESIGN case 7), so a connection
-  that starts it is never refused; install says so in a note.
+  holds for the unit's own .socket units as the unit's (docs/commands.md: socket
+  activation), so a connection that starts it is never refused; install says so in a note.
 - A config other than /etc/portguard/config.yaml (given by --config or
   $PORTGUARD_CONFIG, which the service will not have) goes into the command line.
 """
@@ -52,15 +52,14 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from portguard import __version__
-from portguard.act import units
+from portguard.act import files, units
 from portguard.app import DEFAULT_CONFIG_FILE
-from portguard.config.unitnames import mangle_unit
+from portguard.config.unitnames import instance_template, mangle_unit
 from portguard.config.values import service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 from portguard.model import Unit
@@ -124,14 +123,6 @@ def is_template(unit: str) -> bool:
     return unit.endswith("@.service")
 
 
-def template_of(unit: str) -> str | None:
-    """`web@blue.service` -> `web@.service`; None for a template or a plain unit."""
-    prefix, at, rest = unit.partition("@")
-    if not at or is_template(unit):
-        return None
-    return f"{prefix}@.{rest.rpartition('.')[2]}"
-
-
 def dropin_path(unit: str, base: Path | None = None) -> Path:
     return (base if base is not None else DROPIN_BASE) / f"{unit}.d" / DROPIN_NAME
 
@@ -181,7 +172,8 @@ def _notify_access(systemd: UnitFiles, unit: str) -> bool:
 
 
 def _activation_note(systemd: UnitFiles, unit: str) -> str | None:
-    """What install means for a socket-activated unit (DESIGN case 7), said once."""
+    """What install means for a socket-activated unit (docs/commands.md: socket
+    activation), said once."""
     if is_template(unit):
         return None
     try:
@@ -270,36 +262,12 @@ def _check_exists(systemd: UnitFiles, unit: str) -> str | None:
 
 def _other_level(unit: str, path: Path) -> str | None:
     """A note about the template's or an instance's drop-in next to this one."""
-    template = template_of(unit)
+    template = instance_template(unit)
     if template is not None:
         other = dropin_path(template, path.parent.parent)
         if other.exists():
             return f"note: {other} covers every instance of {template}, {unit} included"
     return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    directory = path.parent
-    if not directory.is_dir():
-        directory.mkdir(mode=0o755)
-        os.chmod(directory, 0o755)  # whatever the umask
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _reload(systemd: UnitFiles, done: str) -> None:
@@ -349,7 +317,7 @@ def install(unit: str, app: App, out: Output) -> ExitStatus:
         if old == text:
             return _report(out, name, path, changed=False, said="already installed",
                            notes=notes)
-        _write_atomic(path, text)
+        files.write_atomic(path, text.encode("utf-8"), mode=0o644, dir_mode=0o755)
         _reload(systemd, f"wrote {path}")
         return _report(out, name, path, changed=True,
                        said="installed" if old is None else "updated", notes=notes)
@@ -364,7 +332,7 @@ def uninstall(unit: str, app: App, out: Output) -> ExitStatus:
     path = dropin_path(name)
     still = _other_level(name, path)
     if still:
-        still = still.replace("covers", "still covers") + f" (uninstall {template_of(name)})"
+        still = still.replace("covers", "still covers") + f" (uninstall {instance_template(name)})"
     if not path.exists():
         return _report(out, name, path, changed=False, said="not installed",
                        notes=[f"note: nothing to remove for {name}", still])

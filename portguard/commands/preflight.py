@@ -25,7 +25,7 @@ from portguard.commands.preflight_stop import (
     stop_signals,
     tell_systemd,
 )
-from portguard.config.schema import Config, Service
+from portguard.config.schema import ALWAYS_PROTECTED, Config, Service
 from portguard.config.unitnames import mangle_unit
 from portguard.decide import conflicts
 from portguard.decide.classify import Conflict, Context, Kind, classify, own_activation
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
     from portguard.app import App
     from portguard.report.output import Output
-
-ALWAYS_PROTECTED = ("init.scope", "portguard.service")
 
 
 class Preflight:

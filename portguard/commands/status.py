@@ -44,7 +44,7 @@ class ServiceState(NamedTuple):
 
 def _own(service: Service, holder: Holder) -> bool:
     """Whether the holder runs in this service's unit (or one of its instances), or is
-    PID 1 listening for the service's own .socket unit (DESIGN case 7)."""
+    PID 1 listening for the service's own .socket unit (docs/commands.md: socket activation)."""
     if holder.unit is None:
         return False
     return service.matches(holder.unit.id) or any(

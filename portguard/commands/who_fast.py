@@ -12,6 +12,7 @@ with the arguments argparse would give it (`arguments`), without argparse (~6 ms
 
 from __future__ import annotations
 
+from portguard.commands import OPTION_DEFAULTS
 from portguard.config import MAX_RANGE_PORTS
 from portguard.observe.containers.hints import may_publish
 from portguard.observe.kernel.bindable import nothing_bound
@@ -58,11 +59,14 @@ def attempt(pairs: list[tuple[int, str]], stream: TextIO) -> bool:
     return True
 
 
+# `who`'s own values when its options are not given (`cli.build_parser` sets these too)
+WHO_DEFAULTS = {"handler": "who:run", "reuse_address": None}
+
+
 def arguments(words: list[str], pairs: list[tuple[int, str]]) -> argparse.Namespace:
     """What `build_parser().parse_args(["who", *words])` gives (tests hold the two to the
     same), plus the ports already read."""
     from types import SimpleNamespace  # argparse.Namespace's shape, without argparse
-    found = SimpleNamespace(command="who", handler="who:run", config=None, json=False,
-                            quiet=False, verbose=0, ports=words, reuse_address=None,
+    found = SimpleNamespace(command="who", **OPTION_DEFAULTS, **WHO_DEFAULTS, ports=words,
                             pairs=pairs)
     return found  # type: ignore[return-value]

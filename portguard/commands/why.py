@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from portguard.config.unitnames import mangle_unit
+from portguard.config.unitnames import instance_template, mangle_unit
 from portguard.decide import bindfail, postmortem
 from portguard.decide.postmortem import ACTIVATION, Step, Wanted
 from portguard.errors import ConfigError, ExitStatus, PortguardError, UsageError
@@ -167,7 +167,7 @@ def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config |
     from portguard.decide import conflicts
     from portguard.decide.classify import classify_holder
 
-    svc = service or Service(postmortem.template_of(unit), ())
+    svc = service or Service(instance_template(unit) or unit, ())
     ctx = service_context(unit, svc, systemd, cfg.protected if cfg else ())
     running = ctx.unit_info is not None and ctx.unit_info.active_state in (
         "active", "reloading")

@@ -56,37 +56,24 @@ def cache_file(config_path: str) -> str | None:
     return os.path.join(CACHE_DIR, name) if len(name) <= _MAX_NAME else None
 
 
-def store(config_path: str, source: bytes, cfg: Config) -> None:
-    """Write the compiled form of `cfg`, validated from `source`; quietly skip when not
-    root, when the config is not root's alone, or when /run/portguard cannot hold it (the
-    fast path then just loads the YAML)."""
+def compile_config(config_path: str, source: bytes, cfg: Config) -> tuple[str, bytes] | None:
+    """(where, what): the compiled form of `cfg`, validated from `source`, for
+    `act.files.write_atomic` (mode 0600, CACHE_DIR 0700); None when not root or when the
+    config is not root's alone (the fast path then just loads the YAML)."""
     target = cache_file(config_path)
     if target is None or not _root():
-        return
+        return None
     try:
         if not trust.trusted(config_path, os.stat(config_path)):
-            return  # never compiled, so never trusted: e.g. a test's config under /tmp
+            return None  # never compiled, so never trusted: e.g. a test's config under /tmp
     except OSError:
-        return
+        return None
     services: dict[str, tuple[Any, ...]] = {}
     for service in cfg.services:
         specs = [(s.first, s.last, str(s.proto), s.address, s.text, s.line)
                  for s in service.ports]
         services[service.name] = (specs, service.reuse_address, service.twin_globs)
-    blob = marshal.dumps((FORMAT, __version__, source, services))
-    try:
-        os.makedirs(CACHE_DIR, mode=0o700, exist_ok=True)
-        os.chmod(CACHE_DIR, 0o700)
-        temp = f"{target}.{os.getpid()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            os.write(fd, blob)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
-    except OSError:
-        return
+    return target, marshal.dumps((FORMAT, __version__, source, services))
 
 
 def lookup(config_path: str, unit: str) -> Entry | None:

@@ -4,7 +4,7 @@ Built on `yaml.SafeLoader`, used only to compose nodes: aliases and explicit tag
 refused (no alias bombs, no `!!python/...`), and every scalar is read as written so the
 YAML 1.1 traps (yes/no, 0700, 22:22, ...) are reported instead of converted.
 
-Kept apart from `configtypes` (the scalar parsers) because importing yaml costs ~16 ms,
+Kept apart from `values` (the scalar parsers) because importing yaml costs ~16 ms,
 and `who` parses port arguments without reading any config.
 """
 

@@ -16,11 +16,18 @@ def mangle_unit(name: str) -> str:
     return name if keep else f"{name}.service"
 
 
+def instance_template(unit: str) -> str | None:
+    """An instance's template (`web@blue.service` -> `web@.service`); None for a template
+    itself (`web@.service`) or a unit that is no instance."""
+    prefix, at, rest = unit.partition("@")
+    if not at or rest.startswith("."):
+        return None
+    return f"{prefix}@.{rest.rpartition('.')[2]}"
+
+
 def service_keys(unit: str) -> tuple[str, ...]:
     """The config keys that may declare `unit`, in order: its own name, then its template's
     (`web@blue.service` -> `web@blue.service`, `web@.service`)."""
     name = mangle_unit(unit)
-    prefix, at, _ = name.partition("@")
-    if at and name.endswith(".service"):
-        return (name, f"{prefix}@.service")
-    return (name,)
+    template = instance_template(name) if name.endswith(".service") else None
+    return (name, template) if template else (name,)

@@ -219,8 +219,9 @@ def claimed_by_twins(ctx: Context, ports: Iterable[tuple[int, Proto]],
 
 
 def own_activation(ctx: Context, holder: Holder) -> bool:
-    """The unit's own activation socket (DESIGN case 7): PID 1 holds it for a .socket unit
-    that activates this very unit. Never a conflict: the unit is started to serve it."""
+    """The unit's own activation socket (docs/commands.md: socket activation): PID 1
+    holds it for a .socket unit that activates this very unit. Never a conflict: the unit
+    is started to serve it."""
     return held_for(holder.unit, ctx.unit)
 
 

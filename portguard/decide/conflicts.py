@@ -61,9 +61,9 @@ def normalize_state(state: str) -> str:
 def assumed_peer(sock: Socket) -> PeerOptions:
     """What the pure fallback assumes about a socket's SO_REUSEADDR / SO_REUSEPORT.
 
-    TCP: SO_REUSEADDR set, as servers set it (DESIGN case 5: their leftovers do not block
-    a `reuse_address: true` service). UDP: no flags, so any bound UDP socket blocks.
-    SO_REUSEPORT: never. `judge` with a `Kernel` replaces the guess by the facts.
+    TCP: SO_REUSEADDR set, as servers set it (docs/identity.md, `lingering`: their
+    leftovers do not block a `reuse_address: true` service). UDP: no flags, so any bound
+    UDP socket blocks. SO_REUSEPORT: never. `judge` with a `Kernel` replaces the guess by the facts.
     """
     return PeerOptions(reuse_address=sock.proto is Proto.TCP)
 

@@ -1,6 +1,6 @@
 """The daemon's flap guard: a conflict resolved too often is reported, no longer fought.
 
-DESIGN (daemon: `flap_limit`, `flap_window`): "the same conflict resolved this often
+docs/daemon.md (`flap_limit`, `flap_window`): "the same conflict resolved this often
 within flap_window is reported, no longer fought". Two automations that disagree (a
 deploy script restarting a twin, a `Restart=always` stray, another guard) would otherwise
 ping-pong a port forever, each round stopping a service. Precisely:

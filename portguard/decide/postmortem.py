@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from portguard.config.schema import Service
+from portguard.config.unitnames import instance_template
 from portguard.decide.bindfail import BindFailure
 from portguard.decide.classify import Conflict, Kind
 from portguard.errors import ExitStatus
@@ -19,7 +20,8 @@ from portguard.model import Holder, Proto
 from portguard.observe.systemd import activation
 from portguard.text import command, is_unit_name, offered, shown, systemctl
 
-ACTIVATION = "activation"  # the unit's own .socket unit holds it, for it (DESIGN case 7)
+# the unit's own .socket unit holds it, for it (docs/commands.md: socket activation)
+ACTIVATION = "activation"
 RUNNING = "itself"  # the unit runs again and holds it: a failure since resolved
 NOT_BLOCKING = ("lingering", RUNNING)  # kinds that leave the port free for the unit
 
@@ -79,16 +81,9 @@ def wanted_ports(failures: Sequence[BindFailure], service: Service | None,
 
 
 def is_own_activation(holder: Holder, unit: str) -> bool:
-    """PID 1 holds it for a .socket unit that activates `unit` (DESIGN case 7)."""
+    """PID 1 holds it for a .socket unit that activates `unit` (docs/commands.md: socket
+    activation)."""
     return any(p.pid == 1 for p in holder.processes) and activation.held_for(holder.unit, unit)
-
-
-def template_of(unit: str) -> str:
-    """`web@a.service` -> `web@.service`; a plain unit stays itself."""
-    prefix, at, rest = unit.partition("@")
-    if not at:
-        return unit
-    return f"{prefix}@.{rest.rpartition('.')[2]}"
 
 
 def next_step(unit: str, kind: str, conflict: Conflict | None,
@@ -115,7 +110,7 @@ def next_step(unit: str, kind: str, conflict: Conflict | None,
                     "itself, or stop the socket unit to let it bind: "
                     f"{offered(stop)}", stop)
     holder_unit = socket_unit or conflict.unit
-    template = template_of(unit)
+    template = instance_template(unit) or unit  # what `install` covers it by
     install = offered(command("portguard", "install", template), "") if is_unit_name(
         template) else ""
     automatic = f"; {install} makes this automatic" if install else ""

@@ -15,14 +15,15 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from portguard.decide import postmortem
+from portguard.config.schema import ALWAYS_PROTECTED
+from portguard.config.unitnames import instance_template
 from portguard.model import Proto
 from portguard.text import is_unit_name, shown
 
 DEFAULT_PROTECTED = ("sshd.service", "ssh.service", "dbus.service", "systemd-*.service")
 # systemd's own, portguard's, and a user's service manager (what runs under it is the
 # user's, never a system service to guard)
-NEVER = ("init.scope", "portguard.service", "portguard@*.service", "systemd-*",
+NEVER = (*ALWAYS_PROTECTED, "portguard@*.service", "systemd-*",
          "user@*.service", "user-runtime-dir@*.service")
 
 
@@ -75,10 +76,10 @@ def _unguarded(unit: str | None, protected: Sequence[str]) -> str:
     return ""
 
 
-def template_of(unit: str) -> str | None:
-    """`web@a.service` -> `web@.service`; None for a unit that is no instance."""
-    template = postmortem.template_of(unit)
-    return template if template != unit and unit.endswith(".service") else None
+def group_of(unit: str) -> str | None:
+    """The template a service instance is proposed under (`web@a.service` ->
+    `web@.service`); None for any other unit."""
+    return instance_template(unit) if unit.endswith(".service") else None
 
 
 def entries(seen: Iterable[Seen], protected: Sequence[str],
@@ -118,7 +119,7 @@ def entries(seen: Iterable[Seen], protected: Sequence[str],
     out: list[Entry] = []
     templates: dict[str, list[str]] = {}
     for unit in plain:
-        t = template_of(unit)
+        t = group_of(unit)
         if t is not None:
             templates.setdefault(t, []).append(unit)
     done: set[str] = set()
@@ -131,7 +132,7 @@ def entries(seen: Iterable[Seen], protected: Sequence[str],
     for unit, items in plain.items():
         if unit in done:
             continue
-        t = template_of(unit)
+        t = group_of(unit)
         note = f" (an instance of {t}; its instances bind different ports)" if t else ""
         out.append(Entry(unit, tuple(dict.fromkeys(port_text(s) for s in items)),
                          f"{unit}: {_seen_text(items)}{note}"))

@@ -1,4 +1,4 @@
-"""Structured journal records: one per decision, with DESIGN's fields.
+"""Structured journal records: one per decision, with the fields of docs/journal.md.
 
 Records are written with the journal's native datagram protocol (the one
 `sd_journal_sendv()` and `pystemd.journal.sendv` speak) rather than through pystemd:

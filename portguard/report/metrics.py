@@ -44,21 +44,19 @@ whole file. Output is sorted, so a file changes only when a figure does.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from portguard.act import files
 from portguard.model import Usage
 
 __all__ = ["KINDS", "PortSample", "Snapshot", "render", "write_atomic"]
 
 PREFIX = "portguard_"
-KINDS = ("self", "twin", "stray", "foreign", "lingering")  # DESIGN's holder kinds
+KINDS = ("self", "twin", "stray", "foreign", "lingering")  # the holder kinds (docs/identity.md)
 FILE_MODE = 0o644  # node_exporter runs as its own user: it must be able to read the file
-TMP_SUFFIX = ".tmp"
 
 
 class PortSample(NamedTuple):
@@ -199,68 +197,8 @@ def render(snapshot: Snapshot) -> str:
 
 
 def write_atomic(path: Path, snapshot: Snapshot) -> None:
-    """Replace `path` with the rendered snapshot, so a reader sees the old or the new file.
-
-    A temporary file in the same directory (rename(2) is atomic only within a file
-    system) gets the text, mode 0644 and an fsync; then it is renamed over `path`, and
-    the directory is fsync'ed so the rename survives a crash. On any error the temporary
-    file is removed and the OSError raised: a missing directory is the caller's to report
-    (the file's directory is not created here). Temporary files that a killed writer left
-    behind (their pid is gone) are removed on the way.
-    """
-    data = render(snapshot).encode("utf-8")
-    directory = path.parent
-    prefix = f".{path.name}."
-    tmp = directory / f"{prefix}{os.getpid()}.{os.urandom(6).hex()}{TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 FILE_MODE)
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)  # whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-    _remove_leftovers(directory, prefix)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # durability only: the rename has happened
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def _remove_leftovers(directory: Path, prefix: str) -> None:
-    """Remove `.NAME.PID.RANDOM.tmp` files whose writer (PID) no longer runs."""
-    own = os.getpid()
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            name = entry.name
-            if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
-                continue
-            pid_text = name[len(prefix):].partition(".")[0]
-            if not pid_text.isdigit() or int(pid_text) in (0, own) or _alive(int(pid_text)):
-                continue
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists
-        return True
-    return True
+    """Replace `path` with the rendered snapshot, mode 0644, so a reader sees the old or the
+    new file (act.files.write_atomic); an OSError is the caller's to report (the file's
+    directory is not created here). Temporary files a killed writer left behind go."""
+    files.write_atomic(path, render(snapshot).encode("utf-8"), mode=FILE_MODE)
+    files.remove_leftovers(path.parent, path.name)

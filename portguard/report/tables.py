@@ -160,7 +160,8 @@ def table(reports: Sequence[PortReport]) -> str:
 
 
 def socket_note(unit: Unit) -> str:
-    """Why PID 1 holds a port, and what frees it (DESIGN case 4's socket units)."""
+    """Why PID 1 holds a port, and what frees it (a socket unit's listener:
+    docs/commands.md, socket activation)."""
     return (f"PID 1 (systemd) listens for {activated_by_note(unit)}; "
             f"{offered(systemctl('stop', unit.id), 'stopping it')} frees it")
 

@@ -29,7 +29,7 @@ FAST_PATH = frozenset({
     "portguard.commands.preflight_stop", "portguard.errors",
     "portguard.config", "portguard.config.compiled", "portguard.config.trust",
     "portguard.config.unitnames",
-    "portguard.model", "portguard.records",
+    "portguard.model", "portguard.records", "portguard.text",
     "portguard.decide", "portguard.decide.conflicts",
     "portguard.observe", "portguard.observe.kernel", "portguard.observe.kernel.probe",
     "portguard.observe.kernel.bindable",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from portguard.app import store_compiled
 from portguard.config import compiled, trust
 from portguard.config.schema import load_source
 
@@ -37,7 +38,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(CONFIG)
     cfg, source = load_source(path, check_owner=False)
-    compiled.store(str(path), source, cfg)
+    store_compiled(str(path), source, cfg)
     return path
 
 
@@ -104,7 +105,7 @@ def test_nothing_is_compiled_or_trusted_unless_root(tmp_path: Path,
     path = tmp_path / "config.yaml"
     path.write_text(CONFIG)
     cfg, source = load_source(path, check_owner=False)
-    compiled.store(str(path), source, cfg)
+    store_compiled(str(path), source, cfg)
     assert not (tmp_path / "compiled").exists()
     assert compiled.lookup(str(path), "api.service") is None
 

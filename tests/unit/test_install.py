@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from portguard import __version__
+from portguard.act import files
 from portguard.app import App
 from portguard.commands import install
 from portguard.commands.install import DEFAULT_CONFIG
+from portguard.config.unitnames import instance_template
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 from portguard.model import Unit
 from portguard.report.journal import Journal
@@ -175,10 +177,11 @@ def test_dropin_paths_for_template_instance_and_plain(tmp_path: Path) -> None:
         Path("/etc/systemd/system/web.service.d/portguard.conf")
 
 
-def test_template_of() -> None:
-    assert install.template_of("web@blue.service") == "web@.service"
-    assert install.template_of("web@.service") is None
-    assert install.template_of("web.service") is None
+def test_instance_template() -> None:
+    assert instance_template("web@blue.service") == "web@.service"
+    assert instance_template("web@blue.socket") == "web@.socket"
+    assert instance_template("web@.service") is None
+    assert instance_template("web.service") is None
 
 
 # --- the drop-in ---------------------------------------------------------------------------
@@ -441,9 +444,9 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path,
     def fail(*args: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "replace", fail)
+    monkeypatch.setattr(os, "rename", fail)
     with pytest.raises(OSError):
-        install._write_atomic(path, "[Service]\n")
+        files.write_atomic(path, b"[Service]\n", mode=0o644, dir_mode=0o755)
     assert list(path.parent.iterdir()) == []
 
 

@@ -280,7 +280,7 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(
     def broken_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(metrics.os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="No space"):
         write_atomic(target, snapshot(services=9))
     assert target.read_text() == before

@@ -1,6 +1,6 @@
 """bind() as a question to the kernel: would this socket bind now? (made, closed at once)
 
-The one place portguard binds a port it does not keep. `decide.bind_probe` asks it as a
+The one place portguard binds a port it does not keep. `observe.kernel.probe` asks it as a
 service would bind; `who` asks `nothing_bound` before dumping sockets. Plain values in,
 the C `_socket` module underneath: `who` on a free port imports nothing else.
 """
@@ -38,6 +38,23 @@ def probe(family: int, host: str, port: int, *, tcp: bool, reuse_address: bool =
     return None
 
 
+# A wildcard `[::]` bind() where IPv6 is missing: no IPv6 in the kernel (EAFNOSUPPORT), or
+# disabled (net.ipv6.conf.*.disable_ipv6: EADDRNOTAVAIL). There are no IPv6 sockets then.
+NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+def probe_wildcard(port: int, *, tcp: bool, reuse_address: bool = False,
+                   reuse_port: bool = False) -> OSError | None:
+    """probe() on the strictest wildcard, a dual-stack `[::]`, or `0.0.0.0` where this host
+    has no IPv6."""
+    err = probe(_socket.AF_INET6, "::", port, tcp=tcp, reuse_address=reuse_address,
+                reuse_port=reuse_port, v6only=False)
+    if err is not None and err.errno in NO_IPV6:
+        return probe(_socket.AF_INET, "0.0.0.0", port, tcp=tcp, reuse_address=reuse_address,
+                     reuse_port=reuse_port)
+    return err
+
+
 def nothing_bound(port: int, proto: str) -> bool:
     """True only when no socket of `proto` ("tcp"/"udp") in this network namespace has
     local port `port`, in any state, on any address: bind() of a dual-stack `[::]`,
@@ -51,8 +68,4 @@ def nothing_bound(port: int, proto: str) -> bool:
     CAP_NET_BIND_SERVICE). Like every probe it holds the port for microseconds: `who`
     uses it, the daemon does not.
     """
-    tcp = proto == "tcp"
-    err = probe(_socket.AF_INET6, "::", port, tcp=tcp, v6only=False)
-    if err is not None and err.errno == errno.EAFNOSUPPORT:  # no IPv6: no IPv6 sockets
-        err = probe(_socket.AF_INET, "0.0.0.0", port, tcp=tcp)
-    return err is None
+    return probe_wildcard(port, tcp=proto == "tcp") is None

@@ -37,10 +37,9 @@ def probe_bind(intent: BindIntent) -> OSError | None:
     judged a stranger to its group (EADDRINUSE); and it holds the port for microseconds.
     """
     if intent.address is None:
-        err = _probe(socket.AF_INET6, "::", intent, v6only=False)
-        if err is not None and err.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-            return _probe(socket.AF_INET, "0.0.0.0", intent, v6only=None)
-        return err
+        return bindable.probe_wildcard(intent.port, tcp=intent.proto is Proto.TCP,
+                                       reuse_address=intent.reuse_address,
+                                       reuse_port=intent.reuse_port)
     host = intent.address.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
