@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import sdnotify
 
+from portguard.commands.preflight_stop import tell_systemd
+from portguard.errors import ExitStatus
 from portguard.report.notify import Notifier, watchdog_interval
 
 STATUS = "watching 3 services — 0 conflicts ✓"
@@ -113,8 +115,8 @@ def test_a_status_is_one_line_so_it_cannot_add_assignments(manager: Manager) -> 
 
 
 def test_without_notify_socket_nothing_is_sent_and_nothing_fails(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+        manager: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)  # a manager listens, unnamed
     n = Notifier()
     assert not n.enabled
     n.ready(STATUS)
@@ -122,6 +124,8 @@ def test_without_notify_socket_nothing_is_sent_and_nothing_fails(
     n.reloading()
     n.stopping()
     n.close()
+    time.sleep(0.05)
+    assert manager.nothing()
 
 
 def test_a_manager_that_went_away_does_not_break_the_daemon(tmp_path: Path,
@@ -134,6 +138,13 @@ def test_a_manager_that_went_away_does_not_break_the_daemon(tmp_path: Path,
     m.close()
     os.unlink(path)
     n.status(STATUS)  # ECONNREFUSED: swallowed (sdnotify's debug=False)
+    n.watchdog()
+    assert n.sent == [f"STATUS={STATUS}", "WATCHDOG=1"]  # tried, and the daemon goes on
+    again = Manager(str(path), str(path))  # the manager is back: nothing was queued
+    try:
+        assert again.nothing()
+    finally:
+        again.close()
 
 
 @pytest.mark.parametrize(("env", "interval"), [
@@ -149,3 +160,15 @@ def test_watchdog_interval_is_half_of_watchdog_usec_when_it_is_ours(
         env: dict[str, str], interval: float | None) -> None:
     assert watchdog_interval(env, 4242) == interval
     assert Notifier(env, pid=4242).watchdog_interval == interval
+
+
+def test_a_clear_preflight_sends_nothing_and_a_refusal_its_reason(manager: Manager) -> None:
+    # systemd clears an earlier refusal's STATUS= itself when it starts the unit again
+    # (test_preflight_restart): a clear start has nothing to say, and imports no notifier.
+    tell_systemd(ExitStatus.OK, "")
+    time.sleep(0.05)
+    assert manager.nothing()
+    tell_systemd(ExitStatus.BLOCKED, "web.service cannot start: 80/tcp is held")
+    assert manager.receive() == b"STATUS=portguard: web.service cannot start: 80/tcp is held"
+    tell_systemd(ExitStatus.TIMEOUT, "")
+    assert manager.receive() == b"STATUS=portguard: exit 75"
