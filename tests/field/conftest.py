@@ -2,6 +2,7 @@
 
     field_sb   module-scoped Sandbox (tests/support/sandbox.py) for a module's daemons
     field      a daemons.Field on it: install/config/start daemons, ss, status, journal
+    root_sb    module-scoped RootSandbox per Debian root (12, 13: support/roots.py)
     uid        a short unique string for names the test writes itself
 
 Every test here is marked `sandbox` and `field`. Where no sandbox can run, or a daemon's
@@ -16,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.availability import skip_or_fail
+from support.availability import require_root, skip_or_fail
 from support.daemons import Field, missing_packages
+from support.roots import SUITES, RootSandbox
 from support.sandbox import Sandbox
 
 HERE = Path(__file__).parent
@@ -50,3 +52,11 @@ def field(field_sb: Sandbox) -> Field:
 @pytest.fixture
 def uid() -> str:
     return secrets.token_hex(3)
+
+
+@pytest.fixture(scope="module", params=sorted(SUITES), ids=lambda s: f"debian{SUITES[s]}")
+def root_sb(request: pytest.FixtureRequest) -> Iterator[RootSandbox]:
+    """A RootSandbox (tests/support/roots.py) per Debian root: 12 and 13."""
+    require_root(request.param)
+    with RootSandbox(request.param) as sb:
+        yield sb

@@ -28,3 +28,19 @@ def require_sandbox() -> None:
     reason = Sandbox.unavailable_reason()
     if reason is not None:
         skip_or_fail(f"the systemd sandbox cannot run: {reason}")
+
+
+def require_root(suite: str) -> None:
+    """Skip (or, under CI=true, fail) when the Debian root of `suite` (support.roots)
+    cannot be built or booted here; builds it when missing, so the build's time is not
+    counted against a test's timeouts."""
+    from support.roots import RootUnavailable, root, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is None:
+        try:
+            root(suite)
+        except RootUnavailable as exc:
+            reason = str(exc)
+    if reason is not None:
+        skip_or_fail(f"the Debian root {suite} cannot run: {reason}")

@@ -68,6 +68,24 @@ if ! download; then
 fi
 """
 
+# The end of a boot script that makes "$R" the root: /dev/console, /proc/sys read-only
+# but its net/, cgroup2 in the sandbox's cgroup namespace, lo up, then pivot_root.
+PIVOT = r"""
+touch console; mount --no-canonicalize --bind console "$R/dev/console"
+mount --bind "$R/proc/sys" "$R/proc/sys"
+mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
+mount -o remount,bind,ro "$R/proc/sys"
+umount -R "$R/sys/fs/cgroup" 2>/dev/null || true
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
+ip link set lo up
+mkdir "$R/run/portguard-oldroot"
+cd "$R"
+pivot_root . run/portguard-oldroot
+umount -l /run/portguard-oldroot
+rmdir /run/portguard-oldroot
+cd /
+"""
+
 # PID 1 of the sandbox's namespaces (cwd: the sandbox's staging dir), in place of
 # sandbox.py's BOOT_SCRIPT: the same mounts, but on the overlay root, then pivot_root.
 ROOT_BOOT_SCRIPT = r"""
@@ -100,19 +118,7 @@ for t in $(cat wants-of); do
         ln -sf /dev/null "$R/run/portguard-debroot/masks/$n"
     done
 done
-touch console; mount --no-canonicalize --bind console "$R/dev/console"
-mount --bind "$R/proc/sys" "$R/proc/sys"
-mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
-mount -o remount,bind,ro "$R/proc/sys"
-umount -R "$R/sys/fs/cgroup" 2>/dev/null || true
-mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
-ip link set lo up
-mkdir "$R/run/portguard-debroot/oldroot"
-cd "$R"
-pivot_root . run/portguard-debroot/oldroot
-umount -l /run/portguard-debroot/oldroot
-rmdir /run/portguard-debroot/oldroot
-cd /
+""" + PIVOT + r"""
 units=/etc/systemd/system:/run/portguard-debroot/masks:/run/portguard-sandbox/units
 exec env -i container=portguard-test PATH="$PATH" LANG=C.UTF-8 \
     SYSTEMD_UNIT_PATH=$units:/lib/systemd/system /usr/bin/systemd --unit=portguard-sandbox.target
