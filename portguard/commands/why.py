@@ -82,7 +82,7 @@ def explain(app: App, unit_arg: str) -> Answer:
         notes.append(f"journalctl: {read.warning}")
     runs = sorted(read.invocations, key=lambda i: i.records[-1].usec if i.records else 0,
                   reverse=True)
-    chosen, failures = _failed_run(runs)
+    chosen, failures = _failed_run(runs, _last_run(systemd, unit))
     if not failures:
         if not runs:
             notes.append(f"the journal has no run of {unit}: it never ran here, or its "
@@ -142,15 +142,26 @@ def _socket_units(systemd: Systemd, unit: str, notes: list[str],
         return {}
 
 
-def _failed_run(runs: Sequence[Invocation],
+def _failed_run(runs: Sequence[Invocation], main: tuple[str, int],
                 ) -> tuple[Invocation | None, list[bindfail.BindFailure]]:
-    """The newest run whose lines report a bind failure, and its failures."""
+    """The newest failed run whose own output reports a bind failure, and its failures
+    (postmortem.run_output: never words others put in the unit's journal)."""
     for inv in runs:
-        found = bindfail.find(r.message for r in inv.records
-                              if r.identifier != OWN_IDENTIFIER)
+        own = [r for r in inv.records if r.identifier != OWN_IDENTIFIER]
+        found = bindfail.find(postmortem.run_output(own, main))
         if found:
             return inv, found
     return (runs[0] if runs else None), []
+
+
+def _last_run(systemd: Systemd | None, unit: str) -> tuple[str, int]:
+    from portguard.observe.systemd.dbus_errors import SystemdError
+    if systemd is None:
+        return "", 0
+    try:
+        return systemd.last_run(unit)
+    except SystemdError:
+        return "", 0
 
 
 def _listening_now(unit: str) -> list[tuple[int, Any, str]]:

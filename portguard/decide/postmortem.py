@@ -18,6 +18,7 @@ from portguard.decide.classify import Conflict, Kind
 from portguard.errors import ExitStatus
 from portguard.model import Holder, Proto
 from portguard.observe.systemd import activation
+from portguard.observe.systemd.journal import SYSTEMD, Record
 from portguard.text import command, is_unit_name, offered, shown, systemctl
 
 # the unit's own .socket unit holds it, for it (docs/commands.md: socket activation)
@@ -154,6 +155,28 @@ def next_step(unit: str, kind: str, conflict: Conflict | None,
 def command_and(first: str, then: str) -> str:
     """`first && then`, or "" unless both could be built."""
     return f"{first} && {then}" if first and then else ""
+
+
+FAILED = "Failed with result"  # PID 1's words when a run of a unit ends in failure
+
+
+def run_output(records: Sequence[Record], main: tuple[str, int] = ("", 0)) -> list[str]:
+    """The lines a failed run's own processes wrote, where a bind failure may be read;
+    [] when the run did not fail (PID 1 recorded no failure for it).
+
+    Others can put words in a unit's journal: a login attempt as a user named like
+    sshd's bind error puts that text in sshd's own auth line, and a server may log a
+    request's path. So a bind failure counts only (docs/security.md) from a run that
+    failed, and there from PID 1's records about the unit, from the stdout/stderr stream
+    systemd gave its processes, or from its main process (`main`: the newest run's
+    invocation id and ExecMainPID); never from the per-connection processes a daemon
+    forks, which is where a login is logged."""
+    if not any(r.transport == SYSTEMD and FAILED in r.message for r in records):
+        return []
+    invocation, pid = main
+    return [r.message for r in records
+            if r.transport in (SYSTEMD, "stdout")
+            or (pid and r.pid == str(pid) and r.invocation == invocation)]
 
 
 def exit_status(failed: bool, held: bool, port_unknown: bool) -> ExitStatus:

@@ -88,3 +88,35 @@ def test_a_second_sshd_unit_on_22_is_refused_and_told_to_stop_ssh_socket(
         assert guard.signalled() == set()
         table = guard.run("who", str(PORT)).stdout
         assert "ssh.socket" in table and "init.scope" not in table
+
+
+def test_a_login_named_like_sshds_bind_error_is_no_bind_failure_for_why(ssh: Field) -> None:
+    """Anyone who can reach port 22 writes into sshd's log: the user name of a login
+    attempt. Named like sshd's own bind error, it must not make `why` report a bind
+    failure, neither while sshd runs nor after that run failed (docs/security.md)."""
+    field = ssh
+    field.start("ssh.socket")
+    assert "ssh-ed25519" in keyscan(field)  # the first connection starts ssh.service
+    main = int(field.sb.unit_property("ssh.service", "MainPID"))
+    # (ssh cuts a user name at its first colon: the Spring Boot wording has none)
+    name = "Port 2222 was already in use"
+    field.sb.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                  "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+                  "-l", name, "127.0.0.1", "true"], timeout=30)
+    logged = field.sb.wait_journal(lambda r: f"Invalid user {name}" in r.get("MESSAGE", ""),
+                                   "_SYSTEMD_UNIT=ssh.service", timeout=20)
+    assert int(logged["_PID"]) != main  # a per-connection sshd wrote it
+    done = field.sb.portguard("--json", "why", "ssh.service")
+    doc = json.loads(done.stdout)
+    assert (done.returncode, doc["bind_failure"], doc["failures"]) == (3, False, []), doc
+
+    # that run fails now (SIGKILL): its lines are a failed run's, the login's still not
+    cursor = field.sb.cursor()
+    field.sb.systemctl("kill", "--signal=SIGKILL", "ssh.service", check=True)
+    field.sb.wait_journal(lambda r: "Failed with result 'signal'" in r.get("MESSAGE", ""),
+                          "UNIT=ssh.service", since_cursor=cursor, timeout=20)
+    done = field.sb.portguard("--json", "why", "ssh.service")
+    doc = json.loads(done.stdout)
+    assert (done.returncode, doc["bind_failure"], doc["failures"]) == (3, False, []), doc
+    assert "2222" not in field.sb.portguard("why", "ssh.service").stdout.split(
+        "its last lines")[0]

@@ -70,8 +70,10 @@ DAEMONS: dict[str, Daemon] = {
                        tmpfiles=("lighttpd.tmpfile.conf",)),
     "memcached": Daemon("memcached", ("memcached.service",), "/usr/bin/memcached",
                         tmpfiles=("memcached.conf",)),
-    # ssh.socket (Accept=no) makes PID 1 hold 22 until a connection starts ssh.service
-    "ssh": Daemon("openssh-server", ("ssh.socket", "ssh.service"), "/usr/sbin/sshd"),
+    # ssh.socket (Accept=no) makes PID 1 hold 22 until a connection starts ssh.service;
+    # sshd logs through syslog(3), to /dev/log, as on a booted host
+    "ssh": Daemon("openssh-server", ("ssh.socket", "ssh.service"), "/usr/sbin/sshd",
+                  dev_log=True),
 }
 
 

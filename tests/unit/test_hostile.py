@@ -23,11 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portguard.config.schema import Service, loads
-from portguard.decide import postmortem, proposal
+from portguard.decide import bindfail, postmortem, proposal
 from portguard.decide.classify import Conflict, Kind
 from portguard.model import Container, Holder, PortSpec, Process, Proto, Socket, Unit
 from portguard.observe.containers import files
 from portguard.observe.procs.cgroups import container_from_cgroup, container_scope
+from portguard.observe.systemd.journal import SYSTEMD, Record
 from portguard.report import tables
 from portguard.report.journal import Event, Journal
 from portguard.report.output import Output
@@ -255,3 +256,30 @@ def test_a_store_that_stalls_is_given_up_on_within_the_bound() -> None:
     assert files.bounded("test:stall", lambda: {"now": "y"}, {}) == {}  # not read again
     release.set()
     assert files.bounded("test:fine", lambda: {"now": "y"}, {}) == {"now": "y"}
+
+
+def _rec(message: str, pid: str, transport: str, invocation: str = "inv") -> Record:
+    return Record("Dec 08 02:00:00", 1, "ssh.service", "sshd", pid, message, invocation,
+                  transport)
+
+
+SSHD_BIND = "error: Bind to port 22 on 0.0.0.0 failed: Address already in use."
+LOGIN = ("Invalid user Bind to port 2222 on 0.0.0.0 failed: Address already in use. "
+         "from 127.0.0.1 port 40000")
+
+
+def test_a_bind_failure_counts_only_from_a_failed_runs_own_output() -> None:
+    """A login as a user named like sshd's bind error puts that text in sshd's auth line
+    (a per-connection process's); `why` must not take it for a bind failure."""
+    failed = _rec("ssh.service: Failed with result 'exit-code'.", "1", SYSTEMD)
+    running = [_rec("Server listening on 0.0.0.0 port 22.", "100", "syslog"),
+               _rec(LOGIN, "200", "syslog")]
+    assert postmortem.run_output(running, ("inv", 100)) == []  # no failure: no run to read
+    assert bindfail.find(postmortem.run_output([*running, failed], ("inv", 100))) == []
+    assert bindfail.find(postmortem.run_output([*running, failed])) == []  # main unknown
+    own = [_rec(SSHD_BIND, "100", "syslog"), failed]
+    [found] = bindfail.find(postmortem.run_output(own, ("inv", 100)))
+    assert (found.wording, found.port) == ("sshd", 22)
+    assert postmortem.run_output(own, ("other", 100)) == [failed.message]  # another run's
+    stderr = [_rec("OSError: [Errno 98] Address already in use", "300", "stdout"), failed]
+    assert bindfail.find(postmortem.run_output(stderr))

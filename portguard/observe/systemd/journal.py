@@ -19,6 +19,7 @@ from typing import NamedTuple
 from portguard.errors import NotPermittedError, PortguardError
 
 JOURNALCTL = "journalctl"
+SYSTEMD = "systemd"  # Record.transport of root's records about a unit (PID 1's)
 MAX_RECORDS = 4000  # newest records read per query: ample for a few invocations
 TIMEOUT = 20.0  # seconds
 
@@ -31,6 +32,9 @@ class Record(NamedTuple):
     pid: str
     message: str
     invocation: str  # the unit's invocation id, "" when the record carries none
+    # how it reached the journal: "stdout" (the process's own stdout/stderr), "syslog",
+    # "journal"; "systemd" for root's records about the unit (PID 1's UNIT=)
+    transport: str = ""
 
 
 class Invocation(NamedTuple):
@@ -84,16 +88,18 @@ def parse(stdout: str, units: Sequence[str]) -> list[Record]:
         except json.JSONDecodeError:
             continue
         own = _text(raw.get("_SYSTEMD_UNIT")) in units
+        # UNIT= is a field any process may send: only root's (PID 1's, or its sd-listen
+        # helper's, which reports a socket unit's bind failure from its cgroup) count
+        about = _text(raw.get("UNIT")) in units and _text(raw.get("_UID")) == "0"
         unit = _text(raw.get("_SYSTEMD_UNIT")) if own else _text(raw.get("UNIT"))
-        if not own and (unit not in units or _text(raw.get("_UID")) != "0"):
-            # UNIT= is a field any process may send: only root's (PID 1's, or its
-            # sd-listen helper's, which reports a socket unit's bind failure) count
+        if not (own or about):
             continue
         invocation = _text(raw.get("_SYSTEMD_INVOCATION_ID" if own else "INVOCATION_ID"))
         usec = int(_text(raw.get("__REALTIME_TIMESTAMP")) or 0)
         records.append(Record(shown_time(usec), usec, unit,
                               _text(raw.get("SYSLOG_IDENTIFIER")) or _text(raw.get("_COMM")),
-                              _text(raw.get("_PID")), _text(raw.get("MESSAGE")), invocation))
+                              _text(raw.get("_PID")), _text(raw.get("MESSAGE")), invocation,
+                              SYSTEMD if about else _text(raw.get("_TRANSPORT"))))
     return records
 
 

@@ -194,6 +194,14 @@ class Systemd:
         found = [self.describe_socket(s) for s in by if s.endswith(".socket")]
         return [u for u in found if unit_id in u.triggers or u.id != pair]
 
+    def last_run(self, unit_id: str) -> tuple[str, int]:
+        """(InvocationID, ExecMainPID) of the unit's newest run: its main process's pid
+        stays known after it exited, so `why` can tell that process's lines apart."""
+        path = self.unit_path(unit_id)
+        main = self.get(path, SERVICE_IFACE, "ExecMainPID") if unit_id.endswith(
+            ".service") else 0
+        return _invocation_id(self.get(path, UNIT_IFACE, "InvocationID")), int(main or 0)
+
     def describe_socket(self, unit_id: str) -> Unit:
         path = self.unit_path(unit_id)
         listen = self.get(path, SOCKET_IFACE, "Listen") or ()
