@@ -10,10 +10,10 @@ port must not pay for YAML or D-Bus (tens of milliseconds of imports each).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from portguard.config.schema import Config

@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
 
 from portguard import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable, Sequence
     from typing import Any, TextIO
 
     from portguard.app import App
@@ -274,15 +274,14 @@ def _preflight_fast(config: str, unit: str, err_stream: TextIO) -> bool:
     (checked by test_preflight_restart), so only a refusal has something to say."""
     from portguard.commands.preflight_fast import attempt
     from portguard.commands.preflight_stop import stop_pending
-    from portguard.errors import PortguardError
-    from portguard.report.journal import Journal
-    journal = Journal(echo=None, verbose=False, stream=err_stream)
+    from portguard.report.native import Sender
+    sender = Sender(stream=err_stream)  # what Journal sends through, without its enums
     try:
-        return attempt(config, unit, journal) and not stop_pending()
-    except (OSError, PortguardError):
-        return False  # e.g. EMFILE: the whole way reports it properly
+        return attempt(config, unit, sender) and not stop_pending()
+    except Exception:  # e.g. EMFILE: the whole way decides again and reports it properly
+        return False
     finally:
-        journal.close()
+        sender.close()
 
 
 def _who_plain(words: list[str], out_stream: TextIO) -> argparse.Namespace | int | None:

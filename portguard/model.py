@@ -12,7 +12,6 @@ for the same reason they come from `portguard.records`, not `typing`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 
 from portguard.records import NamedTuple
 from portguard.text import command, is_container_name, shown
@@ -260,19 +259,3 @@ class Holder(NamedTuple):
     # The process that forked the holders, when it runs in their cgroup without holding the
     # socket itself: haproxy's master-worker master (only its worker listens).
     master: Process | None = None
-
-
-def format_ports(pairs: Iterable[tuple[int, Proto]]) -> str:
-    """`7000-7010/tcp, 8080/tcp, 5353/udp`: consecutive ports folded as the config writes them."""
-    given = list(pairs)
-    out: list[str] = []
-    for proto in (Proto.TCP, Proto.UDP):
-        runs: list[list[int]] = []
-        for port in sorted({p for p, pr in given if pr == proto}):
-            if runs and port == runs[-1][-1] + 1:
-                runs[-1].append(port)
-            else:
-                runs.append([port])
-        out.extend(f"{r[0]}/{proto}" if len(r) == 1 else f"{r[0]}-{r[-1]}/{proto}"
-                   for r in runs)
-    return ", ".join(out)

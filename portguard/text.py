@@ -11,7 +11,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
 # What shlex.quote leaves bare (its `[^\w@%+=:,./-]`, ASCII): shlex itself imports `re`.
 _SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -82,3 +82,20 @@ def systemctl(verb: str, *units: str) -> str:
 def offered(cmd: str, otherwise: str = "stop it yourself") -> str:
     """A command in a message, in backquotes; `otherwise` where none could be built."""
     return f"`{cmd}`" if cmd else otherwise
+
+
+def format_ports(pairs: Iterable[tuple[int, str]]) -> str:
+    """`7000-7010/tcp, 8080/tcp, 5353/udp` (ports with "tcp"/"udp", or model.Proto):
+    consecutive ports folded as the config writes them."""
+    given = list(pairs)
+    out: list[str] = []
+    for proto in ("tcp", "udp"):
+        runs: list[list[int]] = []
+        for port in sorted({p for p, pr in given if pr == proto}):
+            if runs and port == runs[-1][-1] + 1:
+                runs[-1].append(port)
+            else:
+                runs.append([port])
+        out.extend(f"{r[0]}/{proto}" if len(r) == 1 else f"{r[0]}-{r[-1]}/{proto}"
+                   for r in runs)
+    return ", ".join(out)

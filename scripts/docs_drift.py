@@ -14,7 +14,7 @@ event or field, metric or module fails the check until it is documented:
   every code of `portguard.errors.ExitStatus` is a row of "Exit codes";
 - every key `portguard/config/schema.py` accepts (read from its source: the key tuples
   handed to `mapping()`) is in docs/config.md and config.example.yaml;
-- every field `portguard/report/journal.py` writes, and every `extra=` key passed to it,
+- every field `portguard/report/journal.py` and `native.py` write, and every `extra=` key passed,
   is in docs/journal.md; every `Event`'s MESSAGE_ID is there, on a row with its priority;
 - every metric of `portguard/report/metrics.py` is in docs/metrics.md;
 - every module of `portguard/` is in docs/architecture.md's module map;
@@ -175,7 +175,7 @@ FIELD = re.compile(r"^(?:PORTGUARD_[A-Z0-9_]+|MESSAGE|MESSAGE_ID|PRIORITY|SYSLOG
 def journal_fields(journal_source: str, package_sources: Iterable[str]) -> set[str]:
     """Field names journal.py spells out, and PORTGUARD_<KEY> for each literal key any
     module passes as `extra={...}`."""
-    from portguard.report.journal import field_name
+    from portguard.report.native import field_name
     fields = {node.value for node in ast.walk(ast.parse(journal_source))
               if isinstance(node, ast.Constant) and isinstance(node.value, str)
               and FIELD.match(node.value)}
@@ -329,7 +329,7 @@ def problems(docs: Path = DOCS) -> list[str]:
     found += config_problems(schema_keys(read(package / "config/schema.py")),
                              pages.get("docs/config.md", ""), read(ROOT / "config.example.yaml"))
     found += journal_problems(
-        journal_fields(read(package / "report/journal.py"),
+        journal_fields(read(package / "report/journal.py") + read(package / "report/native.py"),
                        (read(p) for p in sorted(package.rglob("*.py")))),
         [(e.name, e.message_id, e.priority.name.lower()) for e in Event],
         pages.get("docs/journal.md", ""))

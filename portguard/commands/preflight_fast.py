@@ -10,44 +10,63 @@ first; `portguard preflight UNIT` asks `attempt` before the command line is even
 with the config compiled by an earlier full load (portguard.config.compiled), so a
 guarded start on free ports pays neither argparse nor PyYAML. Anything else (not
 compiled, not declared, a port held, a twin starting) goes the whole way through
-`Preflight`, which decides the same way with the same functions.
+`Preflight`, which decides the same way with the same functions (`clear`).
+
+It imports no enum, model or conflict rules: the compiled config holds each port as the
+service binds it, and the one journal record goes through `report.native`. What it may
+import is named in tests/integration/test_fastpath_installed.py (FAST_PATH).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-from portguard.decide import conflicts
-from portguard.model import BindIntent, format_ports
 from portguard.observe.containers import hints
-from portguard.observe.kernel import probe
+from portguard.observe.kernel import bindable
 from portguard.observe.procs import cgroupfs
-from portguard.report.journal import Event
+from portguard.report import native
+from portguard.text import format_ports, shown_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from portguard.model import Proto, Socket
+    from collections.abc import Iterable, Sequence
+
+    from portguard.model import BindIntent, Proto, Socket
     from portguard.report.journal import Journal
+
+    # (address or None, port, "tcp"|"udp", reuse_address, v6only): bind() as the service
+    Bind = tuple[str | None, int, str, bool, bool | None]
+
+
+def clear(unit: str, twin_globs: Iterable[str], ports: Sequence[tuple[int, str]],
+          binds: Iterable[Bind]) -> bool:
+    """True when no twin is starting, no container runtime publishes one of `ports`, and
+    the kernel would let every bind succeed."""
+    if starting_twins(unit, twin_globs):
+        return False
+    if hints.may_publish():
+        from portguard.model import Proto
+        from portguard.observe.containers import lookup
+        if lookup.publishes([(p, Proto(pr)) for p, pr in ports]):  # no socket: bind() works
+            return False
+    # Without SO_REUSEPORT, bind()'s conflict check ignores the uid: the probe, as root,
+    # gets exactly the answer the service will get.
+    return not any(bindable.in_use(bindable.bind_as(address, port, tcp=proto == "tcp",
+                                                    reuse_address=reuse, v6only=v6only))
+                   for address, port, proto, reuse, v6only in binds)
 
 
 def ports_clear(unit: str, intents: Sequence[BindIntent],
                 twin_globs: Iterable[str]) -> bool:
-    """True when no twin is starting and the kernel would let every intent bind."""
-    if starting_twins(unit, twin_globs):
-        return False
-    ports = sorted({(i.port, i.proto) for i in intents})
-    if hints.may_publish():
-        from portguard.observe.containers import lookup
-        if lookup.publishes(ports):  # a container's port, no socket: bind() works
-            return False
-    # Without SO_REUSEPORT, bind()'s conflict check ignores the uid: the probe, as root,
-    # gets exactly the answer the service will get.
-    if any(probe.refused(i) for i in intents if not i.reuse_port):
+    """`clear` for Preflight's intents; one with SO_REUSEPORT (the kernel's answer depends
+    on the uid) is judged from the sockets on its port."""
+    ports = sorted({(i.port, str(i.proto)) for i in intents})
+    if not clear(unit, twin_globs, ports, [(i.address, i.port, str(i.proto), i.reuse_address,
+                                            i.v6only) for i in intents if not i.reuse_port]):
         return False
     shared = [i for i in intents if i.reuse_port]
     if not shared:
         return True
-    from portguard.observe.kernel import sockets  # netlink: only for the rare SO_REUSEPORT
+    from portguard.decide import conflicts
+    from portguard.observe.kernel import probe, sockets  # netlink: the rare SO_REUSEPORT
     found = sockets.on_ports(sorted({(i.port, i.proto) for i in shared}))
     kernel = probe.Kernel()  # no owners read here: bind() decides what rules cannot
     return all(conflicts.judge(i, on_port(found, i.port, i.proto), kernel).free
@@ -67,13 +86,18 @@ def on_port(found: Iterable[Socket], port: int, proto: Proto) -> list[Socket]:
     return [s for s in found if s.local_port == port and s.proto == proto]
 
 
+def clear_message(unit: str, ports: Iterable[tuple[int, str]], how: str) -> str:
+    return f"{unit}: {how} ({format_ports(ports)})"
+
+
 def report_clear(journal: Journal, unit: str, ports: Iterable[tuple[int, Proto]],
                  how: str) -> None:
-    journal.emit(Event.PORTS_CLEAR, f"{unit}: {how} ({format_ports(ports)})",
+    from portguard.report.journal import Event
+    journal.emit(Event.PORTS_CLEAR, clear_message(unit, ports, how),
                  unit=unit, action="none", result="clear")
 
 
-def attempt(config_path: str, unit: str, journal: Journal) -> bool:
+def attempt(config_path: str, unit: str, sender: native.Sender) -> bool:
     """Clear `unit` from the compiled config if it can be: True when it was (recorded)."""
     from portguard.config import compiled
     from portguard.config.unitnames import mangle_unit
@@ -81,13 +105,12 @@ def attempt(config_path: str, unit: str, journal: Journal) -> bool:
     entry = compiled.lookup(config_path, unit)
     if entry is None:
         return False
-    try:
-        intents = [i for spec in entry.specs
-                   for i in conflicts.intents(spec, reuse_address=entry.reuse_address)]
-    except ValueError:
-        return False  # the full load says why
-    if not ports_clear(unit, intents, entry.twin_globs):
+    ports = sorted({(port, proto) for _, port, proto in entry.binds})
+    if not clear(unit, entry.twin_globs, ports, [(address, port, proto, entry.reuse_address,
+                                                  None) for address, port, proto in entry.binds]):
         return False
-    report_clear(journal, unit, sorted({(i.port, i.proto) for i in intents}),
-                 "all declared ports are free")
+    # the record report_clear emits (test_preflight_compiled holds the two the same)
+    message = shown_lines(clear_message(unit, ports, "all declared ports are free"))
+    sender.deliver(native.standard_fields(message, *native.PORTS_CLEAR, {
+        "PORTGUARD_UNIT": unit, "PORTGUARD_ACTION": "none", "PORTGUARD_RESULT": "clear"}))
     return True

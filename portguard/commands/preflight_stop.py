@@ -25,15 +25,14 @@ and says why.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-
-from portguard.errors import BlockedError, ExitStatus, PortguardError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported: cli.run and the fast path import this module
     import signal as _signal  # the same functions as _signal, as typeshed knows them
+    from collections.abc import Callable, Mapping
     from types import FrameType
 
+    from portguard.errors import ExitStatus
     from portguard.observe.systemd.units import Systemd
 else:
     import _signal  # the C module: signal.py builds its enums on every guarded start
@@ -103,6 +102,7 @@ def being_stopped(systemd: Systemd, unit: str) -> bool:
 def settle(unit: str, stop: StopRequested, connect: Callable[[], Systemd],
            note: Callable[[str], object]) -> ExitStatus:
     """ExitStatus.OK when the unit is being stopped; else BlockedError."""
+    from portguard.errors import BlockedError, ExitStatus, PortguardError
     name = signal_name(stop.signum)
     # A second signal while asking systemd must not turn into a traceback.
     try:
@@ -131,8 +131,8 @@ def tell_systemd(status: ExitStatus, error: str, env: Mapping[str, str] | None =
     """STATUS= for `systemctl status`: the refusal; nothing when the ports are clear (systemd
     clears the text of an earlier refusal when it starts the unit again) or outside a unit
     with a notify socket."""
-    if status is ExitStatus.OK or not (os.environ if env is None else env).get("NOTIFY_SOCKET"):
-        return
+    if status == 0 or not (os.environ if env is None else env).get("NOTIFY_SOCKET"):
+        return  # 0: ExitStatus.OK
     from portguard.report.notify import Notifier
     notifier = Notifier(env)
     try:

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from portguard.config.schema import Config
-    from portguard.model import PortSpec
 
 FORMAT = 1
 CACHE_DIR = "/run/portguard/compiled"
@@ -39,13 +38,15 @@ _MAX_NAME = 240  # a file name is at most 255 bytes; longer config paths are not
 
 
 class Entry:
-    """What the fast path needs of one service."""
+    """What the fast path needs of one service: each declared port as the service binds it,
+    `(address or None, port, "tcp"|"udp")`, ranges expanded (the values of `BindIntent`,
+    without the model, whose enums a guarded start does without)."""
 
-    __slots__ = ("reuse_address", "specs", "twin_globs")
+    __slots__ = ("binds", "reuse_address", "twin_globs")
 
-    def __init__(self, specs: list[PortSpec], reuse_address: bool,
+    def __init__(self, binds: list[tuple[str | None, int, str]], reuse_address: bool,
                  twin_globs: list[str]) -> None:
-        self.specs = specs
+        self.binds = binds
         self.reuse_address = reuse_address
         self.twin_globs = twin_globs
 
@@ -84,10 +85,10 @@ def lookup(config_path: str, unit: str) -> Entry | None:
         return None
     for key in service_keys(unit):
         if key in services:
-            from portguard.model import PortSpec, Proto
             specs, reuse, globs = services[key]
-            return Entry([PortSpec(first, last, Proto(proto), address, text, line)
-                          for first, last, proto, address, text, line in specs], reuse, globs)
+            return Entry([(address, port, proto)
+                          for first, last, proto, address, _, _ in specs
+                          for port in range(first, last + 1)], reuse, globs)
     return None
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def ancestors(path: str) -> list[str]:

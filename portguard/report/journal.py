@@ -1,37 +1,24 @@
 """Structured journal records: one per decision, with the fields of docs/journal.md.
 
-Records are written with the journal's native datagram protocol (the one
-`sd_journal_sendv()` and `pystemd.journal.sendv` speak) rather than through pystemd:
-importing `pystemd.journal` pulls in pystemd's D-Bus layer and lxml (~30 ms measured),
-which is the whole budget of a preflight on a free port. The protocol is small and stable:
-https://systemd.io/JOURNAL_NATIVE_PROTOCOL/.
-
-When the journal cannot take a record (no socket, journald stopped), the record goes to
-stderr with its fields, so nothing is lost. When stderr is a terminal or a pipe (not the
-journal), the readable message is echoed there as well, for the person running it.
+`Event` gives each kind of decision its fixed MESSAGE_ID and priority; `Journal` builds
+the record and sends it through `report.native` (the journal's native protocol, else
+stderr).
 """
 
 from __future__ import annotations
 
-import _socket as socket  # the C module: every guarded start sends a record (~4 ms saved)
 import enum
-import os
-import struct
-import sys
 from collections.abc import Mapping
 
-from portguard.model import Container
 from portguard.records import NamedTuple
-from portguard.text import shown, shown_lines
+from portguard.report import native
+from portguard.text import shown_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TextIO
 
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
-IDENTIFIER = "portguard"
-SEND_TIMEOUT = 0.5  # seconds
-_MAX_DATAGRAM = 200_000  # well below the default SO_SNDBUF; our records are small
+    from portguard.model import Container
 
 
 class Priority(enum.IntEnum):
@@ -53,7 +40,7 @@ class Event(enum.Enum):
     The ids are part of the contract (README lists them): never change one.
     """
 
-    PORTS_CLEAR = ("718392d18d1d40e2a9e43cb92f8fe39d", Priority.INFO)
+    PORTS_CLEAR = native.PORTS_CLEAR
     UNIT_NOT_CONFIGURED = ("55b39072bbbf4ee39245c02d398d6a82", Priority.NOTICE)
     CONFLICT = ("d74d81e4b74f43ecb06f332d7e10fca9", Priority.WARNING)
     STOP_UNIT = ("32df9301fc754f1285c3344dda6a731d", Priority.NOTICE)
@@ -77,11 +64,11 @@ class Event(enum.Enum):
 
     @property
     def message_id(self) -> str:
-        return self.value[0]
+        return str(self.value[0])
 
     @property
     def priority(self) -> Priority:
-        return self.value[1]
+        return Priority(self.value[1])
 
 
 class Record(NamedTuple):
@@ -93,46 +80,8 @@ class Record(NamedTuple):
     fields: Mapping[str, str]
 
     def all_fields(self) -> dict[str, str]:
-        out = {
-            "MESSAGE": self.message,
-            "MESSAGE_ID": self.event.message_id,
-            "PRIORITY": str(int(self.priority)),
-            "SYSLOG_IDENTIFIER": IDENTIFIER,
-        }
-        out.update(self.fields)
-        return out
-
-
-def field_name(key: str) -> str:
-    """`PORTGUARD_<KEY>` in the journal's alphabet: journald drops any other field name."""
-    name = "PORTGUARD_" + "".join(
-        c if (c.isascii() and c.isalnum()) or c == "_" else "_" for c in key.upper())
-    return name[:64]
-
-
-def encode(fields: Mapping[str, str]) -> bytes:
-    """Encode fields in the native protocol: KEY=VALUE lines, length-prefixed when binary."""
-    out = bytearray()
-    for key, value in fields.items():
-        data = value.encode("utf-8", "replace")
-        if b"\n" in data:
-            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-        else:
-            out += key.encode() + b"=" + data + b"\n"
-    return bytes(out)
-
-
-def stderr_is_journal(stream: TextIO | None = None) -> bool:
-    """True when stderr is the journal stream systemd connected us to ($JOURNAL_STREAM)."""
-    value = os.environ.get("JOURNAL_STREAM", "")
-    dev, _, ino = value.partition(":")
-    if not (dev.isdigit() and ino.isdigit()):
-        return False
-    try:
-        st = os.fstat((stream or sys.stderr).fileno())
-    except (OSError, ValueError):
-        return False
-    return st.st_dev == int(dev) and st.st_ino == int(ino)
+        return native.standard_fields(self.message, self.event.message_id,
+                                      int(self.priority), self.fields)
 
 
 class Journal:
@@ -145,16 +94,13 @@ class Journal:
     def __init__(
         self,
         *,
-        socket_path: str = JOURNAL_SOCKET,
+        socket_path: str = native.JOURNAL_SOCKET,
         stream: TextIO | None = None,
         echo: bool | None = None,
         verbose: bool = False,
     ) -> None:
-        self.socket_path = socket_path
-        self.stream = stream if stream is not None else sys.stderr
-        self.echo = (not stderr_is_journal(self.stream)) if echo is None else echo
-        self.verbose = verbose
-        self._sock: socket.socket | None = None
+        self.sender = native.Sender(socket_path=socket_path, stream=stream, echo=echo,
+                                    verbose=verbose)
         self.history: list[Record] = []  # what this run emitted, for --json documents
 
     def emit(
@@ -192,47 +138,14 @@ class Journal:
             if value is not None:
                 fields[key] = str(value)
         for key, value in (extra or {}).items():
-            fields[field_name(key)] = value
+            fields[native.field_name(key)] = value
         # MESSAGE is read in terminals (journalctl, `systemctl status`): no control
         # character a process put in its name gets there
         record = Record(event, shown_lines(message),
                         priority if priority is not None else event.priority, fields)
         self.history.append(record)
-        delivered = self._send(record)
-        if not delivered:
-            self._write_stream(record, with_fields=True)
-        elif self.echo and echo:
-            self._write_stream(record, with_fields=self.verbose)
+        self.sender.deliver(record.all_fields(), echo=echo)
         return record
 
-    def _send(self, record: Record) -> bool:
-        data = encode(record.all_fields())
-        if len(data) > _MAX_DATAGRAM:
-            return False
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                # Every wait has a bound: a wedged journald costs us at most this, then
-                # the record goes to stderr instead.
-                self._sock.settimeout(SEND_TIMEOUT)
-            self._sock.sendto(data, self.socket_path)
-        except OSError:
-            return False
-        return True
-
-    def _write_stream(self, record: Record, *, with_fields: bool) -> None:
-        line = f"portguard: {record.message}"
-        if with_fields:
-            pairs = " ".join(f"{k}={shown(v)}" for k, v in record.all_fields().items()
-                             if k != "MESSAGE")
-            line += f" [{pairs}]"
-        # not contextlib.suppress: contextlib is not imported on the fast path
-        try:  # noqa: SIM105
-            print(line, file=self.stream, flush=True)
-        except (OSError, ValueError):  # stderr closed: nowhere to report
-            pass
-
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self.sender.close()

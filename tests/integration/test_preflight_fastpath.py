@@ -65,13 +65,16 @@ class Scene:
 
     def preflight(self, unit: str, *, importtime: bool = False, no_bus: bool = False,
                   ) -> subprocess.CompletedProcess[str]:
-        """`python [-X importtime] -m portguard --config CFG preflight UNIT`, as a person
-        would run it (stderr is a pipe, so the messages are echoed there too)."""
+        """`python [-X importtime] -m portguard --config=CFG preflight UNIT`, as a person
+        would run it (stderr is a pipe, so the messages are echoed there too). `--config=`
+        is a form `install` never writes: it goes the whole way, `Preflight`, whose own
+        free-port check is what this file tests (the drop-in's forms answer before it:
+        test_fastpath_installed.py)."""
         env = {"PYTHONPATH": str(REPO)}
         if no_bus:
             env["DBUS_SYSTEM_BUS_ADDRESS"] = NO_BUS
         flags = ["-X", "importtime"] if importtime else []
-        return self.sb.run([PYTHON, *flags, "-m", "portguard", "--config", self.cfg,
+        return self.sb.run([PYTHON, *flags, "-m", "portguard", f"--config={self.cfg}",
                             "preflight", unit], env=env, timeout=60)
 
     def hold(self) -> int:

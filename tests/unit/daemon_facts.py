@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from portguard.commands.daemon_survey import Facts
 from portguard.model import Process, Proto, Socket, Unit
@@ -39,13 +40,17 @@ def proc(pid: int, program: str = "/usr/bin/webd", user: str = "www") -> Process
 
 
 class Capture(Journal):
+    """A Journal that keeps every record it emits and sends none."""
+
     def __init__(self) -> None:
         super().__init__(echo=False)
+        self.sender.deliver = lambda fields, echo=True: None  # type: ignore[method-assign]
         self.sent: list[Record] = []
 
-    def _send(self, record: Record) -> bool:
+    def emit(self, *args: Any, **kwargs: Any) -> Record:
+        record = super().emit(*args, **kwargs)
         self.sent.append(record)
-        return True
+        return record
 
     def of(self, event: Event) -> list[Record]:
         return [r for r in self.sent if r.event is event]

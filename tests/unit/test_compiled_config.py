@@ -15,6 +15,7 @@ import pytest
 from portguard.app import store_compiled
 from portguard.config import compiled, trust
 from portguard.config.schema import load_source
+from portguard.decide import conflicts
 
 CONFIG = """\
 services:
@@ -49,7 +50,9 @@ def test_lookup_finds_what_service_for_finds(setup: Path, unit: str) -> None:
     assert service is not None
     entry = compiled.lookup(str(setup), unit)
     assert entry is not None
-    assert entry.specs == list(service.ports)
+    # each port as the service binds it: what conflicts.intents makes of the declaration
+    assert entry.binds == [(i.address, i.port, str(i.proto)) for spec in service.ports
+                           for i in conflicts.intents(spec, reuse_address=False)]
     assert entry.reuse_address == service.reuse_address
     assert entry.twin_globs == service.twin_globs
     if service.is_template:

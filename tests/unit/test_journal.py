@@ -19,16 +19,9 @@ from typing import Any, TextIO
 
 import pytest
 
-from portguard.report import journal
-from portguard.report.journal import (
-    IDENTIFIER,
-    Event,
-    Journal,
-    Priority,
-    Record,
-    encode,
-    stderr_is_journal,
-)
+from portguard.report import native
+from portguard.report.journal import Event, Journal, Priority, Record
+from portguard.report.native import IDENTIFIER, encode, stderr_is_journal
 
 ALL_FIELDS: dict[str, Any] = dict(
     unit="web@b.service", port=8080, proto="tcp", holder_pid=123, holder_unit="web@a.service",
@@ -237,7 +230,7 @@ def test_socket_file_without_listener_writes_to_stream(tmp_path: Path) -> None:
 def test_record_too_big_for_a_datagram_goes_to_stream(fake_journal: FakeJournal) -> None:
     stream = io.StringIO()
     j = Journal(socket_path=fake_journal.path, stream=stream, echo=False)
-    big = "x" * (journal._MAX_DATAGRAM + 1)
+    big = "x" * (native._MAX_DATAGRAM + 1)
     j.emit(Event.WAIT, big)
     assert not fake_journal.pending()
     assert stream.getvalue().startswith(f"portguard: {big} [MESSAGE_ID=")
@@ -262,7 +255,7 @@ def journal_stream_of(path: Path) -> str:
 def test_echo_on_a_terminal_or_pipe(fake_journal: FakeJournal) -> None:
     stream = io.StringIO()  # no JOURNAL_STREAM: stderr is not the journal
     j = Journal(socket_path=fake_journal.path, stream=stream)
-    assert j.echo is True
+    assert j.sender.echo is True
     j.emit(Event.CONFLICT, "visible", **ALL_FIELDS)
     assert stream.getvalue() == "portguard: visible\n"
     assert fake_journal.receive()["MESSAGE"] == "visible"
@@ -282,7 +275,7 @@ def test_no_echo_when_stderr_is_the_journal_stream(
         monkeypatch.setenv("JOURNAL_STREAM", journal_stream_of(path))
         assert stderr_is_journal(stream)
         j = Journal(socket_path=fake_journal.path, stream=stream)
-        assert j.echo is False
+        assert j.sender.echo is False
         j.emit(Event.CONFLICT, "once is enough", **ALL_FIELDS)
     assert path.read_text() == ""
     assert fake_journal.receive()["MESSAGE"] == "once is enough"

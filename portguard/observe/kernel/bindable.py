@@ -55,6 +55,28 @@ def probe_wildcard(port: int, *, tcp: bool, reuse_address: bool = False,
     return err
 
 
+def bind_as(address: str | None, port: int, *, tcp: bool, reuse_address: bool,
+            reuse_port: bool = False, v6only: bool | None = None) -> OSError | None:
+    """probe() as a service that declared `address` (None: none) binds: no address, the
+    strictest wildcard (probe_wildcard); else that address, `[..]` stripped, IPv6 when it
+    has a colon. (`observe.kernel.probe.probe_bind` says what each errno means.)"""
+    if address is None:
+        return probe_wildcard(port, tcp=tcp, reuse_address=reuse_address,
+                              reuse_port=reuse_port)
+    host = address.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    return probe(family, host, port, tcp=tcp, reuse_address=reuse_address,
+                 reuse_port=reuse_port, v6only=v6only)
+
+
+def in_use(err: OSError | None) -> bool:
+    """A probe's answer is a conflict: EADDRINUSE. (An address this host lacks, EACCES ...
+    are no conflict with a holder: the service meets them itself.)"""
+    return err is not None and err.errno == errno.EADDRINUSE
+
+
 def nothing_bound(port: int, proto: str) -> bool:
     """True only when no socket of `proto` ("tcp"/"udp") in this network namespace has
     local port `port`, in any state, on any address: bind() of a dual-stack `[::]`,

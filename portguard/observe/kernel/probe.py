@@ -8,22 +8,15 @@ not root) `probe_bind` asks bind() itself, as the service would do it.
 
 from __future__ import annotations
 
-import _socket as socket  # the C module: preflight's fast path skips socket.py (~4 ms)
-import errno
 from collections.abc import Iterable, Sequence
 
 from portguard.model import BindIntent, Holder, PeerOptions, Process, Proto, Socket
 from portguard.observe.kernel import bindable
 
 
-def _probe(family: int, host: str, intent: BindIntent, v6only: bool | None) -> OSError | None:
-    return bindable.probe(family, host, intent.port, tcp=intent.proto is Proto.TCP,
-                          reuse_address=intent.reuse_address, reuse_port=intent.reuse_port,
-                          v6only=v6only)
-
-
 def probe_bind(intent: BindIntent) -> OSError | None:
-    """bind() (no listen()) a socket as the service would, close it, return the error.
+    """bind() (no listen()) a socket as the service would, close it, return the error
+    (bindable.bind_as).
 
     None: the bind succeeds now. Else the OSError; its errno says what: EADDRINUSE a
     conflict; EADDRNOTAVAIL an address not on this host (no conflict, but the service
@@ -36,22 +29,14 @@ def probe_bind(intent: BindIntent) -> OSError | None:
     Limits: the probe has portguard's uid, so a SO_REUSEPORT service of another uid is
     judged a stranger to its group (EADDRINUSE); and it holds the port for microseconds.
     """
-    if intent.address is None:
-        return bindable.probe_wildcard(intent.port, tcp=intent.proto is Proto.TCP,
-                                       reuse_address=intent.reuse_address,
-                                       reuse_port=intent.reuse_port)
-    host = intent.address.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return _probe(family, host, intent, intent.v6only)
+    return bindable.bind_as(intent.address, intent.port, tcp=intent.proto is Proto.TCP,
+                            reuse_address=intent.reuse_address,
+                            reuse_port=intent.reuse_port, v6only=intent.v6only)
 
 
 def refused(intent: BindIntent) -> bool:
-    """Does bind() fail with EADDRINUSE now? (An address this host lacks, EACCES ... are
-    not a conflict with a holder: the service meets them itself.)"""
-    err = probe_bind(intent)
-    return err is not None and err.errno == errno.EADDRINUSE
+    """Does bind() fail with EADDRINUSE now?"""
+    return bindable.in_use(probe_bind(intent))
 
 
 class Kernel:
