@@ -1,17 +1,19 @@
 """A real podman container holds the port: portguard names it and never touches it.
 
-podman 4.3 from Debian with runc (crun refuses this kernel's hybrid cgroups) runs inside
-the field sandbox, its store on a tmpfs over /var/lib/containers (and libcni's state over
-/var/lib/cni) so nothing outlives the sandbox. The image is built here with `podman
-import` from busybox-static (no registry is reachable): `localhost/web:1`, whose CMD is
-busybox httpd on 8080. The host's cgroup v2 has no pids controller, so containers run
-with --pids-limit=-1 (runc would fail writing pids.max).
+Where users run podman, each in its Debian root (tests/support/roots.py): Debian 12's
+podman 4.3 with CNI and with netavark (its default where recommends are installed), and
+Debian 13's podman 5 with netavark, its only backend (runtimes.PODMAN_PLATFORMS); runc,
+the store on a tmpfs over /var/lib/containers (and libcni's state over /var/lib/cni) so
+nothing outlives the sandbox. The image is built here with `podman import` from
+busybox-static (no registry is reachable): `localhost/web:1`, whose CMD is busybox httpd
+on 8080.
 
 Three ways a container holds 8080, each checked the way an administrator would:
 - published on the bridge network: conmon holds the host port (libpod-conmon-ID.scope);
 - --network=host: the container's own httpd holds it (libpod-ID.scope);
 - conmon killed with SIGKILL: no socket holds 8080, yet the container runs on and the
-  kernel's DNAT still sends 8080's connections to it.
+  kernel's DNAT still sends 8080's connections to it (libcni's cache, netavark's records
+  or its NAT rules tell).
 For each, `who 8080` names `web` (runtime, name, id, image), preflight of a service that
 declares 8080 refuses (exit 1) advising `podman stop web`, its journal record carries
 PORTGUARD_HOLDER_CONTAINER=web, and the container's processes are the same afterwards.
@@ -25,32 +27,42 @@ from typing import Any
 
 import pytest
 from support import runtimes as rt
+from support.availability import require_root
 from support.daemons import Field
 from support.guard import Guard
+from support.roots import RootSandbox
 from support.sandbox import Sandbox
 
 DAEMONS_USED: list[str] = []  # podman is checked below: it is no packaged daemon
 IMAGE = "localhost/web:1"
-PODMAN = ("podman", "--runtime", "runc")  # as an administrator would configure it
-RUN = ("run", "-d", "--pids-limit=-1", "--name", "web")
+PODMAN = ("podman",)  # runc and the backend: containers.conf (runtimes.podman_conf)
+RUN = ("run", "-d", "--name", "web")
 
 
-@pytest.fixture(scope="module")
-def podman(field: Field) -> Field:
-    """The module's sandbox with a private container store and the image built."""
-    rt.require("podman", "conmon", "runc")
-    sb = field.sb
-    rt.private_store(sb, "/var/lib/containers", "/var/lib/cni")
-    built = sb.run([*PODMAN, "import", "-q", "--change",
-                    rt.CMD, rt.rootfs_tar(sb), IMAGE], timeout=60)
-    assert built.returncode == 0, built.stderr
-    return field
+@pytest.fixture(scope="module", params=sorted(rt.PODMAN_PLATFORMS))
+def podman(request: pytest.FixtureRequest) -> Iterator[Field]:
+    """A root with podman set up for one backend, a private store and the image built."""
+    suite, backend = rt.PODMAN_PLATFORMS[request.param]
+    require_root(suite)
+    with RootSandbox(suite) as sb:
+        rt.private_store(sb, "/var/lib/containers", "/var/lib/cni")
+        rt.podman_conf(sb, backend)
+        built = sb.run([*PODMAN, "import", "-q", "--change",
+                        rt.CMD, rt.rootfs_tar(sb), IMAGE], timeout=60)
+        assert built.returncode == 0, built.stderr
+        yield Field(sb)
 
 
 @pytest.fixture
 def web(podman: Field) -> Iterator[Field]:
     yield podman
-    podman.sb.run([*PODMAN, "rm", "-f", "-t", "0", "--all"], timeout=60)
+    # podman 5 refuses the first rm of a container whose conmon was killed ("conmon
+    # exited prematurely") and marks it exited: the second removes it
+    for _ in range(3):
+        podman.sb.run([*PODMAN, "rm", "-f", "-t", "0", "--all"], timeout=60)
+        if not podman.sb.run([*PODMAN, "ps", "-aq"], check=True).stdout.strip():
+            return
+    raise AssertionError(podman.sb.run([*PODMAN, "ps", "-a"]).stdout)
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ a tmpfs in the sandbox's own mount namespace (nothing a test does reaches the ca
 the host), then the sandbox's usual private mounts, the checkout bind-mounted read-only
 at its own path, and pivot_root. The checkout's venv is shadowed inside by one whose
 `bin/python` is the root's /usr/bin/python3 with Debian's python3-pystemd, -psutil,
--yaml and -sdnotify: every `portguard`, `python` and listener a test runs inside runs on
-the root's Python, so the whole Sandbox API (and the field harness on it) works as is.
+-yaml and -sdnotify and the checkout on its path (as the editable install has it):
+every `portguard`, `python` and listener a test runs inside runs on the root's Python,
+so the whole Sandbox API (and the field harness on it) works as is.
 systemd 257 (13) needs the unified cgroup v2 tree: the sandbox mounts cgroup2 in its own
 cgroup namespace, as it does for 12.
 """
@@ -64,7 +65,11 @@ chmod 1777 "$R/tmp" "$R/var/tmp" "$R/dev/shm"
 mkdir -p "$R$repo"; mount --bind "$repo" "$R$repo"; mount -o remount,bind,ro "$R$repo"
 if [ -n "$venv" ]; then   # the checkout's venv, inside: the root's own Python
     mount -t tmpfs -o mode=0755 root-venv "$R$venv"
-    mkdir "$R$venv/bin"; ln -s /usr/bin/python3 "$R$venv/bin/python"
+    py=$(readlink "$R/usr/bin/python3")   # python3.13
+    mkdir -p "$R$venv/bin" "$R$venv/lib/$py/site-packages"
+    ln -s /usr/bin/python3 "$R$venv/bin/python"
+    printf 'home = /usr/bin\ninclude-system-site-packages = true\n' >"$R$venv/pyvenv.cfg"
+    echo "$repo" >"$R$venv/lib/$py/site-packages/portguard-checkout.pth"
 fi
 mkdir -p "$R/run/systemd/system" "$R/run/portguard-sandbox/spawn" "$R/etc/systemd/journald.conf.d"
 cp "$R/lib/systemd/system/dbus.socket" "$R/lib/systemd/system/dbus.service" units/

@@ -1,6 +1,8 @@
 """Container runtimes in a field sandbox: what test_podman.py and test_docker.py share.
 
     require("podman", "conmon", "runc")      # skip, or fail under CI=true, when missing
+    PODMAN_PLATFORMS["debian12-cni"] -> ("bookworm", "cni")   # root x network backend
+    podman_conf(sb, "netavark")              # containers.conf as an administrator sets it
     private_store(sb, "/var/lib/containers") # a tmpfs over it inside: nothing outlives it
     rootfs_tar(sb) -> "/tmp/web.tar"         # busybox-static + httpd/sh links, /www/index.html
     scope_procs(sb, "/machine.slice/libpod-ID.scope") -> {pid: start time}
@@ -28,6 +30,26 @@ from support.sandbox import Sandbox, listener_exec
 PORT = 8080
 PAGE = "hello\n"
 CMD = f'CMD ["/bin/httpd","-f","-p","{PORT}","-h","/www"]'
+
+
+# Where users run podman: Debian 12's podman 4.3 with either network backend (CNI, or
+# netavark, its default where recommends are installed), Debian 13's podman 5 (netavark
+# only). In the roots of support/roots.py.
+PODMAN_PLATFORMS = {"debian12-cni": ("bookworm", "cni"),
+                    "debian12-netavark": ("bookworm", "netavark"),
+                    "debian13-netavark": ("trixie", "netavark")}
+
+
+def podman_conf(sb: Sandbox, backend: str) -> None:
+    """containers.conf for the tests: the network backend; runc (crun refuses a hybrid
+    cgroup host); no pids limit (this host's cgroup v2 has no pids controller, and runc
+    fails writing pids.max)."""
+    sb.run(["/bin/sh", "-c", 'mkdir -p /etc/containers/containers.conf.d && cat >"$1"',
+            "conf", "/etc/containers/containers.conf.d/50-portguard-test.conf"],
+           input=f'[containers]\npids_limit = 0\n[engine]\nruntime = "runc"\n'
+                 f'[network]\nnetwork_backend = "{backend}"\n', check=True)
+    found = sb.run(["podman", "info", "--format", "{{.Host.NetworkBackend}}"], timeout=60)
+    assert found.stdout.strip() == backend, found.stdout + found.stderr
 
 
 def require(*tools: str) -> None:

@@ -338,6 +338,8 @@ def test_may_publish_only_where_a_runtime_recorded_something(
     monkeypatch.setattr(hints, "CNI_RESULTS", str(tmp_path / "cni/results"))
     monkeypatch.setattr(hints, "DOCKER_ROOT", str(tmp_path / "docker"))
     monkeypatch.setattr(hints, "DOCKER_DAEMON_JSON", str(tmp_path / "daemon.json"))
+    monkeypatch.setattr(hints, "NETAVARK_PORTS", str(tmp_path / "nv/firewall/ports"))
+    monkeypatch.setattr(hints, "NETAVARK_IPAM", str(tmp_path / "nv/ipam.db"))
     assert not hints.may_publish()  # none of them exists
     (tmp_path / "cni/results").mkdir(parents=True)
     (tmp_path / "docker/containers").mkdir(parents=True)

@@ -24,9 +24,10 @@ Sources, cheapest reliable first, and why:
    the one whose config.v2.json holds that address.
 4. A port published by a container whose helper is gone (conmon killed: the container runs
    on and the kernel's DNAT rules still send the port's connections to it, while no socket
-   holds the port): libcni's result cache (`/var/lib/cni/results/<net>-<id>-<ifname>`)
-   records the mappings it set up, with the container's id and name. netavark keeps no
-   such file; there a vanished helper goes unseen.
+   holds the port), or that none ever held (podman 5): libcni's result cache
+   (`/var/lib/cni/results/<net>-<id>-<ifname>`) records the mappings it set up, with the
+   container's id and name; netavark's are read by `netavark` (its records, or the NAT
+   rules where it keeps none).
 
 Whose records count (docs/security.md, "Hostile local users"): a container's identity
 comes only from the runtime that owns it. A scope's owner is whoever made its cgroup
@@ -46,7 +47,7 @@ import pwd
 from collections.abc import Callable, Iterable, Sequence
 
 from portguard.model import Container, Process, Proto
-from portguard.observe.containers import files
+from portguard.observe.containers import files, netavark
 from portguard.observe.containers.hints import CNI_RESULTS, DOCKER_DAEMON_JSON, DOCKER_ROOT
 from portguard.observe.containers.records import (
     ConmonArgs,
@@ -170,7 +171,7 @@ class Identifier:
 
     def published(self, port: int, proto: Proto) -> list[tuple[Published, Container]]:
         """Container mappings of this host port that the kernel forwards (DNAT): libcni's
-        (podman) and dockerd's (its running containers' published ports)."""
+        and netavark's (podman) and dockerd's (its running containers' published ports)."""
         if self._published is None:
             self._published = []
             for f in self._listdir(CNI_RESULTS, 0):
@@ -180,6 +181,13 @@ class Identifier:
                     self._published.append((pub, Container(
                         "podman" if found else "cni", pub.container_id, name, image, "",
                         "containers.json" if found else "cni cache")))
+            for pub in netavark.published(lambda path: self._read(path, 0),
+                                          lambda path: self._listdir(path, 0)):
+                found = self._podman_record(pub.container_id, (), 0)
+                _, name, image = found or ("", "", "")
+                self._published.append((pub, Container(
+                    "podman", found[0] if found else pub.container_id, name, image, "",
+                    "containers.json" if found else "netavark")))
             for ident in self._listdir(f"{self._docker_root()}/containers", 0):
                 rec = self._docker_record(ident)
                 if rec is not None and rec.running:
