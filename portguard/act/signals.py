@@ -2,8 +2,10 @@
 
 Safety rules that never bend (the contract (docs/)):
 - a process is signalled only through a pidfd opened *before* its identity is checked
-  again (same start time as inspected, still holding the socket), so a pid reused by
-  another process between the scan and the signal is never hit;
+  again (same start time as inspected, still holding the socket, and for an interpreter
+  the same script file, by st_dev/st_ino, as its path resolved to when it was judged),
+  so a pid reused by another process, or a script path whose symlink was swapped,
+  between the scan and the signal is never hit;
 - the signal is followed by SIGCONT, so a stopped (SIGSTOP) holder can act on it;
 - a zombie is waited for, never signalled again;
 - every wait has a bound (the preflight's deadline, `kill_after`).
@@ -20,7 +22,7 @@ from typing import NamedTuple
 
 from portguard.errors import NotPermittedError
 from portguard.model import Process
-from portguard.observe.procs import processes
+from portguard.observe.procs import processes, programs
 
 _POLL = 0.05
 
@@ -85,6 +87,10 @@ def signal_process(proc: Process, inode: int, sig: signal.Signals, *, kill_after
         if current_state == "Z":
             _wait_exit(pidfd, 0)
             return SignalOutcome(pid, "gone", "had already exited (a zombie): not signalled")
+        if _script_changed(proc, proc_root):
+            return SignalOutcome(pid, "identity-changed",
+                                 f"pid {pid}'s script is no longer the file it was judged "
+                                 "by (its path now leads elsewhere): not signalled")
         if inode:
             try:
                 holds = inode in processes.socket_fds(pid, {inode}, proc_root)
@@ -120,6 +126,17 @@ def signal_process(proc: Process, inode: int, sig: signal.Signals, *, kill_after
         return SignalOutcome(pid, "exited", "exited while being signalled")
     finally:
         os.close(pidfd)
+
+
+def _script_changed(proc: Process, proc_root: str) -> bool:
+    """Whether the script an interpreter was judged by (pinned by file identity when it
+    was inspected) is another file now, resolved again through the same path in the
+    process's own root and cwd: a symlink swapped since the check (docs/security.md)."""
+    pinned = proc.program_id
+    if pinned is None or not pinned.interpreted or pinned.module:
+        return False
+    now = programs.of_process(proc.pid, proc.cmdline, proc.exe, proc_root)
+    return now is None or (now.exe, now.target) != (pinned.exe, pinned.target)
 
 
 def wait_until(done: Callable[[], bool], deadline: float, clock: Clock = REAL_CLOCK,

@@ -44,11 +44,23 @@ class ServiceState(NamedTuple):
 
 def _own(service: Service, holder: Holder) -> bool:
     """Whether the holder runs in this service's unit (or one of its instances), or is
-    PID 1 listening for the service's own .socket unit (docs/commands.md: socket activation)."""
+    PID 1 listening for the service's own .socket unit (docs/commands.md: socket activation).
+    A holder this user cannot read (not root) is the service's when the kernel says the
+    socket was made in the service's cgroup: never "held by another" for want of rights."""
     if holder.unit is None:
-        return False
+        return bool(holder.unknown_reason) and service.matches(_made_in(holder) or "")
     return service.matches(holder.unit.id) or any(
         service.matches(t) for t in holder.unit.triggers if holder.unit.id.endswith(".socket"))
+
+
+def _made_in(holder: Holder) -> str | None:
+    """The unit whose cgroup created the socket (sock_diag's cgroup id), read from the
+    cgroup tree, which any user may read."""
+    from portguard.observe.procs.cgroupfs import CgroupTree
+    from portguard.observe.procs.cgroups import unit_from_cgroup
+    tree = CgroupTree()
+    path = tree.path_of(holder.socket.cgroup_id) if holder.socket.cgroup_id else None
+    return unit_from_cgroup(path[len(tree.root):] or "/") if path else None
 
 
 def service_units(service: Service, systemd: Systemd) -> tuple[Unit, ...]:
@@ -162,13 +174,19 @@ def text(states: Sequence[ServiceState]) -> str:
 
 
 def _mark(ps: PortState, own: bool) -> str:
-    if any(h.processes or h.unknown_reason for h in ps.foreign):
+    if any(h.processes for h in ps.foreign):
         return "HELD BY ANOTHER"
+    unknown = sorted({h.unknown_reason for h in ps.foreign if h.unknown_reason})
+    if unknown:  # held, by whom this user cannot see: never said to be another's
+        return "HELD, " + "; ".join(unknown)
     if ps.foreign:
         return "BLOCKED by lingering sockets (they expire on their own)"
     if any(j.unseen for j in ps.judged):
         return "BLOCKED: bind() refused, no socket on it visible"
-    return "in use by the service" if own else "free"
+    if own and all(h.processes or not h.unknown_reason for r in ps.reports for h in r.live):
+        return "in use by the service"
+    return "in use by the service (its cgroup made the socket; root sees the process)" \
+        if own else "free"
 
 
 def run(args: argparse.Namespace, app: App, out: Output) -> ExitStatus:

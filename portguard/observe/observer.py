@@ -203,6 +203,7 @@ class Observer:
             # unreadable; either way only root can name it.
             hidden = os.geteuid() not in (0, sock.uid)
             reason = ("holder unknown (needs root)" if owners.unreadable or hidden
+                      else "holder unknown (the fd scan hit its bound)" if owners.cut
                       else "holder not found")
             return [Holder(sock, unknown_reason=reason)]
         by_cgroup: dict[str, list[Process]] = {}

