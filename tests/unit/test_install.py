@@ -489,7 +489,7 @@ def test_uninstall_of_an_instance_says_the_template_still_covers_it(
 
 def test_code_root_does_not_own_alone_is_named(tmp_path: Path) -> None:
     """install's ExecStartPre=+ runs as root: an interpreter, package or import directory
-    others can write is a way to root (tests/integration/test_hostile.py has it for real)."""
+    others can write is a way to root (tests/integration/test_hostile_system.py has it for real)."""
     system = ["/usr/bin/python3", "-P", "-m", "portguard"]
     stdlib = os.path.dirname(os.__file__)  # Debian's: root's alone
     if os.stat(stdlib).st_uid != 0:
