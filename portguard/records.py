@@ -1,10 +1,10 @@
 """`class Point(NamedTuple): x: int` without importing `typing` at run time.
 
-Every guarded start runs preflight, and `typing` (with the `re`, `contextlib` and
-`warnings` it imports) costs ~7 ms of a process whose whole budget is ~20 ms (bench/).
-At run time `NamedTuple` here builds the class with `collections.namedtuple`, as
-`typing.NamedTuple` itself does; type checkers see `typing.NamedTuple` and check the
-classes as such. `tests/unit/test_records.py` holds the two to the same behaviour.
+`who` on a held port loads the value types without `typing` (what that saves:
+docs/architecture.md, "What a start costs"). At run time `NamedTuple` here builds the
+class with `collections.namedtuple`, as `typing.NamedTuple` itself does; type checkers
+see `typing.NamedTuple` and check the classes as such. `tests/unit/test_records.py`
+holds the two to the same behaviour.
 """
 
 from __future__ import annotations

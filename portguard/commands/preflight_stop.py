@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # not imported: cli.run and the fast path import this module
     from portguard.errors import ExitStatus
     from portguard.observe.systemd.units import Systemd
 else:
-    import _signal  # the C module: signal.py builds its enums on every guarded start
+    import _signal  # the C module, not signal.py: docs/architecture.md, start costs
 
 STATUS_PREFIX = "portguard: "
 

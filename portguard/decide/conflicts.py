@@ -25,7 +25,7 @@ must stay fast.
 
 from __future__ import annotations
 
-import _socket as socket  # the C module: its names without socket.py's enums (~4 ms)
+import _socket as socket  # the C module, not socket.py: docs/architecture.md, start costs
 import enum
 import functools
 

@@ -7,8 +7,7 @@ journal module pulls in its D-Bus layer and lxml. When the journal cannot take a
 lost; when stderr is not the journal (a terminal, a pipe), the readable message is echoed
 there as well. `report.journal` (the events and their MESSAGE_IDs) sends through here;
 preflight's fast path sends its one record through here directly, without the event
-enums (the `enum` module and its imports are ~4 ms of a guarded start's ~10 over Python's
-own; bench/RESULTS.md, "Guarded start as installed").
+enums (docs/architecture.md, "What a start costs").
 """
 
 from __future__ import annotations

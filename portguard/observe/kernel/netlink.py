@@ -10,7 +10,7 @@ addresses inside `inet_diag_sockid` are in network byte order.
 
 from __future__ import annotations
 
-import _socket as socket  # the C module: socket.py's enums cost `who` ~4 ms
+import _socket as socket  # the C module, not socket.py: docs/architecture.md, start costs
 import errno as _errno
 import os
 import struct

@@ -13,7 +13,7 @@ costs time proportional to all sockets and lacks `v6only` and `cgroup_id`.
 
 from __future__ import annotations
 
-import _socket as socket  # the C module: socket.py's enums cost `who` ~4 ms
+import _socket as socket  # the C module, not socket.py: docs/architecture.md, start costs
 import errno
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
