@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/who_bench.py
 	$(PY) bench/preflight_bench.py
 	$(PY) bench/daemon_cost.py
+	$(PY) bench/dropin_bench.py
 
 soak: setup
 	$(PY) bench/soak.py --scenarios 1000 && PYTHONPATH=tests $(PY) -m support.bind_oracle
