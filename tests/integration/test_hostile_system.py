@@ -148,6 +148,8 @@ def test_a_fifo_or_a_link_to_dev_zero_in_a_users_store_cannot_stall_who(case: Ca
     port = case.port()
     pid = user_scope_listener(case, port, IRC, "irc", f"libpod-{ident}.scope")
     records = f"{STORE}/overlay-containers/containers.json"
+    web = case.unit(f"web-{case.uid}.service", "--port", str(port), guarded=False)
+    case.config(config(port, web))
     for plant in (f"mkfifo {records}", f"ln -s /dev/zero {records}"):
         as_user(case, IRC, f"rm -f {records} && {plant}")
         t0 = time.monotonic()
@@ -158,6 +160,10 @@ def test_a_fifo_or_a_link_to_dev_zero_in_a_users_store_cannot_stall_who(case: Ca
         assert holder["pid"] == pid and holder["container"]["user"] == "irc"
         assert holder["container"]["name"] is None
         assert took < 5, (plant, took)
+        # preflight's slow path names holders the same way: refused, within its bound
+        t0 = time.monotonic()
+        refused = case.preflight(web, "--dry-run")
+        assert refused.returncode == 1 and time.monotonic() - t0 < 5, refused.stderr
     # a regular file of the user's own is read: its name for its own container
     as_user(case, IRC, f"rm -f {records} && printf '%s' '[{{\"id\": \"{ident}\", "
             f"\"names\": [\"chat\"]}}]' > {records}")
