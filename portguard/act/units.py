@@ -20,6 +20,7 @@ from portguard.errors import PortguardError, TimedOutError
 from portguard.observe.systemd.bus_signals import JOB_GONE, MANAGER, PATH, JobResult
 from portguard.observe.systemd.dbus_errors import (
     CALL_TIMEOUT,
+    NO_SUCH_UNIT,
     RELOAD_DAEMON,
     SystemdError,
     SystemdUnavailable,
@@ -30,7 +31,6 @@ from portguard.observe.systemd.units import DRAIN, Systemd, single_value
 from portguard.records import NamedTuple
 
 GONE_CHECK = 0.5  # seconds: how often a job that stays silent is looked up
-NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 
 
 class ManagerCalls(Protocol):

@@ -67,6 +67,7 @@ from portguard.config.unitnames import instance_template, mangle_unit
 from portguard.config.values import service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 from portguard.model import Unit
+from portguard.observe.procs.programs import SYSTEMD_PATH
 from portguard.observe.systemd.units import SERVICE_IFACE
 
 if TYPE_CHECKING:
@@ -80,7 +81,6 @@ DROPIN_BASE = Path("/etc/systemd/system")  # tests point this at a tmp_path
 DROPIN_NAME = "portguard.conf"
 PACKAGED = "/usr/bin/portguard"
 CHECK_TIMEOUT = 15.0  # seconds for `<command> --version`
-CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class UnitFiles(Protocol):
@@ -211,7 +211,7 @@ def _runs_this_portguard(command: Sequence[str]) -> bool:
     try:
         done = subprocess.run([*command, "--version"], capture_output=True, text=True,
                               timeout=CHECK_TIMEOUT, cwd="/", check=False,
-                              env={"PATH": CLEAN_PATH, "LANG": "C.UTF-8"})
+                              env={"PATH": SYSTEMD_PATH, "LANG": "C.UTF-8"})
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0 and done.stdout.split() == ["portguard", __version__]

@@ -66,6 +66,9 @@ _INTERP_OPTS: dict[str, tuple[frozenset[str], frozenset[str], frozenset[str]]] =
 }
 
 
+# the PATH systemd gives a unit's processes (and searches an Exec*= command in)
+SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 def basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -177,8 +180,7 @@ def of_process(pid: int, cmdline: Sequence[str], exe_path: str,
                     f"{proc}/{pid}/cwd")
 
 
-def of_exec_start(argv: Sequence[str], search: str = "/usr/local/sbin:/usr/local/bin:"
-                  "/usr/sbin:/usr/bin:/sbin:/bin") -> ProgramId | None:
+def of_exec_start(argv: Sequence[str], search: str = SYSTEMD_PATH) -> ProgramId | None:
     """What an ExecStart= line runs (as read over D-Bus: its argv), launchers seen
     through; a `#!` script is the script; relative scripts resolve from / (systemd's
     default WorkingDirectory)."""

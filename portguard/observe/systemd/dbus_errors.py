@@ -25,11 +25,12 @@ _UNREACHABLE = {f"org.freedesktop.DBus.Error.{n}" for n in (
     "ServiceUnknown", "NoReply", "NameHasNoOwner", "NoServer", "Disconnected", "Timeout",
     "IOError", "ConnectionRefused")}
 CALL_TIMEOUT = {"org.freedesktop.DBus.Error.Timeout", "org.freedesktop.DBus.Error.NoReply"}
-NOT_FOUND = {"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"}
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+NOT_FOUND = {NO_SUCH_UNIT, "org.freedesktop.DBus.Error.FileNotFound"}
 NO_OBJECT = {f"org.freedesktop.DBus.Error.Unknown{n}" for n in ("Object", "Interface",
                                                                   "Method")}
 # pystemd classes whose name is not "org.freedesktop.DBus.Error." + the class's stem
-_CLASS_NAMES = {"DBusNoSuchUnitError": "org.freedesktop.systemd1.NoSuchUnit",
+_CLASS_NAMES = {"DBusNoSuchUnitError": NO_SUCH_UNIT,
                 "DBusInterruptedError": "System.Error.EINTR"}
 _DBUS_NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"  # matched when it fails
 _BUS_GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED,
