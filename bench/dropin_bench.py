@@ -8,10 +8,11 @@ oneshot (`ExecStart=/bin/true`). Each comes in variants, one unit each:
   bare          no drop-in
   python -c pass  a drop-in `ExecStartPre=+PYTHON -c pass` (the reference: the
                 interpreter's start alone; PYTHON is the venv's, which portguard runs on)
-  FORM          the drop-in `portguard install` wrote (run in the sandbox, the console
-                script), for each form it writes: the default config or `--config PATH`,
-                with `NotifyAccess=exec` or without it (the unit already says
-                `NotifyAccess=all`, as a drop-in of its own)
+  FORM          the drop-in `portguard install` wrote (run in the sandbox), for each form
+                it writes: the default config or `--config PATH`, with `NotifyAccess=exec`
+                or without it (the unit already says `NotifyAccess=all`, as a drop-in of
+                its own); and two of them as `python -P -m portguard` (`-m`: install run
+                as `python -m portguard`) instead of the console script
 
 Every declared port is free, and the config was compiled by `check-config`: this is the
 guarded start every restart pays. A runner inside the sandbox times `systemctl start U`
@@ -46,10 +47,14 @@ from support.sandbox import PYTHON, Sandbox
 HEADING = "## Guarded start as installed"
 CONFIG = "/etc/portguard/config.yaml"
 ELSEWHERE = "/etc/portguard/elsewhere.yaml"
-FORMS = {"default, NotifyAccess=exec": (CONFIG, True),
-         "default, no NotifyAccess": (CONFIG, False),
-         "--config PATH, NotifyAccess=exec": (ELSEWHERE, True),
-         "--config PATH, no NotifyAccess": (ELSEWHERE, False)}
+# variant -> (config, NotifyAccess=exec, install run as the console script); `-m`: install
+# run as `python -m portguard`, so its drop-in runs `python -P -m portguard`
+FORMS = {"default, NotifyAccess=exec": (CONFIG, True, True),
+         "default, no NotifyAccess": (CONFIG, False, True),
+         "--config PATH, NotifyAccess=exec": (ELSEWHERE, True, True),
+         "--config PATH, no NotifyAccess": (ELSEWHERE, False, True),
+         "-m, default, NotifyAccess=exec": (CONFIG, True, False),
+         "-m, --config PATH, no NotifyAccess": (ELSEWHERE, False, False)}
 VARIANTS = ["bare", "python -c pass", *FORMS]
 NGINX_UNIT = "/lib/systemd/system/nginx.service"
 
@@ -117,10 +122,11 @@ def setup(sb: Sandbox) -> dict[str, dict[str, str]]:
         sb.portguard("--config", path, "check-config", check=True)  # compiles it
     sb.systemctl("daemon-reload", check=True)
     for by_variant in units.values():
-        for variant, (path, _) in FORMS.items():
+        for variant, (path, _, script) in FORMS.items():
             extra = [] if path == CONFIG else ["--config", path]
-            sb.run([str(REPO / ".venv/bin/portguard"), *extra, "install", by_variant[variant]],
-                   check=True, timeout=60)
+            command = ([str(REPO / ".venv/bin/portguard")] if script
+                       else [PYTHON, "-m", "portguard"])
+            sb.run([*command, *extra, "install", by_variant[variant]], check=True, timeout=60)
     sb.run([PYTHON, "-m", "compileall", "-q", str(REPO / "portguard")], check=True)
     return units
 

@@ -1,7 +1,8 @@
 """The fast path as `install` writes it: every form of the drop-in, started by systemd.
 
 A guarded start on free ports runs the drop-in's `ExecStartPre=` on every start of the
-unit, so what it imports is paid every time. `portguard install` writes one of four forms:
+unit, so what it imports is paid every time. `portguard install` writes one of eight forms:
+the console script or `python -P -m portguard` (install run as `python -m portguard`),
 the default config or `--config PATH` (a config elsewhere), with `NotifyAccess=exec` or
 without it (the unit already says `NotifyAccess=all`). Each form is installed here by
 `portguard install` itself, the unit is started with `systemctl start`, and Python's own
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from support.sandbox import REPO, Sandbox
+from support.sandbox import PYTHON, REPO, Sandbox
 
 # portguard's modules on a guarded start on free ports: the fast path, named once.
 FAST_PATH = frozenset({
@@ -44,6 +45,10 @@ FORBIDDEN = frozenset({
     "portguard.model", "portguard.config.schema", "portguard.observe.kernel.sockets",
 })
 
+# What `python -m` itself imports before portguard runs (runpy: importlib.util, and its
+# contextlib and collections): the `python -P -m portguard` form pays them, not portguard.
+RUNPY = frozenset({"contextlib", "collections"})
+
 _IMPORT_LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s?(\s*)(\S+)")
 CONFIG = "/etc/portguard/config.yaml"
 OTHER_CONFIG = "/etc/portguard/elsewhere.yaml"
@@ -54,14 +59,18 @@ LOG = "/run/portguard-test-imports-{unit}.log"
 class Form:
     config: str  # the config install was pointed at
     notify_access: bool  # the drop-in says NotifyAccess=exec
+    script: bool  # install ran as the console script (its drop-in names it), else as
+    # `python -m portguard` (its drop-in: `python -P -m portguard`)
 
     @property
     def name(self) -> str:
-        return (f"{'default' if self.config == CONFIG else '--config'}-"
+        return (f"{'script' if self.script else 'm'}-"
+                f"{'default' if self.config == CONFIG else 'config'}-"
                 f"{'notifyexec' if self.notify_access else 'nonotify'}")
 
 
-FORMS = [Form(c, n) for c in (CONFIG, OTHER_CONFIG) for n in (True, False)]
+FORMS = [Form(c, n, s) for s in (True, False) for c in (CONFIG, OTHER_CONFIG)
+         for n in (True, False)]
 
 
 def modules(log: str) -> set[str]:
@@ -91,9 +100,9 @@ def installed(sandbox: Sandbox) -> Iterator[dict[str, str]]:
     sandbox.systemctl("daemon-reload", check=True)
     for form in FORMS:
         config = [] if form.config == CONFIG else ["--config", form.config]
-        # the console script, as users run install (its drop-in names the same script)
-        done = sandbox.run([str(REPO / ".venv/bin/portguard"), *config, "install",
-                            units[form.name]], timeout=60)
+        command = ([str(REPO / ".venv/bin/portguard")] if form.script
+                   else [PYTHON, "-m", "portguard"])
+        done = sandbox.run([*command, *config, "install", units[form.name]], timeout=60)
         assert done.returncode == 0, done.stderr
     yield units
     for unit in units.values():
@@ -108,6 +117,7 @@ def test_each_installed_form_starts_on_the_fast_path(sandbox: Sandbox,
     dropin = sandbox.read_file(f"/etc/systemd/system/{unit}.d/portguard.conf")
     assert ("NotifyAccess=exec" in dropin) == form.notify_access, dropin
     assert (f"--config {form.config} preflight %n" in dropin) == (form.config != CONFIG)
+    assert ("-P -m portguard " in dropin) != form.script, dropin
     sandbox.systemctl("stop", unit)
     sandbox.run(["rm", "-f", LOG.format(unit=unit)], check=True)
     started = sandbox.systemctl("start", unit)
@@ -118,4 +128,5 @@ def test_each_installed_form_starts_on_the_fast_path(sandbox: Sandbox,
     ours = {m for m in loaded if m == "portguard" or m.startswith("portguard.")}
     assert "portguard.commands.preflight_fast" in ours, sorted(ours)
     assert ours <= FAST_PATH, sorted(ours - FAST_PATH)
-    assert not loaded & FORBIDDEN, sorted(loaded & FORBIDDEN)
+    forbidden = FORBIDDEN if form.script else FORBIDDEN - RUNPY
+    assert not loaded & forbidden, sorted(loaded & forbidden)
