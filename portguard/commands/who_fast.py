@@ -2,9 +2,9 @@
 parsed.
 
 `who 8080` is what an administrator types when a start failed; on free ports the answer
-is a bind() probe per port (`observe.bindable.nothing_bound`: the kernel refuses it while any
-socket holds the port), so it need not pay for argparse, the observer or D-Bus. Only the
-plainest words take this way (`8080`, `7000-7010/tcp`, `5353/udp`, in ASCII digits, no
+is a bind() probe per port (`observe.kernel.bindable.nothing_bound`: the kernel refuses it
+while any socket holds the port), so it need not pay for argparse, the observer or D-Bus.
+Only the plainest words take this way (`8080`, `7000-7010/tcp`, `5353/udp`, in ASCII digits, no
 leading zero); anything else, and any port that is not provably empty, goes the whole
 way, which parses, validates and names holders as always. A held port takes `who`'s own way
 with the arguments argparse would give it (`arguments`), without argparse (~6 ms).

@@ -2,7 +2,7 @@
 
 sock_diag cannot show an observed socket's SO_REUSEADDR / SO_REUSEPORT. `Kernel` (the
 live `conflicts.Kernel`) reads them from the socket itself through its owner's fd
-(`observe.sockopts`), and where that is not possible (a TIME_WAIT socket has no owner;
+(`observe.kernel.sockopts`), and where that is not possible (a TIME_WAIT socket has no owner;
 not root) `probe_bind` asks bind() itself, as the service would do it.
 """
 
