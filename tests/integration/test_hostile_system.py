@@ -14,6 +14,7 @@ import shlex
 import time
 from pathlib import Path
 
+import yaml
 from support.cases import Case, config
 from support.sandbox import LISTENER, PYTHON, REPO
 from test_faults_identity import shared_copy
@@ -227,3 +228,36 @@ def test_status_as_a_user_who_cannot_read_the_holder_never_calls_the_service_ano
     done = sb.portguard("--config", case.cfg, "status")
     assert f"  port {own_port}: in use by the service" in done.stdout.splitlines()
     assert f"  port {other_port}: HELD BY ANOTHER" in done.stdout.splitlines()
+
+
+def test_a_program_path_with_line_breaks_cannot_declare_a_service_in_discover(
+        case: Case) -> None:
+    """A program under a directory whose name holds line breaks: discover's comments name
+    it, and once a comment line ended there and the next declared a service."""
+    sb, uid = case.sb, case.uid
+    ghost = f"ghost-{uid}.service"
+    evil = f"/tmp/e-{uid}\n  {ghost}: {{ports: [\"1\"]}}\n#"
+    sb.run(["sh", "-c", 'mkdir -p "$1" && cp /usr/bin/python3 "$1/python3" && '
+            f'cp {LISTENER} "$1/listener.py"', "sh", evil], check=True)
+    unit_port, hand_port = case.port(), case.port()
+    unit = f"prog-{uid}.service"
+    # systemd takes no line break in an Exec path: the unit's script execs the program
+    run = f"/tmp/run-{uid}.sh"
+    sb.write_file(run, f"exec '{evil}/python3' '{evil}/listener.py' --port {unit_port}\n")
+    sb.write_unit(unit, f"[Service]\nExecStart=/bin/sh {run}\n")
+    case.units.append(unit)
+    case.start_listening(unit, unit_port)
+    hand = sb.spawn([f"{evil}/python3", f"{evil}/listener.py", "--port", str(hand_port)])
+    case.pids.append(hand)
+    case.wait_listening(hand_port, hand)
+
+    done = sb.portguard("discover")
+    assert done.returncode == 0, done.stderr
+    assert f"\n{ghost}" not in done.stdout and f"\n  {ghost}" not in done.stdout
+    written = f"/etc/portguard/discover-{uid}.yaml"
+    assert sb.portguard("discover", "--write", written).returncode == 0
+    checked = sb.portguard("--config", written, "check-config")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    services = yaml.safe_load(sb.read_file(written))["services"]
+    assert list(services) == [unit], services  # what ran in a unit, nothing else
+    assert f"'{evil}" not in sb.read_file(written)  # the path only escaped, in comments
