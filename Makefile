@@ -30,14 +30,15 @@ integration: setup
 test: setup-all lint docs-check
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# bench/ and the soak take the sandbox from tests/support (PYTHONPATH=tests)
 bench: setup
-	$(PY) bench/who_bench.py
-	$(PY) bench/preflight_bench.py
-	$(PY) bench/daemon_cost.py
-	$(PY) bench/dropin_bench.py
+	PYTHONPATH=tests $(PY) bench/who_bench.py
+	PYTHONPATH=tests $(PY) bench/preflight_bench.py
+	PYTHONPATH=tests $(PY) bench/daemon_cost.py
+	PYTHONPATH=tests $(PY) bench/dropin_bench.py
 
 soak: setup
-	$(PY) bench/soak.py --scenarios 1000 && PYTHONPATH=tests $(PY) -m support.bind_oracle
+	PYTHONPATH=tests $(PY) bench/soak.py --scenarios 1000 && PYTHONPATH=tests $(PY) -m support.bind_oracle
 
 docs: setup
 	$(PY) scripts/gen-docs

@@ -34,8 +34,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the checkout's portguard, installed or not
 
 DOCS = ROOT / "docs"
 README_MAX_LINES = 150

@@ -17,11 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docs_drift as drift  # scripts/ is on pytest's path (pyproject.toml)
 import pytest
 from docs_harness import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import docs_drift as drift
 
 from portguard.cli import build_parser
 from portguard.errors import ExitStatus
