@@ -259,3 +259,44 @@ class Holder(NamedTuple):
     # The process that forked the holders, when it runs in their cgroup without holding the
     # socket itself: haproxy's master-worker master (only its worker listens).
     master: Process | None = None
+
+
+class Learned(NamedTuple):
+    """A socket a unit's own processes listened on when its profile was learned."""
+
+    address: str
+    port: int
+    proto: Proto = Proto.TCP
+    reuse_address: bool | None = None  # None: could not be read
+    reuse_port: bool | None = None
+
+
+class Profile(NamedTuple):
+    """What a unit really runs (docs/identity.md, "Profiles"): learned from its own cgroup
+    while it was active, or written in the config as `program:` and `user:`.
+
+    `program` is the listening tree root's program by file identity; `paths` are the
+    files it names (the executable, and an interpreter's script), which must still be
+    those files and root's alone for the profile to be used. `uid` is the tree root's
+    user, `worker_uids` its workers'. `seen` is when it was learned (Unix time; 0 for
+    the config's keys), `source` "learned" or "config".
+    """
+
+    unit: str
+    program: ProgramId
+    paths: tuple[str, ...]
+    uid: int
+    user: str = ""
+    worker_uids: tuple[int, ...] = ()
+    sockets: tuple[Learned, ...] = ()
+    seen: float = 0.0
+    source: str = "learned"
+
+    @property
+    def name(self) -> str:
+        """The program as messages name it: its script, else its executable."""
+        return self.paths[-1].rsplit("/", 1)[-1] if self.paths else "?"
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.paths)} as {self.user or self.uid}"
+

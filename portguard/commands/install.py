@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from portguard import __version__
-from portguard.act import files, units
+from portguard.act import files, profiles, units
 from portguard.app import DEFAULT_CONFIG_FILE
 from portguard.config import trust
 from portguard.config.unitnames import instance_template, mangle_unit
@@ -68,7 +68,9 @@ from portguard.config.values import service_name
 from portguard.errors import ExitStatus, NotPermittedError, PortguardError, UsageError
 from portguard.model import Unit
 from portguard.observe.procs.programs import SYSTEMD_PATH
-from portguard.observe.systemd.units import SERVICE_IFACE
+from portguard.observe.systemd.dbus_errors import as_text
+from portguard.observe.systemd.units import SERVICE_IFACE, UNIT_IFACE
+from portguard.text import format_ports
 
 if TYPE_CHECKING:
     import argparse
@@ -316,6 +318,26 @@ def _with_systemd(app: App, action: Callable[[UnitFiles], ExitStatus]) -> ExitSt
         systemd.close()
 
 
+def learn(systemd: UnitFiles, unit: str) -> str:
+    """While the unit runs, learn and store its profile from its own cgroup
+    (docs/identity.md, "Profiles"); what was learned, or why not, for a note."""
+    if is_template(unit):
+        return ""
+    path = systemd.unit_path(unit)
+    state = as_text(systemd.properties(path, UNIT_IFACE).get("ActiveState", b""))
+    if not state:
+        return ""
+    if state != "active":
+        return (f"note: {unit} is {state}: its profile is learned while it runs "
+                "(install it again then)")
+    cgroup = as_text(systemd.properties(path, SERVICE_IFACE).get("ControlGroup", b""))
+    learned = profiles.record(unit, cgroup)
+    if learned is None:
+        return f"note: {unit} runs, but no process of its own listens: no profile learned"
+    ports = format_ports((s.port, s.proto) for s in learned.sockets)
+    return f"learned {unit}'s profile: {learned}, listening on {ports}"
+
+
 def install(unit: str, app: App, out: Output) -> ExitStatus:
     """Write UNIT's preflight drop-in and reload systemd (see the module docstring)."""
     name = unit_name(unit)
@@ -332,7 +354,8 @@ def install(unit: str, app: App, out: Output) -> ExitStatus:
             old: str | None = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             old = None
-        notes = [note, _other_level(name, path), _activation_note(systemd, name)]
+        notes = [note, _other_level(name, path), _activation_note(systemd, name),
+                 learn(systemd, name)]
         if old == text:
             return _report(out, name, path, changed=False, said="already installed",
                            notes=notes)

@@ -10,7 +10,6 @@ locks in /run/portguard, so two guards never act on one port at once.
 
 from __future__ import annotations
 
-import pwd
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ from portguard.decide.classify import Conflict, Context, Kind, classify, own_act
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import BindIntent, Holder, Proto, Unit
+from portguard.observe import profiles
 from portguard.observe.kernel import probe, sockets
 from portguard.observe.observer import PUBLISHED
 from portguard.observe.procs import processes, programs
@@ -312,13 +312,18 @@ def service_context(unit: str, service: Service, systemd: Systemd | None,
                         continue  # unloaded meanwhile
     found = [programs.of_exec_start(line) for line in
              (unit_info.exec_start if unit_info is not None else ())]
+    # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
+    # unless systemd could say whose it is (classify: unknown user -> foreign).
+    unit_uid = processes.uid_of(unit_info.user) if unit_info is not None else None
+    profile, note = profiles.for_service(unit, service.program, service.user, unit_uid,
+                                         found)
     return Context(
         unit=unit,
         service=service,
         unit_info=unit_info,
-        # Without D-Bus the unit's User= is unknown, not root: nothing is a stray then
-        # unless systemd could say whose it is (classify: unknown user -> foreign).
-        unit_uid=_uid_of(unit_info.user) if unit_info is not None else None,
+        unit_uid=unit_uid,
+        profile=profile,
+        profile_note=note,
         protected_units=(*ALWAYS_PROTECTED, *protected),
         own_pids=processes.ancestors(),
         own_pid_namespace=processes.pid_namespace(),
@@ -355,17 +360,6 @@ def describe_holder(holder: Holder) -> str:
     unit = f" in {holder.unit.id}" if holder.unit else " outside any unit"
     container = f" ({container_text(holder.container)})" if holder.container else ""
     return f"pid {p.pid} ({p.program}){unit}{container}"
-
-
-def _uid_of(user: str) -> int | None:
-    if not user:
-        return 0  # no User=: the service runs as root
-    if user.isdigit():
-        return int(user)
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        return None
 
 
 __all__ = ["Preflight", "TimedOutError", "advice", "describe_holder", "service_context"]

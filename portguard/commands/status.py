@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -9,12 +10,15 @@ from portguard.commands.who import judged_doc
 from portguard.config.schema import Config, Service
 from portguard.decide import conflicts
 from portguard.errors import ExitStatus
-from portguard.model import Holder, PortSpec, Unit
+from portguard.model import Holder, PortSpec, Profile, Unit
+from portguard.observe import profiles
 from portguard.observe.kernel import probe
 from portguard.observe.observer import Observer, PortReport
+from portguard.observe.procs import processes, programs
 from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
 from portguard.observe.systemd.units import Systemd
 from portguard.report import tables as report
+from portguard.text import format_ports
 
 if TYPE_CHECKING:
     import argparse
@@ -120,11 +124,54 @@ def _held_by_itself(service: Service, report: PortReport, judged: conflicts.Judg
                for h in report.holders)
 
 
+def unit_profile(service: Service, unit: Unit) -> tuple[Profile | None, str]:
+    """The unit's profile as preflight would use it, or why there is none."""
+    found = [programs.of_exec_start(line) for line in unit.exec_start]
+    return profiles.for_service(unit.id, service.program, service.user,
+                                processes.uid_of(unit.user), found)
+
+
+def profile_doc(service: Service, unit: Unit, now: float) -> dict[str, Any]:
+    profile, note = unit_profile(service, unit)
+    if profile is None:
+        return {"profile": None, "profile_note": note}
+    return {"profile": {
+        "source": profile.source, "files": list(profile.paths), "uid": profile.uid,
+        "user": profile.user, "worker_users": [processes.user_name(u)
+                                               for u in profile.worker_uids],
+        "sockets": [{"address": s.address, "port": s.port, "proto": str(s.proto),
+                     "reuse_address": s.reuse_address, "reuse_port": s.reuse_port}
+                    for s in profile.sockets],
+        "seen": profile.seen or None,
+        "age_seconds": round(now - profile.seen) if profile.seen else None},
+        "profile_note": None}
+
+
+def profile_line(service: Service, unit: Unit, now: float) -> str:
+    profile, note = unit_profile(service, unit)
+    if profile is None:
+        return f"    profile: none ({note})"
+    if profile.source == "config":
+        return f"    profile: {profile} (the config's program/user)"
+    workers = "".join(f", workers as {processes.user_name(u)}" for u in profile.worker_uids)
+    ports = format_ports((s.port, s.proto) for s in profile.sockets)
+    return (f"    profile: {profile}{workers}, listening on {ports}; learned "
+            f"{_age(now - profile.seen)} ago")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
 def any_held(states: Sequence[ServiceState]) -> bool:
     return any(p.foreign or any(j.unseen for j in p.judged) for s in states for p in s.ports)
 
 
 def document(states: Sequence[ServiceState]) -> dict[str, Any]:
+    now = time.time()
     services = []
     for st in states:
         ports = []
@@ -136,7 +183,8 @@ def document(states: Sequence[ServiceState]) -> dict[str, Any]:
             "service": st.service.name,
             "policy": str(st.service.policy.value),
             "units": [{"unit": u.id, "active_state": u.active_state,
-                       "sub_state": u.sub_state, "main_pid": u.main_pid or None}
+                       "sub_state": u.sub_state, "main_pid": u.main_pid or None,
+                       **profile_doc(st.service, u, now)}
                       for u in st.units],
             "units_error": st.units_error or None,
             "ports": ports,
@@ -148,6 +196,7 @@ def text(states: Sequence[ServiceState]) -> str:
     if not states:
         return "no services configured"
     out: list[str] = []
+    now = time.time()
     errors = {st.units_error for st in states if st.units_error}
     shared = errors.pop() if len(errors) == 1 and all(st.units_error for st in states) else ""
     if shared:  # the bus is down for everyone: say it once, not under every service
@@ -163,6 +212,7 @@ def text(states: Sequence[ServiceState]) -> str:
         for unit in st.units:
             pid = f", main pid {unit.main_pid}" if unit.main_pid else ""
             out.append(f"  unit {unit.id}: {unit.active_state}/{unit.sub_state}{pid}")
+            out.append(profile_line(svc, unit, now))
         for ps in st.ports:
             held = [r for r in ps.reports if r.holders]
             own = any(_own(svc, h) for r in ps.reports for h in r.live)

@@ -97,7 +97,7 @@ def _load(config_path: str) -> dict[str, Any] | None:
     if target is None or not _root():
         return None
     try:
-        blob = _read_own(target, 1 << 20)
+        blob = trust.read_own(target, 1 << 20)
         fd = os.open(config_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
         try:
             file_stat = os.fstat(fd)
@@ -120,15 +120,3 @@ def _root() -> bool:
     """Only root compiles and trusts: /run/portguard is root's, and so is the config."""
     return os.geteuid() == 0
 
-
-def _read_own(path: str, limit: int) -> bytes:
-    """Our own (root's) 0600 regular file's bytes, never through a symlink; else OSError."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        mode = st.st_mode
-        if st.st_uid != os.geteuid() or stat.S_IMODE(mode) != 0o600 or not stat.S_ISREG(mode):
-            raise PermissionError(f"{path}: not root's own file")
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)

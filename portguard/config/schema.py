@@ -76,6 +76,8 @@ class Service:
     reuse_address: bool = True
     duplicates: Duplicates = field(default_factory=Duplicates)
     line: int = 0
+    program: str = ""  # the program the unit really runs (docs/identity.md, "Profiles")
+    user: str = ""  # ... and the user it runs as
 
     @property
     def is_template(self) -> bool:
@@ -243,7 +245,7 @@ def _parse(text: str, filename: str, path: Path | None, problems: list[str]) -> 
 
 
 _SETTINGS = ("policy", "on_foreign", "timeout", "kill_after", "signal", "reuse_address")
-_SERVICE_KEYS = ("ports", *_SETTINGS, "duplicates")
+_SERVICE_KEYS = ("ports", *_SETTINGS, "duplicates", "program", "user")
 _DAEMON_KEYS = ("interval", "restart", "flap_limit", "flap_window", "metrics_file")
 
 
@@ -308,8 +310,13 @@ class _Schema(sy.NodeReader):
             ports = self.ports(found["ports"]) if "ports" in found else ()
             duplicates = self.duplicates(found["duplicates"]) if "duplicates" in found \
                 else Duplicates()
+            program = self.parsed(found["program"], "program", _program, "an absolute path",
+                                  numbers=False) if "program" in found else None
+            user = self.parsed(found["user"], "user", _user, "a user name or uid") \
+                if "user" in found else None
             out.append(Service(name, ports, s.policy, s.on_foreign, s.timeout, s.kill_after,
-                               s.signal, s.reuse_address, duplicates, line))
+                               s.signal, s.reuse_address, duplicates, line,
+                               program or "", user or ""))
         return tuple(out)
 
     def ports(self, node: yaml.Node) -> tuple[PortSpec, ...]:
@@ -395,6 +402,20 @@ def _twin_glob(text: str) -> str:
 def _command_glob(text: str) -> str:
     if not text.strip("*?/ "):  # every holder a stray: policy would stop foreign programs
         raise ValueError(f"'{text}' would match every program; name the program")
+    return text
+
+
+def _program(text: str) -> str:
+    if not text.startswith("/") or text.endswith("/") or any(c in text for c in "*?["):
+        raise ValueError(f"'{text}' must be the absolute path of the program file, "
+                         "e.g. /usr/lib/postgresql/15/bin/postgres")
+    return text
+
+
+def _user(text: str) -> str:
+    if not text.isdigit() and (text.startswith("-") or not all(
+            c.isalnum() or c in "._-$" for c in text)):
+        raise ValueError(f"'{text}' is not a user name or uid")
     return text
 
 

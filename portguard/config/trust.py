@@ -67,6 +67,21 @@ def root_only(path: str) -> str:
     return ""
 
 
+def read_own(path: str, limit: int) -> bytes:
+    """Our own (root's) 0600 regular file's bytes, never through a symlink; else OSError.
+    What portguard wrote for itself as root (the compiled config, learned profiles) is
+    read back only so."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        mode = st.st_mode
+        if st.st_uid != os.geteuid() or stat.S_IMODE(mode) != 0o600 or not stat.S_ISREG(mode):
+            raise PermissionError(f"{path}: not root's own file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def untrusted_code(command: Sequence[str], package_dir: str,
                    search_path: Sequence[str]) -> list[str]:
     """Why root must not run `command` (install's `ExecStartPre=+`, on every start): each

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from portguard.config.schema import Service
-from portguard.model import Container, Holder, Process, ProgramId, Proto, Unit
+from portguard.model import Container, Holder, Process, Profile, ProgramId, Proto, Unit
 from portguard.observe.observer import LINGERING_STATES
 from portguard.observe.systemd.activation import activated_by_note, held_for
 
@@ -40,6 +40,8 @@ class Context(NamedTuple):
     own_pid_namespace: int  # inode of our pid namespace; 0 when unknown
     claiming_twins: tuple[Unit, ...] = ()  # twin units active/activating, maybe not bound
     unit_programs: tuple[ProgramId, ...] = ()  # what its ExecStart= lines run (identity)
+    profile: Profile | None = None  # what the unit really runs (learned, or config keys)
+    profile_note: str = ""  # without a usable profile: why, for the refusal
 
 
 class Conflict(NamedTuple):
@@ -176,22 +178,51 @@ def classify_holder(ctx: Context, holder: Holder) -> Conflict:
         return conflict(Kind.TWIN, f"another instance of {svc.name}")
     if unit_id is not None and _glob_any(unit_id, svc.duplicates.units):
         return conflict(Kind.TWIN, f"configured as a duplicate of {svc.name}")
-    if is_outside_service(unit) and all(
-            matches_command(p, ctx.unit_programs, svc.duplicates.commands) for p in roots):
-        master = forking_master(holder, roots)
-        judged = [master] if master is not None else roots
+    if not is_outside_service(unit):
+        return conflict(Kind.FOREIGN, f"not {svc.name}'s program")
+    master = forking_master(holder, roots)
+    judged = [master] if master is not None else roots
+    where = f"in {unit_id}" if unit_id else "outside any unit"
+    forked = (f" (forked by its master, pid {master.pid}, user "
+              f"{master.user or master.uid})" if master is not None else "")
+    why_not = f"not {svc.name}'s program"
+    if all(matches_command(p, ctx.unit_programs, svc.duplicates.commands) for p in roots):
         other = [p for p in judged if ctx.unit_uid is None or p.uid != ctx.unit_uid]
-        if other:
-            # Never a stray when it runs as someone else (or when the unit's user cannot
-            # be resolved, so nobody can say it does not). Its workers' users do not
-            # count: they go with their master.
-            return conflict(Kind.FOREIGN, "runs the service's program but as user "
-                            f"{other[0].user or other[0].uid}, not the unit's user")
-        where = f"in {unit_id}" if unit_id else "outside any unit"
-        forked = (f" (forked by its master, pid {master.pid}, user "
-                  f"{master.user or master.uid})" if master is not None else "")
-        return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}{forked}")
-    return conflict(Kind.FOREIGN, f"not {svc.name}'s program")
+        if not other:
+            return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started "
+                            f"{where}{forked}")
+        # Never a stray when it runs as someone else (or when the unit's user cannot
+        # be resolved, so nobody can say it does not), unless the profile says the
+        # service runs as that user. Its workers' users do not count: they go with
+        # their master.
+        why_not = (f"runs the service's program but as user "
+                   f"{other[0].user or other[0].uid}, not the unit's user")
+    if ctx.profile is not None:
+        if matches_profile(ctx.profile, judged):
+            return conflict(Kind.STRAY, f"a copy of {svc.name}'s program started {where}"
+                            f"{forked}, by {profile_text(ctx.profile)}")
+        return conflict(Kind.FOREIGN, f"{why_not}, nor its profile's "
+                        f"({ctx.profile.name} as user {ctx.profile.user or ctx.profile.uid})")
+    return conflict(Kind.FOREIGN, why_not + (f"; {ctx.profile_note}" if ctx.profile_note
+                                             else ""))
+
+
+def matches_profile(profile: Profile, judged: Sequence[Process]) -> bool:
+    """Whether a tree judged by `judged` (its root, or the master that forked it) runs
+    the profile's program (by file identity) as the profile's user: both, never one."""
+    return bool(judged) and all(
+        p.program_id is not None and same_program(p.program_id, profile.program)
+        and p.uid == profile.uid for p in judged)
+
+
+def profile_text(profile: Profile) -> str:
+    """Which profile decided, for the journal: `the profile learned at 2026-12-08 02:51
+    UTC (/usr/bin/memcached as memcache)`, or the config's keys."""
+    if profile.source == "config":
+        return f"the config's program/user ({profile})"
+    import time
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(profile.seen))
+    return f"the profile learned at {when} ({profile})"
 
 
 def claimed_by_twins(ctx: Context, ports: Iterable[tuple[int, Proto]],

@@ -45,17 +45,20 @@ class CgroupTree:
     def pids(self, cgroup_id: int) -> list[int]:
         """Members of the cgroup and of its children (a unit's sub-cgroups)."""
         path = self.path_of(cgroup_id)
-        if path is None:
-            return []
-        out: list[int] = []
-        for dirpath, _dirs, files in os.walk(path):
-            if "cgroup.procs" in files:
-                try:
-                    with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                        out.extend(int(x) for x in f.read().split())
-                except OSError:
-                    continue
-        return out
+        return [] if path is None else pids_under(path)
+
+
+def pids_under(path: str) -> list[int]:
+    """Members of the cgroup directory `path` and of its children."""
+    out: list[int] = []
+    for dirpath, _dirs, files in os.walk(path):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    out.extend(int(x) for x in f.read().split())
+            except OSError:
+                continue
+    return out
 
 
 def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str:

@@ -165,6 +165,18 @@ def user_name(uid: int) -> str:
     return _users[uid]
 
 
+def uid_of(user: str) -> int | None:
+    """A unit's User= as a uid: no User= is root; None when the name is unknown."""
+    if not user:
+        return 0
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
 def cgroup_of(pid: int, proc: str = PROC) -> str:
     """The process's cgroup path in the hierarchy systemd manages.
 

@@ -180,6 +180,24 @@ def of_process(pid: int, cmdline: Sequence[str], exe_path: str,
                     f"{proc}/{pid}/cwd")
 
 
+def named_files(pid: int, cmdline: Sequence[str], exe_path: str,
+                proc: str = "/proc") -> tuple[str, ...]:
+    """The paths of the files a running process's program is (its executable, and an
+    interpreter's script or jar, made absolute from its cwd), as a profile names them."""
+    if not is_interpreter(exe_path):
+        return (exe_path,)
+    what = interpreted(cmdline)
+    if what is None or what[0] == "module":
+        return (exe_path,)
+    value = what[1]
+    if not value.startswith("/"):
+        try:
+            value = os.path.join(os.readlink(f"{proc}/{pid}/cwd"), value)
+        except OSError:
+            return (exe_path,)
+    return (exe_path, os.path.normpath(value))
+
+
 def of_exec_start(argv: Sequence[str], search: str = SYSTEMD_PATH) -> ProgramId | None:
     """What an ExecStart= line runs (as read over D-Bus: its argv), launchers seen
     through; a `#!` script is the script; relative scripts resolve from / (systemd's
