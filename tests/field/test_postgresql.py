@@ -4,10 +4,11 @@ as user postgres; no User= in the unit; children retitled `postgres: 15/main: ..
 Clusters 15/main and 15/other are made inside by pg_createcluster, on one port, in a
 tmpfs over /var/lib/postgresql and /etc/postgresql (the host's cluster is never used).
 
-Identity (docs/identity.md, "When in doubt, foreign"): the unit's program is the wrapper,
-and the postmaster runs as postgres, not as the unit's user (root), so a postmaster
-started outside the unit is foreign and never touched, even when the config names the
-postgres binary in `duplicates.commands` (as memcached's wrapper in test_memcached.py).
+Identity (docs/identity.md, "Profiles"): the unit's program is the wrapper, and the
+postmaster runs as postgres, not as the unit's user (root). Without a profile a
+postmaster started outside the unit is foreign and never touched, even when the config
+names the postgres binary in `duplicates.commands`; once `portguard install` has learned
+the instance's profile while it ran (postgres as user postgres), it is a stray.
 Another instance of the template on the same port is a twin, stopped through systemd."""
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ TEMPLATE = "postgresql@.service"
 MAIN, OTHER = "postgresql@15-main.service", "postgresql@15-other.service"
 PORT = 15432
 POSTGRES = "/usr/lib/postgresql/15/bin/postgres"
+NO_PROFILE = "no profile yet: run the unit once, or `portguard install` it while it runs"
+BY_HAND = "pg_ctlcluster --skip-systemctl-redirect 15 main start"
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +82,17 @@ def test_another_cluster_of_the_template_on_the_port_is_a_twin_stopped_by_system
 
 
 @pytest.mark.parametrize(("duplicates", "reason"), [
-    ("", f"not {TEMPLATE}'s program"),
+    ("", f"not {TEMPLATE}'s program; {NO_PROFILE}"),
     (f"  duplicates:\n    commands: ['{POSTGRES}']\n",
-     "runs the service's program but as user postgres, not the unit's user"),
+     f"runs the service's program but as user postgres, not the unit's user; {NO_PROFILE}"),
 ])
 def test_a_postmaster_started_outside_the_unit_is_foreign_and_never_touched(
         pg: Field, duplicates: str, reason: str) -> None:
     """`pg_ctlcluster --skip-systemctl-redirect 15 main start` from a root shell: the same
     cluster's postmaster, outside the unit, as user postgres."""
     field = pg
-    field.spawn_by_hand("pg_ctlcluster --skip-systemctl-redirect 15 main start")
+    field.sb.run(["rm", "-f", f"/var/lib/portguard/profiles/{MAIN}.json"])
+    field.spawn_by_hand(BY_HAND)
     try:
         pid, by_hand = postmaster(field, "main")
         assert field.sb.cgroup_of(pid) == "/"  # in no unit
@@ -107,6 +111,37 @@ def test_a_postmaster_started_outside_the_unit_is_foreign_and_never_touched(
         field.sb.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "stop"],
                      timeout=60)
         field.sb.wait_for(lambda: not field.holders(PORT), 10, "the postmaster to stop")
+
+
+def test_adopted_while_running_a_postmaster_started_by_hand_is_a_stray_by_its_profile(
+        pg: Field) -> None:
+    """The administrator's flow: 15/main runs under its unit; `portguard install` of the
+    instance (config with ports only, on the template) learns what pg_ctlcluster really
+    starts: postgres as user postgres. Later the unit is stopped, the cluster started by
+    hand with pg_ctlcluster, and `systemctl start` stops that postmaster."""
+    field = pg
+    with guarding(field.sb, TEMPLATE, PORT, stop="postgresql@*.service") as guard:
+        field.start(MAIN)
+        postmaster(field, "main")
+        done = guard.run("install", MAIN)
+        assert done.returncode == 0, done.stdout + done.stderr
+        guard.installed.append(MAIN)
+        assert f"learned {MAIN}'s profile: {POSTGRES} as postgres, listening on " \
+            f"{PORT}/tcp" in done.stderr, done.stderr
+        field.stop(MAIN)
+        field.spawn_by_hand(BY_HAND)
+        pid, by_hand = postmaster(field, "main")
+        assert field.sb.cgroup_of(pid) == "/"
+        field.start(MAIN)
+        assert field.is_active(MAIN) == "active"
+        assert not any(field.sb.pid_alive(p) for p in by_hand), field.ps(by_hand)
+        now, _ = postmaster(field, "main")
+        assert now in field.unit_pids(MAIN)
+        [decided] = guard.records(CONFLICT, unit=MAIN)
+        assert decided["PORTGUARD_HOLDER_KIND"] == "stray", decided["MESSAGE"]
+        assert "by the profile learned at " in decided["MESSAGE"]
+        assert f"({POSTGRES} as postgres)" in decided["MESSAGE"], decided["MESSAGE"]
+        assert pid in guard.signalled()
 
 
 def why(field: Field, unit: str) -> dict[str, object]:

@@ -18,6 +18,7 @@ from support.sandbox import Sandbox, listener_argv, listener_exec
 
 CONFIG = "/etc/portguard/config.yaml"
 
+NO_PROFILE = "no profile yet: run the unit once, or `portguard install` it while it runs"
 
 def status(sb: Sandbox, *args: str, env: dict[str, str] | None = None,
            ) -> tuple[int, str]:
@@ -119,11 +120,12 @@ def test_status_json(sandbox: Sandbox, services: Services) -> None:
     assert list(doc) == ["services"]
     web, api = doc["services"]
     assert (web["service"], web["policy"], web["units_error"]) == (services.web, "stop", None)
+    none = {"profile": None, "profile_note": NO_PROFILE}  # none learned: never installed
     assert web["units"] == [
         {"unit": services.web_a, "active_state": "active", "sub_state": "running",
-         "main_pid": services.pids[9001]},
+         "main_pid": services.pids[9001], **none},
         {"unit": services.web_b, "active_state": "active", "sub_state": "running",
-         "main_pid": services.pids[9002]},
+         "main_pid": services.pids[9002], **none},
     ]
     assert [(p["spec"], p["held_by_others"]) for p in web["ports"]] == [
         ("9001-9002", False), ("9003", False)]
@@ -248,6 +250,7 @@ def test_status_reads_portguard_config_from_the_environment(
     assert code == 0
     assert text.splitlines() == [f"env-{uid}.service  (policy stop, on_foreign fail)",
                                  f"  unit env-{uid}.service: inactive/dead",
+                                 f"    profile: none ({NO_PROFILE})",
                                  "  port 9300: free"]
 
 

@@ -98,6 +98,12 @@ mkdir -p /run/systemd/system /run/portguard-sandbox/etc-upper /run/portguard-san
     /run/portguard-sandbox/spawn
 ov=/run/portguard-sandbox
 mount -t overlay sandbox-etc -o lowerdir=/etc,upperdir=$ov/etc-upper,workdir=$ov/etc-work /etc
+# /var/lib too (portguard's state, /var/lib/portguard, must never reach the host's), with
+# the private /var/lib/systemd on top again
+mkdir -p $ov/varlib-upper $ov/varlib-work
+mount -t overlay sandbox-varlib \
+    -o lowerdir=/var/lib,upperdir=$ov/varlib-upper,workdir=$ov/varlib-work /var/lib
+mount -t tmpfs -o mode=0755,nosuid,nodev sandbox-systemd /var/lib/systemd
 mkdir -p /etc/portguard /etc/systemd/journald.conf.d
 mount -t tmpfs -o mode=0755,nosuid,nodev sandbox-etc-systemd-system /etc/systemd/system
 mount -t tmpfs -o mode=0755,nosuid,nodev sandbox-etc-portguard /etc/portguard
