@@ -5,6 +5,7 @@ listens; BindReadOnlyPaths=/dev/log; Restart=always), on a haproxy.cfg of the te
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -52,7 +53,13 @@ def nginx(field: Field) -> Iterator[dict[int, str]]:
     field.install("nginx")
     field.config("/etc/nginx/sites-enabled", {"default": f"server {{ listen {PORT}; }}\n"})
     field.start(NGINX)
-    yield field.wait_holders(PORT)
+    # systemd's start returns once the master wrote its pid file; the workers it forks
+    # then hold the listener too. Wait for them, or a slow host compares a set still growing.
+    deadline = time.monotonic() + 10
+    while len(held := field.wait_holders(PORT)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(held) >= 2, held  # nginx's master and at least one worker
+    yield held
     field.stop(NGINX)
 
 

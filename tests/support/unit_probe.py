@@ -92,7 +92,7 @@ def journal():
     from portguard.report.journal import Event, Journal
     j = Journal(echo=False)
     j.emit(Event.PORTS_CLEAR, "portguard unit probe", extra={"probe": os.environ["PROBE_ID"]})
-    return j._sock is not None
+    return j.sender._sock is not None  # delivered over the journal socket
 
 def forbidden():
     import socket
