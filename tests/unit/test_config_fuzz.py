@@ -138,7 +138,8 @@ def no_systemd() -> Any:
 
 
 def status_json(path: Path) -> tuple[int, dict[str, Any]]:
-    """`portguard --config PATH --json status`, in-process: D-Bus unreachable, no sockets.
+    """`portguard --config PATH --json status`, in-process: D-Bus unreachable, no sockets,
+    every bind() probe answered "free".
 
     cli.main() builds its App itself (importing it when called); the fake systemd goes in
     through portguard.app.App, the empty socket table through
@@ -149,6 +150,9 @@ def status_json(path: Path) -> tuple[int, dict[str, Any]]:
         mp.setattr("portguard.app.App", lambda path, make_journal: App(
             path, make_journal=make_journal, connect_systemd=no_systemd))
         mp.setattr("portguard.observe.kernel.sockets.query", lambda ports, protos=(), **kw: [])
+        # and bind() itself never refused: the host's own listeners (any port a config may
+        # name) are not this test's world
+        mp.setattr("portguard.observe.kernel.probe.refused", lambda intent: False)
         status = cli.main(["--config", str(path), "--json", "status"], stdout=out, stderr=err)
     assert not err.getvalue(), err.getvalue()
     return status, json.loads(out.getvalue())
