@@ -16,11 +16,11 @@ by a test drop-in) must show:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from support.preflight_scene import modules
 from support.sandbox import PYTHON, REPO, Sandbox
 
 # portguard's modules on a guarded start on free ports: the fast path, named once.
@@ -49,7 +49,6 @@ FORBIDDEN = frozenset({
 # contextlib and collections): the `python -P -m portguard` form pays them, not portguard.
 RUNPY = frozenset({"contextlib", "collections"})
 
-_IMPORT_LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s?(\s*)(\S+)")
 CONFIG = "/etc/portguard/config.yaml"
 OTHER_CONFIG = "/etc/portguard/elsewhere.yaml"
 LOG = "/run/portguard-test-imports-{unit}.log"
@@ -71,10 +70,6 @@ class Form:
 
 FORMS = [Form(c, n, s) for s in (True, False) for c in (CONFIG, OTHER_CONFIG)
          for n in (True, False)]
-
-
-def modules(log: str) -> set[str]:
-    return {m.group(2) for line in log.splitlines() if (m := _IMPORT_LINE.match(line))}
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 from support.cases import PORTS_CLEAR, REFUSED
+from support.preflight_scene import Scene, is_clear_line, modules, said
 from support.sandbox import PYTHON, REPO, Sandbox
-from test_preflight_fastpath import Scene, is_clear_line, modules, said
 
 COMPILED_DIR = "/run/portguard/compiled"
 
