@@ -15,6 +15,7 @@ class ExitStatus(enum.IntEnum):
     BLOCKED = 1  # foreign holder, policy `fail`, a stop that failed
     USAGE = 2  # bad command line
     NO_BIND_FAILURE = 3  # `why` only: the journal shows no bind failure
+    NO_PORT_FOUND = 4  # `why` only: a bind failure whose port nothing names
     TIMEOUT = 75  # EX_TEMPFAIL: timed out waiting
     NOT_PERMITTED = 77  # EX_NOPERM: needs root / polkit
     BAD_CONFIG = 78  # EX_CONFIG

@@ -17,7 +17,7 @@ from portguard.config.unitnames import instance_template, mangle_unit
 from portguard.decide import bindfail, postmortem
 from portguard.decide.postmortem import ACTIVATION, Step, Wanted
 from portguard.errors import ConfigError, ExitStatus, PortguardError, UsageError
-from portguard.model import BindIntent
+from portguard.model import BindIntent, Proto
 from portguard.observe.systemd import journal
 from portguard.observe.systemd.journal import Invocation, Record
 from portguard.report.layout import columns
@@ -89,13 +89,16 @@ def explain(app: App, unit_arg: str) -> Answer:
                          "records were rotated away")
         return Answer(unit, runs[0] if runs else None, (), (), tuple(notes),
                       postmortem.exit_status(False, False, False))
-    listening = _listening_now(unit) if service is None and not any(
-        f.port for f in failures) and not sockets else []
-    wanted = postmortem.wanted_ports(failures, service, sockets, listening,
-                                     str(app.config_path))
+    unnamed = service is None and not any(f.port for f in failures) and not sockets
+    listening = _listening_now(unit) if unnamed else []
+    wanted = postmortem.wanted_ports(
+        failures, service, sockets, listening, str(app.config_path),
+        learned=_learned_ports(unit, notes) if unnamed else (),
+        named=_named_ports(systemd, unit) if unnamed else ())
     if not wanted:
-        notes.append("the failure names no port, and no config, socket unit or running "
-                     f"process of {unit} says which: `portguard who PORT` once you know it")
+        notes.append("the failure names no port, and no config, socket unit, profile, "
+                     f"command line or running process of {unit} says which: `portguard "
+                     "who PORT` once you know it")
     ports = _answer_ports(app, unit, service=service, cfg=cfg, systemd=systemd,
                           wanted=wanted)
     status = postmortem.exit_status(True, any(p.held for p in ports), not wanted)
@@ -168,6 +171,32 @@ def _listening_now(unit: str) -> list[tuple[int, Any, str]]:
     from portguard.observe.kernel.listeners import listeners
     return [(lst.socket.local_port, lst.socket.proto, lst.socket.local_address)
             for lst in listeners() if lst.unit == unit]
+
+
+def _learned_ports(unit: str, notes: list[str]) -> list[tuple[int, Proto, str]]:
+    """Where the unit's own processes listened when its profile was learned."""
+    from portguard.observe import profiles
+    try:
+        learned = profiles.load(unit)
+    except profiles.Unusable as exc:
+        notes.append(f"{unit}'s profile is not used: {exc}")
+        return []
+    return [(s.port, s.proto, s.address) for s in learned.sockets] if learned else []
+
+
+def _named_ports(systemd: Systemd | None, unit: str) -> list[tuple[int, str]]:
+    """The ports the unit's ExecStart= lines and Environment= name."""
+    from portguard.observe.systemd.dbus_errors import SystemdError, as_text
+    from portguard.observe.systemd.units import SERVICE_IFACE
+    if systemd is None:
+        return []
+    try:
+        lines = systemd.describe(unit).exec_start
+        env = systemd.properties(systemd.unit_path(unit), SERVICE_IFACE).get(
+            "Environment", ())
+    except SystemdError:
+        return []
+    return postmortem.ports_in_command(lines, [as_text(e) for e in env])
 
 
 def _answer_ports(app: App, unit: str, *, service: Service | None, cfg: Config | None,

@@ -2,12 +2,15 @@
 
 `parse_line` knows the wordings of nginx, redis, Python, Node, Go, Java (and Spring Boot),
 OpenSSH, PostgreSQL (and Debian's pg_ctlcluster), HAProxy, lighttpd and systemd's own
-socket units, each as captured
-from a real run (tests/data/bindfail/), and takes the address and port out of the line
-when the daemon wrote them. Only EADDRINUSE counts: "Permission denied" or "Cannot assign
-requested address" on the same line is another failure, never this one. `find` reads an
-invocation's lines in order and lends a port-less failure (PostgreSQL, redis) the port a
-neighbouring line names ("Is another postmaster already running on port 5432?").
+socket units, each as captured from a real run (tests/data/bindfail/), and takes the
+address and port out of the line when the daemon wrote them. Any other line in the
+kernel's own words (`Address already in use`, `EADDRINUSE`, errno 98) is a bind failure
+too, in whatever format (Apache, dnsmasq, unbound, memcached are in the corpus that
+way), with the endpoint read from the line when it names one. Only EADDRINUSE counts:
+"Permission denied" or "Cannot assign requested address" on the same line is another
+failure, never this one. `find` reads an invocation's lines in order and lends a
+port-less failure (PostgreSQL, redis) the port a neighbouring line names ("Is another
+postmaster already running on port 5432?").
 """
 
 from __future__ import annotations
@@ -78,9 +81,20 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("lighttpd", r"can't bind to port: (?:(?P<addr>\S+) )?(?P<port>\d+) " + _IN_USE),
         # systemd's socket units: Failed to create listening socket ([::]:8080): Address...
         ("systemd", r"Failed to create listening socket \((?P<ep>[^)]+)\): " + _IN_USE),
-        # anything else that says it could not bind or listen because the address is used
-        ("generic", r"(?i)\b(?:bind|listen)\b.*\baddress already in use|\bEADDRINUSE\b"),
+        # anything else in the kernel's own words, whatever the daemon's format: Apache's
+        # (98)Address already in use: AH00072: make_sock: could not bind to address
+        # [::]:80, dnsmasq's failed to create listening socket for port 53: Address
+        # already in use, unbound's error: bind: address already in use; its endpoint,
+        # if any, is read by `_endpoint_in`
+        ("generic", r"(?i)\baddress already in use\b|\bEADDRINUSE\b|\berrno:? ?98\b"),
     ))
+# Where a line in an unknown format names the endpoint: ADDR:PORT ([v6]:PORT, v4:PORT),
+# then "port N", then a bare ":PORT".
+_ENDPOINTS = (
+    re.compile(r"(?P<ep>\[[0-9A-Fa-f:.]+\]:\d{1,5}|\b\d{1,3}(?:\.\d{1,3}){3}:\d{1,5})\b"),
+    re.compile(r"(?i)\bport (?P<port>\d{1,5})\b"),
+    re.compile(r"(?:^|[\s(])\*?:(?P<port>\d{1,5})\b"),
+)
 # Lines that name the port of a port-less failure logged next to them.
 _PORT_HINTS = (
     re.compile(r"Is another postmaster already running on port (\d+)\?"),  # PostgreSQL
@@ -100,13 +114,15 @@ def _split_endpoint(ep: str) -> tuple[str | None, int | None]:
 def parse_line(message: str) -> BindFailure | None:
     """The bind failure this one line reports, or None."""
     if "in use" not in message and "EADDRINUSE" not in message and \
-            "Port conflict" not in message:
+            "Port conflict" not in message and "rrno" not in message:
         return None  # cheap: most lines of a journal say nothing like it
     for wording, pattern in _PATTERNS:
         m = pattern.search(message)
         if m is None:
             continue
         found = m.groupdict()
+        if wording == "generic":
+            found = _endpoint_in(message)
         address: str | None = found.get("addr")
         port = int(found["port"]) if found.get("port") else None
         if found.get("ep"):
@@ -116,6 +132,15 @@ def parse_line(message: str) -> BindFailure | None:
         proto = Proto.UDP if found.get("proto") == "udp" else Proto.TCP
         return BindFailure(wording, address or None, port, proto, message)
     return None
+
+
+def _endpoint_in(message: str) -> dict[str, str]:
+    """The endpoint a line in an unknown format names ({} when none), as groups."""
+    for pattern in _ENDPOINTS:
+        m = pattern.search(message)
+        if m is not None:
+            return {k: v for k, v in m.groupdict().items() if v}
+    return {}
 
 
 def port_hint(message: str) -> int | None:

@@ -8,6 +8,7 @@ holder that `classify` named, and the exit status. No I/O: the command gathers t
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -32,6 +33,8 @@ class Source(enum.StrEnum):
     CONFIG = "config"  # the config declares the unit's ports
     SOCKET_UNIT = "socket unit"  # the unit's .socket units listen there
     LISTENING = "listening now"  # the unit's own processes listen there now
+    PROFILE = "profile"  # the unit's learned profile: where its processes listened
+    COMMAND_LINE = "command line"  # the unit's ExecStart= or Environment= names it
 
 
 class Wanted(NamedTuple):
@@ -50,9 +53,13 @@ class Step(NamedTuple):
 def wanted_ports(failures: Sequence[BindFailure], service: Service | None,
                  sockets: Mapping[str, Sequence[tuple[str, str]]],
                  listening: Iterable[tuple[int, Proto, str]],
-                 config_file: str = "") -> list[Wanted]:
+                 config_file: str = "", *,
+                 learned: Iterable[tuple[int, Proto, str]] = (),
+                 named: Iterable[tuple[int, str]] = ()) -> list[Wanted]:
     """The ports the failed run wanted: the failure lines' own, else the config's, else
-    the unit's socket units', else what the unit listens on now; in that order."""
+    the unit's socket units', else its learned profile's (`learned`), else what its
+    command line or environment names (`named`: port, the word), else what the unit
+    listens on now; in that order."""
     out: dict[tuple[int, Proto, str | None], Wanted] = {}
     for f in failures:
         if f.port is not None:
@@ -76,9 +83,53 @@ def wanted_ports(failures: Sequence[BindFailure], service: Service | None,
                                Wanted(port, proto, host, Source.SOCKET_UNIT, name))
     if out:
         return list(out.values())
+    for port, proto, host in learned:
+        out.setdefault((port, proto, host), Wanted(port, proto, host, Source.PROFILE, ""))
+    if out:
+        return list(out.values())
+    for port, word in named:
+        out.setdefault((port, Proto.TCP, None),
+                       Wanted(port, Proto.TCP, None, Source.COMMAND_LINE, word))
+    if out:
+        return list(out.values())
     for port, proto, host in listening:
         out.setdefault((port, proto, host), Wanted(port, proto, host, Source.LISTENING, ""))
     return list(out.values())
+
+
+_PORT_OPTION = re.compile(r"--?[\w-]*port$", re.IGNORECASE)
+_PORT_VALUE = (
+    re.compile(r"^--?[\w-]*port=(\d{1,5})$", re.IGNORECASE),  # --port=8000
+    re.compile(r"^(?:\w+_)?PORT=(\d{1,5})$"),  # PORT=8000, HTTP_PORT=8000
+    re.compile(r"(?:^|[=@])(?:\[[0-9A-Fa-f:.]+\]|[\w.*-]*):(\d{1,5})$"),  # :8000, 0.0.0.0:8000
+)
+
+
+def ports_in_command(lines: Iterable[Sequence[str]],
+                     environment: Iterable[str]) -> list[tuple[int, str]]:
+    """The ports a unit's ExecStart= argv and Environment= name, with the word that
+    named each: `--port 8000`, `--port=8000`, `--listen-port 8000`, `:8000`,
+    `0.0.0.0:8000`, `PORT=8000`. Only what is written there (not `-p`, which means other
+    things to other daemons; not a URL's port, often another service's)."""
+    out: dict[int, str] = {}
+    words = [w for argv in lines for w in (*argv[1:], "")]  # "" ends each line
+    for i, word in enumerate(words):
+        if _PORT_OPTION.match(word) and words[i + 1].isdigit():
+            _add(out, words[i + 1], f"{word} {words[i + 1]}")
+            continue
+        for pattern in _PORT_VALUE:
+            if m := pattern.search(word):
+                _add(out, m.group(1), word)
+                break
+    for assignment in environment:  # only NAME=PORT there: values mean anything
+        if m := _PORT_VALUE[1].search(assignment):
+            _add(out, m.group(1), assignment)
+    return list(out.items())
+
+
+def _add(out: dict[int, str], digits: str, word: str) -> None:
+    if 0 < int(digits) < 65536:
+        out.setdefault(int(digits), word)
 
 
 def is_own_activation(holder: Holder, unit: str) -> bool:
@@ -180,8 +231,11 @@ def run_output(records: Sequence[Record], main: tuple[str, int] = ("", 0)) -> li
 
 
 def exit_status(failed: bool, held: bool, port_unknown: bool) -> ExitStatus:
-    """0: a bind failure, its ports free now; 1: a port still held (or none known, so
-    none known free); 3: no bind failure in the journal."""
+    """0: a bind failure, its ports free now; 1: a port known to be held; 3: no bind
+    failure in the journal; 4: a bind failure whose port nothing names (never 1: no port
+    is known to be held)."""
     if not failed:
         return ExitStatus.NO_BIND_FAILURE
-    return ExitStatus.BLOCKED if held or port_unknown else ExitStatus.OK
+    if port_unknown:
+        return ExitStatus.NO_PORT_FOUND
+    return ExitStatus.BLOCKED if held else ExitStatus.OK

@@ -130,3 +130,55 @@ def test_another_program_as_the_daemons_user_on_its_port_is_never_touched(
         field.stop(c.unit)
         guard.uninstall()
         field.sb.kill(other)
+
+
+# Holds PORT over TCP and UDP, IPv4 and IPv6 wildcards, as root: another program.
+HOLD = """
+import socket, sys, time
+held = []
+for family, any_ in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        s = socket.socket(family, kind)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((any_, int(sys.argv[1])))
+        if kind == socket.SOCK_STREAM:
+            s.listen()
+        held.append(s)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize(("daemon", "source"), [
+    ("apache2", "message"),  # (98)Address already in use: ... could not bind to ... :80
+    ("dnsmasq", "message"),  # failed to create listening socket for port 53: Address ...
+    ("unbound", "profile"),  # error: bind: address already in use (no port)
+])
+def test_why_names_the_port_and_the_holder_of_a_real_failure(
+        field: Field, daemon: str, source: str) -> None:
+    """named is not here: at its default log level it says `creating IPv4 interface lo
+    failed; interface ignored`, never the kernel's words, so `why` finds no bind failure."""
+    import json
+    [c] = [c for c in CASES if c.daemon == daemon]
+    field.install(c.daemon)
+    guard = adopt(field, c)  # the profile names unbound's ports: its line does not
+    field.stop(c.unit)
+    guard.uninstall()  # a plain failed start: nothing guards it
+    field.sb.wait_for(lambda: not field.holders(c.port), 15, "the unit to let go")
+    holder = field.sb.spawn(["/usr/bin/python3", "-c", HOLD, str(c.port)], wait_exec=False)
+    try:
+        field.wait_holders(c.port)
+        assert field.start(c.unit, check=False).returncode != 0
+        done = field.sb.portguard("--json", "why", c.unit)
+        assert done.returncode == 1, done.stdout + done.stderr
+        doc = json.loads(done.stdout)
+        ports = {(p["port"], p["source"]) for p in doc["ports"]}
+        assert (c.port, source) in ports, doc["ports"]
+        holders = {(h["pid"], h["kind"]) for p in doc["ports"] for h in p["holders"]}
+        assert holders == {(holder, "foreign")}, doc["ports"]
+        text = field.sb.portguard("why", c.unit).stdout
+        assert f"pid {holder}" in text and str(c.port) in text, text
+    finally:
+        field.stop(c.unit)
+        field.sb.systemctl("reset-failed", c.unit)
+        field.sb.kill(holder)

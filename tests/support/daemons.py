@@ -77,7 +77,8 @@ DAEMONS: dict[str, Daemon] = {
     "apache2": Daemon("apache2", ("apache2.service",), "/usr/sbin/apachectl",
                       made_dirs=("/var/log/apache2",)),
     "named": Daemon("bind9", ("named.service",), "/usr/sbin/named",
-                    tmpfiles=("named.conf",), made_dirs=("/var/cache/bind",)),
+                    tmpfiles=("named.conf",), made_dirs=("/var/cache/bind",),
+                    dev_log=True),  # named logs through syslog(3)
     "dnsmasq": Daemon("dnsmasq", ("dnsmasq.service",), "/usr/share/dnsmasq/systemd-helper",
                       tmpfiles=("dnsmasq.conf",), private_dirs=("/var/lib/misc",)),
     "unbound": Daemon("unbound", ("unbound.service",), "/usr/sbin/unbound",

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from portguard.config.schema import Service, loads
-from portguard.decide import postmortem, proposal
+from portguard.decide import bindfail, postmortem, proposal
 from portguard.decide.bindfail import BindFailure
 from portguard.decide.classify import Conflict, Kind
 from portguard.errors import ExitStatus
@@ -99,7 +99,8 @@ def test_exit_statuses() -> None:
     assert postmortem.exit_status(False, True, True) == ExitStatus.NO_BIND_FAILURE == 3
     assert postmortem.exit_status(True, False, False) == ExitStatus.OK
     assert postmortem.exit_status(True, True, False) == ExitStatus.BLOCKED
-    assert postmortem.exit_status(True, False, True) == ExitStatus.BLOCKED
+    assert postmortem.exit_status(True, False, True) == ExitStatus.NO_PORT_FOUND == 4
+    assert postmortem.exit_status(True, True, True) == ExitStatus.NO_PORT_FOUND
 
 
 def _record(usec: int, unit: str, inv: str, msg: str, own: bool = True) -> str:
@@ -177,3 +178,23 @@ def test_an_unreadable_journal_is_not_permitted_not_never_ran() -> None:
         journal.invocations(["w.service"], run=refused)
     with pytest.raises(PortguardError, match="I/O error"):
         journal.invocations(["w.service"], run=broken)
+
+
+def test_ports_from_a_units_command_line_and_environment() -> None:
+    lines = [("/usr/bin/python3", "-m", "uvicorn", "app:main", "--port", "8000"),
+             ("/opt/x", "--listen=0.0.0.0:9001", "--admin-port=9002", "-p", "7000",
+              "--upstream", "http://db:5432")]
+    assert postmortem.ports_in_command(lines, ["PORT=8080", "HTTP_PORT=8081", "X=1:2"]) == [
+        (8000, "--port 8000"), (9001, "--listen=0.0.0.0:9001"), (9002, "--admin-port=9002"),
+        (8080, "PORT=8080"), (8081, "HTTP_PORT=8081")]
+    assert postmortem.ports_in_command([("/bin/x", "--port")], ["PORT=99999"]) == []
+
+
+def test_the_profile_then_the_command_line_when_nothing_else_names_a_port() -> None:
+    failures = bindfail.find(["OSError: [Errno 98] Address already in use"])
+    got = postmortem.wanted_ports(failures, None, {}, [], learned=[(53, Proto.UDP, "::1")],
+                                  named=[(8000, "--port 8000")])
+    assert [(w.port, w.proto, w.source) for w in got] == [(53, "udp", "profile")]
+    got = postmortem.wanted_ports(failures, None, {}, [], named=[(8000, "--port 8000")])
+    assert [(w.port, w.source, w.detail) for w in got] == [(8000, "command line",
+                                                            "--port 8000")]
