@@ -27,7 +27,14 @@ from portguard.commands.preflight_stop import (
 from portguard.config.schema import ALWAYS_PROTECTED, Config, Service
 from portguard.config.unitnames import mangle_unit
 from portguard.decide import conflicts
-from portguard.decide.classify import Conflict, Context, Kind, classify, own_activation
+from portguard.decide.classify import (
+    Conflict,
+    Context,
+    Kind,
+    classify,
+    own_activation,
+    profile_text,
+)
 from portguard.decide.policy import Action, Plan, Step, plan
 from portguard.errors import BlockedError, ExitStatus, PortguardError, TimedOutError
 from portguard.model import BindIntent, Holder, Proto, Unit
@@ -61,23 +68,30 @@ class Preflight:
         self.plan: Plan | None = None  # what was decided (the daemon counts and flap-guards it)
         self._own_sockets = ""  # how its own .socket units hold its ports, if they do
         self._own_inodes: dict[int, int] = {}  # their sockets' inodes -> port
+        self._clear = "all declared ports are free"  # what a clear record says
 
     # -- entry ---------------------------------------------------------------------
 
     def run(self) -> ExitStatus:
         cfg = self.app.config
         service = cfg.service_for(self.unit)
+        clear = "all declared ports are free"
         if service is None:
-            self.journal.emit(Event.UNIT_NOT_CONFIGURED,
-                              f"{self.unit} is not in {self.app.config_path}: nothing to check",
-                              unit=self.unit, action="none", result="pass")
-            return ExitStatus.OK
+            learned = profiles.learned_service(cfg.defaults, self.unit)
+            if learned is None:
+                self.journal.emit(Event.UNIT_NOT_CONFIGURED, f"{self.unit} is not in "
+                                  f"{self.app.config_path}: nothing to check",
+                                  unit=self.unit, action="none", result="pass")
+                return ExitStatus.OK
+            service, profile = learned  # zero-config: the ports its own runs listened on
+            clear = f"all ports learned by {profile_text(profile)} are free"
+        self._clear = clear
         deadline = self.clock.now() + service.timeout
         intents = [i for spec in service.ports
                    for i in conflicts.intents(spec, reuse_address=service.reuse_address)]
         ports = sorted({(i.port, i.proto) for i in intents})
         if self._fast_path_clear(service, intents, ports):
-            self._report_clear(service, ports, "all declared ports are free")
+            self._report_clear(service, ports, clear)
             return ExitStatus.OK
         try:
             with port_locks(ports, timeout=max(0.0, deadline - self.clock.now()),
@@ -113,8 +127,7 @@ class Preflight:
             found_conflicts, bind_refused = self._observe(ctx, intents, ports)
             the_plan = self.plan = plan(service, found_conflicts, bind_refused=bind_refused)
             if not the_plan.steps:
-                self._report_clear(service, ports, self._own_sockets or
-                                   "all declared ports are free")
+                self._report_clear(service, ports, self._own_sockets or self._clear)
                 return ExitStatus.OK
             for step in distinct(the_plan.steps):
                 self._record_decision(step.conflict, step.action, step.why)

@@ -44,6 +44,7 @@ class ServiceState(NamedTuple):
     units: tuple[Unit, ...]  # the unit, or every loaded instance of a template
     ports: tuple[PortState, ...]
     units_error: str  # why unit states are unknown ("" when known)
+    learned: bool = False  # not in the config: guarded on its learned profile's ports
 
 
 def _own(service: Service, holder: Holder) -> bool:
@@ -83,8 +84,11 @@ def collect(config: Config, observer: Observer,
     except SystemdUnavailable as exc:
         error = exc.message
     states = []
+    learned = [found[0] for unit in profiles.stored_units()
+               if config.service_for(unit) is None
+               and (found := profiles.learned_service(config.defaults, unit)) is not None]
     try:
-        for service in config.services:
+        for service in (*config.services, *learned):
             units: tuple[Unit, ...] = ()
             units_error = error
             if systemd is not None:
@@ -95,7 +99,8 @@ def collect(config: Config, observer: Observer,
             ports = []
             for spec in service.ports:
                 ports.append(port_state(service, spec, observer))
-            states.append(ServiceState(service, units, tuple(ports), units_error))
+            states.append(ServiceState(service, units, tuple(ports), units_error,
+                                       service in learned))
     finally:
         if systemd is not None:
             systemd.close()
@@ -182,6 +187,7 @@ def document(states: Sequence[ServiceState]) -> dict[str, Any]:
         services.append({
             "service": st.service.name,
             "policy": str(st.service.policy.value),
+            "ports_from": "profile" if st.learned else "config",
             "units": [{"unit": u.id, "active_state": u.active_state,
                        "sub_state": u.sub_state, "main_pid": u.main_pid or None,
                        **profile_doc(st.service, u, now)}
@@ -203,7 +209,9 @@ def text(states: Sequence[ServiceState]) -> str:
         out.append(f"unit states unknown: {shared}")
     for st in states:
         svc = st.service
-        out.append(f"{svc.name}  (policy {svc.policy.value}, on_foreign {svc.on_foreign.value})")
+        learned = "; not in the config: its ports are its profile's" if st.learned else ""
+        out.append(f"{svc.name}  (policy {svc.policy.value}, on_foreign "
+                   f"{svc.on_foreign.value}{learned})")
         if st.units_error:
             if not shared:
                 out.append(f"  unit state unknown: {st.units_error}")

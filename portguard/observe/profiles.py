@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from portguard import __version__
 from portguard.config import trust
-from portguard.model import FileId, Learned, Process, Profile, ProgramId, Proto
+from portguard.config.schema import Defaults, Service
+from portguard.model import FileId, Learned, PortSpec, Process, Profile, ProgramId, Proto
 from portguard.observe.kernel import sockets, sockopts
 from portguard.observe.procs import cgroupfs, processes, programs
 
@@ -196,3 +197,36 @@ def files_changed(profile: Profile) -> str:
         if want is not None and programs.file_id(path) != want:
             return f"program file {path} was replaced since the profile was learned"
     return ""
+
+
+# -- guarding a unit the config does not name ----------------------------------------
+
+
+def learned_service(defaults: Defaults, unit: str,
+                    store: str = STORE) -> tuple[Service, Profile] | None:
+    """Zero-config guarding (docs/identity.md, "Profiles"): a unit the config does not
+    name, with a usable learned profile, is guarded on the ports its processes listened
+    on, by the config's defaults. None without one (then it is not guarded)."""
+    try:
+        profile = load(unit, store)
+    except Unusable:
+        return None
+    if profile is None or not profile.sockets:
+        return None
+    specs = tuple(dict.fromkeys(
+        PortSpec(s.port, s.port, s.proto, s.address,
+                 f"{f'[{s.address}]' if ':' in s.address else s.address}:{s.port}/{s.proto}")
+        for s in profile.sockets))
+    reuse = all(s.reuse_address is not False for s in profile.sockets)
+    return Service(unit, specs, defaults.policy, defaults.on_foreign, defaults.timeout,
+                   defaults.kill_after, defaults.signal, reuse), profile
+
+
+def stored_units(store: str = STORE) -> list[str]:
+    """The units with a stored profile (names only; `load` decides whether it is used)."""
+    try:
+        names = os.listdir(store)
+    except OSError:
+        return []
+    return sorted(n.removesuffix(".json") for n in names
+                  if n.endswith(".json") and not n.startswith("."))

@@ -182,3 +182,43 @@ def test_why_names_the_port_and_the_holder_of_a_real_failure(
         field.stop(c.unit)
         field.sb.systemctl("reset-failed", c.unit)
         field.sb.kill(holder)
+
+
+def test_with_no_config_entry_at_all_install_guards_the_learned_ports(field: Field) -> None:
+    """Zero-config: named is not in the config; `portguard install` while it runs learns
+    its profile, and its guarded starts are checked on the ports named listened on."""
+    import json
+    [c] = [c for c in CASES if c.daemon == "named"]
+    field.install(c.daemon)
+    field.sb.run(["rm", "-f", f"/var/lib/portguard/profiles/{c.unit}.json"])
+    field.start(c.unit)
+    field.wait_holders(c.port)
+    guard = Guard(field.sb, "placeholder.service:\n  ports: ['9']")  # no named.service
+    done = guard.run("install", c.unit)
+    assert done.returncode == 0, done.stdout + done.stderr
+    guard.installed.append(c.unit)
+    assert f"learned {c.unit}'s profile: {c.program} as {c.user}" in done.stderr
+    try:
+        shown = guard.run("status").stdout
+        assert f"{c.unit}  (policy stop, on_foreign fail; not in the config: its ports are " \
+            "its profile's)" in shown, shown
+        doc = json.loads(guard.run("--json", "status").stdout)
+        [named] = [s for s in doc["services"] if s["service"] == c.unit]
+        assert named["ports_from"] == "profile"
+        assert {p["spec"] for p in named["ports"]} >= {f"127.0.0.1:{c.port}/tcp",
+                                                       f"127.0.0.1:{c.port}/udp"}, named
+        field.stop(c.unit)
+        field.sb.wait_for(lambda: not field.holders(c.port), 15, "the unit to let go")
+        field.spawn_by_hand(c.by_hand)
+        held = field.wait_holders(c.port)
+        field.start(c.unit)
+        assert field.is_active(c.unit) == "active", field.status(c.unit)
+        assert not any(field.sb.pid_alive(p) for p in held)
+        decided = [r for r in guard.records(CONFLICT, unit=c.unit)
+                   if r["PORTGUARD_HOLDER_KIND"] != "lingering"]  # a closed connection's
+        assert decided and {r["PORTGUARD_HOLDER_KIND"] for r in decided} == {"stray"}
+        assert "by the profile learned at " in decided[0]["MESSAGE"]
+        assert guard.signalled() <= set(held)
+    finally:
+        field.stop(c.unit)
+        guard.uninstall()

@@ -99,8 +99,11 @@ def test_a_unit_holding_it_is_never_a_stray_by_profile() -> None:
 
 
 file_ids = st.builds(FileId, st.integers(1, 4), st.integers(1, 50))
+# only the shapes observe.procs.programs makes: an executable (a busybox applet), a
+# script or jar under an interpreter, a module under an interpreter
 programs_ = st.one_of(
-    st.builds(ProgramId, file_ids),
+    st.builds(lambda e, a: ProgramId(e, applet=a), file_ids, st.sampled_from(["", "httpd",
+                                                                           "nc"])),
     st.builds(lambda e, t: ProgramId(e, target=t, interpreted=True), file_ids, file_ids),
     st.builds(lambda e, m: ProgramId(e, module=m, interpreted=True), file_ids,
               st.sampled_from(["http.server", "app", "web.main"])),
@@ -121,8 +124,8 @@ def test_a_profile_never_matches_another_user_or_another_file(
             assert (seen.module, seen.exe) == (learned.module, learned.exe)
         elif seen.interpreted:  # a script: the script file, whichever interpreter version
             assert seen.target == learned.target is not None
-        else:  # an executable: the file
-            assert seen.exe == learned.exe
+        else:  # an executable: the file (and the applet)
+            assert (seen.exe, seen.applet) == (learned.exe, learned.applet)
 
 
 # -- stored form and trust --------------------------------------------------------------
