@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from support.soak.model import HolderSpec, Scenario
-from support.soak.oracle import budget, decide, expected_kind
+from support.soak.oracle import budget, decide, expected_kind, profile_uid
 from support.soak.world import (
     FIRST_PORT,
     MADE,
@@ -14,6 +14,8 @@ from support.soak.world import (
     POLICIES,
     POLICY_WEIGHTS,
     PORT_SPAN,
+    PROFILE_WEIGHTS,
+    PROFILES,
     WAIT,
 )
 
@@ -38,13 +40,17 @@ def _pick_made(rng: random.Random, count: int, proto: str, n_ports: int) -> list
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     # foreign: a unit running the service's exact argv / another program; a process
     # outside any unit running another program; the exact argv as another user
-    "foreign": (("unit-same", "unit-other", "proc", "user"), (25, 20, 30, 25)),
+    # outside any unit running another program; the exact argv as another user; another
+    # program as the profile's user
+    "foreign": (("unit-same", "unit-other", "proc", "user", "profile-other"),
+                (25, 20, 30, 25, 20)),
     # twin: another instance; a duplicates.units unit; an instance that is up but holds
     # nothing yet; a failed instance whose worker still holds the port
     "twin": (("instance", "dup", "idle", "remnant"), (50, 20, 15, 15)),
     # stray: started by hand (no unit); in a session-like scope; another argv that
-    # duplicates.commands matches
-    "stray": (("bare", "scope", "cmdglob"), (50, 30, 20)),
+    # duplicates.commands matches; by hand as the profile's user (a stray only by a
+    # usable profile)
+    "stray": (("bare", "scope", "cmdglob", "profile"), (50, 30, 20, 30)),
     "remnant": (("workers",), (1,)),
     "lingering": (("time-wait",), (1,)),
     "protected": (("twin", "scope"), (50, 50)),
@@ -72,6 +78,7 @@ def make_scenario(seed: int, n: int) -> Scenario:
         via_unit=not dry_run and rng.random() < 0.2,
         holders=[],
     )
+    sc.profile = rng.choices(PROFILES, PROFILE_WEIGHTS)[0]
     made = _pick_made(rng, rng.randint(1, 4), proto, len(ports))
     free_for_tw = list(ports)
     rng.shuffle(free_for_tw)
@@ -91,6 +98,8 @@ def make_scenario(seed: int, n: int) -> Scenario:
                 h.addr, v6_used = "::1", True
         if m == "foreign" and variant == "user":
             h.uid = 0 if sc.user else NOBODY
+        elif variant in ("profile", "profile-other"):
+            h.uid = profile_uid(sc)
         elif m == "foreign" and variant == "proc":
             h.uid = rng.choice((0, NOBODY))
         broken = m == "remnant" or (m, variant) == ("twin", "remnant")

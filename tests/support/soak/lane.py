@@ -25,6 +25,7 @@ from support.soak.journal import check_journal
 from support.soak.leaver import Leaver
 from support.soak.model import HolderSpec, Outcome, ProcLog, Scenario, SetupError
 from support.soak.oracle import expect
+from support.soak.profile import write_profile
 from support.soak.programs import HELPER_CODE, HOLDER_CODE
 from support.soak.world import (
     CFGDIR,
@@ -184,6 +185,7 @@ class Lane:
         os.makedirs(sigdir, exist_ok=True)
         os.chmod(sigdir, 0o1777)
         self.sb.write_file(f"{CFGDIR}/s{sc.n}.yaml", self.config_text(sc), mode=0o644)
+        write_profile(self.sb, self.soak.host, self.subject(sc), sc)
         self.make_lingering(sc)
         self.make_broken(sc)
         starting = self.start_holding_units(sc)
@@ -245,7 +247,7 @@ class Lane:
             if h.made == "lingering" or (h.unit and h.unit.endswith(".service")):
                 continue
             argv = list(EXEC)
-            if (h.made, h.variant) == ("foreign", "proc"):
+            if (h.made, h.variant) in (("foreign", "proc"), ("foreign", "profile-other")):
                 argv[-1] = OTHER
             elif (h.made, h.variant) == ("stray", "cmdglob"):
                 argv[-1] = CMDCOPY

@@ -80,6 +80,10 @@ class Scenario:
     dry_run: bool
     via_unit: bool  # preflight as the unit's ExecStartPre= (else run directly)
     holders: list[HolderSpec]
+    # the service's stored profile (docs/identity.md, "Profiles"): none, "learned" (its
+    # program as the other user: see oracle.profile_uid), or "replaced" (its program
+    # file is not the one learned: never used)
+    profile: str = ""
 
     def describe(self) -> str:
         mode = "dry-run" if self.dry_run else ("ExecStartPre" if self.via_unit else "direct")
@@ -88,7 +92,8 @@ class Scenario:
                 f"timeout={self.timeout:.2f}s kill_after={self.kill_after}s "
                 f"signal={self.signal} user={'nobody' if self.user else 'root'} "
                 f"ports={','.join(map(str, self.ports))}/{self.proto} "
-                f"dups_listed={int(self.dups_listed)} cmds_listed={int(self.cmds_listed)}")
+                f"dups_listed={int(self.dups_listed)} cmds_listed={int(self.cmds_listed)} "
+                f"profile={self.profile or 'none'}")
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ from support.soak.world import (
     ACT,
     FOREIGN,
     LINGERING,
+    NOBODY,
     NONE,
     REFUSE,
     SELF,
@@ -36,8 +37,21 @@ def expected_kind(sc: Scenario, h: HolderSpec) -> tuple[str, bool]:
     if h.made == "stray":
         if h.variant == "cmdglob":  # a stray only when duplicates.commands matches it
             return (STRAY if sc.cmds_listed else FOREIGN), False
+        if h.variant == "profile":  # its program as the profile's user: only by a profile
+            return (STRAY if sc.profile == "learned" else FOREIGN), False
         return STRAY, False
-    return FOREIGN, False  # another unit; another program; the program as another user
+    if (h.made, h.variant) == ("foreign", "user") and sc.profile == "learned" and \
+            h.uid == profile_uid(sc):
+        return STRAY, False  # the program as another user, who is the profile's user
+    # another unit; another program (as anyone, the profile's user too); the program as
+    # another user without a usable profile saying that user runs it
+    return FOREIGN, False
+
+
+def profile_uid(sc: Scenario) -> int:
+    """The profile's user: never the unit's own (root or nobody), so a profile is what
+    decides whether the service's program run as that user is a stray."""
+    return 0 if sc.user else NOBODY
 
 
 def lingering_blocks(sc: Scenario, h: HolderSpec) -> bool:

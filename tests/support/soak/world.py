@@ -35,6 +35,9 @@ KINDS = (SELF, TWIN, STRAY, FOREIGN, LINGERING)  # in the report's order
 ACTIONS = (ACT, WAIT, REFUSE, TOLERATE, NONE)
 MADE = ("foreign", "twin", "stray", "remnant", "lingering", "protected")
 MADE_WEIGHTS = (22, 22, 22, 10, 12, 12)
+PROFILES = ("", "learned", "replaced")  # Scenario.profile
+PROFILE_WEIGHTS = (45, 40, 15)
+PROFILE_DIR = "/var/lib/portguard/profiles"  # docs/identity.md, "Profiles"
 POLICIES = ("stop", "wait", "fail", "warn")
 POLICY_WEIGHTS = (40, 20, 20, 20)
 
