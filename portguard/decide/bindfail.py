@@ -77,6 +77,8 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("haproxy", r"cannot bind socket \(" + _IN_USE + r"\) (?:for )?\[(?P<ep>.+)\]"),
         # lighttpd 1.4.56+: (network.c.537) can't bind to socket: 0.0.0.0:8081: Address ...
         ("lighttpd", r"can't bind to socket: (?P<ep>\S+): " + _IN_USE),
+        # lighttpd 1.4.7x (Debian 13): (network.c.640) bind() [::]:80: Address already in use
+        ("lighttpd", r"\(network\.c\.\d+\) bind\(\) (?P<ep>\S+): " + _IN_USE),
         # lighttpd before 1.4.56: can't bind to port: 0.0.0.0 80 Address already in use
         ("lighttpd", r"can't bind to port: (?:(?P<addr>\S+) )?(?P<port>\d+) " + _IN_USE),
         # systemd's socket units: Failed to create listening socket ([::]:8080): Address...

@@ -34,11 +34,12 @@ IMAGE = "localhost/web:1"
 
 @pytest.fixture(scope="module")
 def docker(field: Field) -> Iterator[Field]:
-    rt.require("/usr/sbin/dockerd", "/usr/bin/containerd", DOCKER, "runc")
     sb = field.sb
+    rt.require(sb, "/usr/sbin/dockerd", "/usr/bin/containerd", DOCKER, "runc")
     rt.private_store(sb, "/var/lib/docker", "/var/lib/containerd")
     for unit in UNITS:
-        sb.write_unit(unit, Path("/lib/systemd/system", unit).read_text(), reload=False)
+        sb.write_unit(unit, Path(sb.image_path(f"/lib/systemd/system/{unit}")).read_text(),
+                      reload=False)
     sb.systemctl("daemon-reload", check=True)
     field.start("docker.service")
     built = sb.run([DOCKER, "import", "--change", rt.CMD, rt.rootfs_tar(sb), IMAGE], timeout=60)

@@ -45,6 +45,7 @@ def podman(request: pytest.FixtureRequest) -> Iterator[Field]:
     suite, backend = rt.PODMAN_PLATFORMS[request.param]
     require_root(suite)
     with RootSandbox(suite) as sb:
+        rt.require(sb, "podman", "conmon", "runc")
         rt.private_store(sb, "/var/lib/containers", "/var/lib/cni")
         rt.podman_conf(sb, backend)
         built = sb.run([*PODMAN, "import", "-q", "--change",

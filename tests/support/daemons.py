@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 from support.sandbox import Sandbox
 
 UNIT_DIR = "/lib/systemd/system"
+TMPFILES_DIR = "/usr/lib/tmpfiles.d"
 
 
 class Daemon(NamedTuple):
@@ -45,6 +46,11 @@ class Daemon(NamedTuple):
     tmpfiles: tuple[str, ...] = ()  # tmpfiles.d entries a boot would apply
     private_dirs: tuple[str, ...] = ()  # host dirs it writes: a tmpfs over them inside
     dev_log: bool = False  # its unit needs /dev/log (BindReadOnlyPaths=/dev/log:...)
+    # Names that carry the Debian release's version (php8.2 in 12, php8.4 in 13): "{v}"
+    # in the fields above is the one entry of this directory (resolve()); tmpfiles
+    # entries may be globs (lighttpd.tmpfile.conf in 12, lighttpd.conf in 13).
+    version_dir: str = ""
+    version: str = ""  # filled by resolve()
 
 
 DAEMONS: dict[str, Daemon] = {
@@ -54,8 +60,8 @@ DAEMONS: dict[str, Daemon] = {
                     "/usr/bin/redis-server",
                     made_dirs=("/var/log/redis",),
                     private_dirs=("/var/lib/redis", "/etc/redis")),
-    "php-fpm": Daemon("php8.2-fpm", ("php8.2-fpm.service",), "/usr/sbin/php-fpm8.2",
-                      tmpfiles=("php8.2-fpm.conf",)),
+    "php-fpm": Daemon("php{v}-fpm", ("php{v}-fpm.service",), "/usr/sbin/php-fpm{v}",
+                      tmpfiles=("php{v}-fpm.conf",), version_dir="/etc/php"),
     # BindReadOnlyPaths=/dev/log:/var/lib/haproxy/dev/log (its chroot): 226/NAMESPACE
     # where /dev/log is missing
     "haproxy": Daemon("haproxy", ("haproxy.service",), "/usr/sbin/haproxy",
@@ -65,9 +71,10 @@ DAEMONS: dict[str, Daemon] = {
     # that starts postgres as user postgres; clusters are made inside by pg_createcluster
     "postgresql": Daemon("postgresql", ("postgresql.service", "postgresql@.service"),
                          "/usr/bin/pg_ctlcluster", tmpfiles=("postgresql-common.conf",),
-                         private_dirs=("/var/lib/postgresql", "/etc/postgresql")),
+                         private_dirs=("/var/lib/postgresql", "/etc/postgresql"),
+                         version_dir="/usr/lib/postgresql"),
     "lighttpd": Daemon("lighttpd", ("lighttpd.service",), "/usr/sbin/lighttpd",
-                       tmpfiles=("lighttpd.tmpfile.conf",)),
+                       tmpfiles=("lighttpd*.conf",)),
     "memcached": Daemon("memcached", ("memcached.service",), "/usr/bin/memcached",
                         tmpfiles=("memcached.conf",)),
     # Wrapped or self-dropping daemons, judged by their learned profiles
@@ -90,13 +97,30 @@ DAEMONS: dict[str, Daemon] = {
 }
 
 
-def missing_packages(names: list[str]) -> list[str]:
-    """The Debian packages of these daemons that are not installed on this machine."""
+def resolve(name: str, root: str = "") -> Daemon:
+    """DAEMONS[name] as installed in `root` ("" for the host's /): its version filled in
+    and its tmpfiles globs matched."""
+    spec = DAEMONS[name]
+    if spec.version_dir:
+        found = sorted(os.listdir(root + spec.version_dir)) \
+            if os.path.isdir(root + spec.version_dir) else []
+        version = found[-1] if found else "?"
+        spec = Daemon(*(tuple(x.format(v=version) for x in f) if isinstance(f, tuple)
+                        else f.format(v=version) if isinstance(f, str) else f
+                        for f in spec))._replace(version=version)
+    tmpfiles = tuple(m.name for pattern in spec.tmpfiles
+                     for m in sorted(Path(root + TMPFILES_DIR).glob(pattern)))
+    return spec._replace(tmpfiles=tmpfiles)
+
+
+def missing_packages(names: list[str], root: str = "") -> list[str]:
+    """The Debian packages of these daemons that are not installed in `root`."""
     out = []
     for name in names:
-        spec = DAEMONS[name]
-        if not all(Path(UNIT_DIR, u).is_file() for u in spec.units) or \
-                not os.path.exists(spec.exe):
+        spec = resolve(name, root)
+        if not all(Path(root + UNIT_DIR, u).is_file() for u in spec.units) or \
+                not os.path.lexists(root + spec.exe) or \
+                len(spec.tmpfiles) < len(DAEMONS[name].tmpfiles):
             out.append(spec.package)
     return out
 
@@ -113,25 +137,30 @@ class Field:
 
     def install(self, name: str) -> Daemon:
         """Copy the daemon's packaged units in, make its directories; idempotent."""
-        spec = DAEMONS[name]
+        spec = self.daemon(name)
         if name in self.installed:
             return spec
         for d in spec.private_dirs:
             self._private(d, {})
         for d in spec.made_dirs:
-            st = os.stat(d)
+            st = os.stat(self.sb.image_path(d))
             self.sb.run(["install", "-d", "-o", str(st.st_uid), "-g", str(st.st_gid),
                          "-m", oct(stat.S_IMODE(st.st_mode))[2:], d], check=True)
         for conf in spec.tmpfiles:
-            self.sb.run(["systemd-tmpfiles", "--create", f"/usr/lib/tmpfiles.d/{conf}"],
+            self.sb.run(["systemd-tmpfiles", "--create", f"{TMPFILES_DIR}/{conf}"],
                         check=True)
         if spec.dev_log:
             self._dev_log()
         for unit in spec.units:
-            self.sb.write_unit(unit, Path(UNIT_DIR, unit).read_text(), reload=False)
+            self.sb.write_unit(unit, Path(self.sb.image_path(f"{UNIT_DIR}/{unit}")).read_text(),
+                               reload=False)
         self.sb.systemctl("daemon-reload", check=True)
         self.installed.add(name)
         return spec
+
+    def daemon(self, name: str) -> Daemon:
+        """DAEMONS[name] as packaged in this sandbox's Debian (its version filled in)."""
+        return resolve(name, self.sb.image_path("/").rstrip("/"))
 
     def config(self, directory: str, files: Mapping[str, str], *,
                remove: tuple[str, ...] = ()) -> None:
@@ -142,7 +171,7 @@ class Field:
     def _private(self, directory: str, files: Mapping[str, str],
                  remove: tuple[str, ...] = ()) -> None:
         if directory not in self._mounted:
-            st = os.stat(directory)
+            st = os.stat(self.sb.image_path(directory))
             save = f"/run/portguard-field/save{directory}"
             script = (
                 'set -e; d=$1; save=$2; mkdir -p "$save"; cp -a "$d/." "$save/"; '

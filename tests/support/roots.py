@@ -8,9 +8,9 @@ that boots one as `/`.
 The packages of every root are ONE list, tests/support/root-packages (docs/testing.md
 says how to add one); scripts/build-root builds a root from it with mmdebstrap from
 Debian's archive. The cache (PORTGUARD_ROOTS, default /var/cache/portguard-roots) holds
-`SUITE-KEY/`, KEY a hash of the list and the build script: change either and the next
-run builds anew (and removes the suite's older roots). Builds are serialised by a lock
-file, so concurrent runs build a root once.
+`SUITE-KEY/`, KEY a hash of the suite's packages and the build script: change either and
+the next run builds that root anew (and removes the suite's older roots). Builds are
+serialised by a lock file, so concurrent runs build a root once.
 
 Booting: the cached root is the read-only lower layer of an overlay whose upper layer is
 a tmpfs in the sandbox's own mount namespace (nothing a test does reaches the cache or
@@ -87,10 +87,12 @@ class RootUnavailable(SandboxError):
 
 
 def key(suite: str) -> str:
-    """The cache key of a suite's root: the package list and the build script."""
-    digest = hashlib.sha256(suite.encode())
-    for path in (PACKAGES, BUILD):
-        digest.update(path.read_bytes())
+    """The cache key of a suite's root: its packages (as the build script reads the list)
+    and the build script."""
+    listed = subprocess.run([str(BUILD), "--list", suite], capture_output=True, text=True,
+                            check=True).stdout
+    digest = hashlib.sha256(f"{suite}\n{listed}".encode())
+    digest.update(BUILD.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -149,8 +151,5 @@ class RootSandbox(Sandbox):
         super().__init__(boot_script=ROOT_BOOT_SCRIPT, stage_files={
             "lower": str(self.root), "repo": str(REPO), "venv": _venv()}, **kwargs)
 
-    def host_path(self, path: str) -> str:
-        """Where a file of the running root is, seen from the host (through its systemd's
-        root: the overlay, with the mounts made inside)."""
-        return f"/proc/{self.pid}/root{path}"
-
+    def image_path(self, path: str) -> str:
+        return f"{self.root}{path}"

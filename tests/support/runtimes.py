@@ -1,6 +1,6 @@
 """Container runtimes in a field sandbox: what test_podman.py and test_docker.py share.
 
-    require("podman", "conmon", "runc")      # skip, or fail under CI=true, when missing
+    require(sb, "podman", "conmon", "runc")  # skip, or fail under CI=true, when missing
     PODMAN_PLATFORMS["debian12-cni"] -> ("bookworm", "cni")   # root x network backend
     podman_conf(sb, "netavark")              # containers.conf as an administrator sets it
     private_store(sb, "/var/lib/containers") # a tmpfs over it inside: nothing outlives it
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,13 +51,16 @@ def podman_conf(sb: Sandbox, backend: str) -> None:
     assert found.stdout.strip() == backend, found.stdout + found.stderr
 
 
-def require(*tools: str) -> None:
-    """Skip (under CI=true, fail) when a runtime's tools or busybox-static are missing."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if not os.path.exists("/bin/busybox"):
-        missing.append("busybox-static")
+def require(sb: Sandbox, *tools: str) -> None:
+    """Skip (under CI=true, fail) when a runtime's tools or busybox-static are missing
+    from the sandbox's Debian (absolute paths, or names in /usr/bin and /usr/sbin)."""
+    def there(tool: str) -> bool:
+        paths = [tool] if tool.startswith("/") else [f"/usr/{d}/{tool}" for d in ("bin", "sbin")]
+        return any(os.path.lexists(sb.image_path(p)) for p in paths)
+
+    missing = [t for t in (*tools, "/bin/busybox") if not there(t)]
     if missing:
-        skip_or_fail(f"not installed: {' '.join(missing)} (scripts/bootstrap --all)")
+        skip_or_fail(f"not installed: {' '.join(missing)} (tests/support/root-packages)")
 
 
 def private_store(sb: Sandbox, *dirs: str) -> None:

@@ -75,6 +75,12 @@ class SandboxInside(SandboxRunner):
             for fd in fds:
                 os.close(fd)
 
+    def image_path(self, path: str) -> str:
+        """Where the file the sandbox's `path` was made from is on the host, as packaged
+        (before the private mounts): the host's own path here; the cached root's in a
+        Debian root (support/roots.py)."""
+        return path
+
     def read_file(self, path: str) -> str:
         """A file's text as the sandbox sees it (symlinks resolved inside)."""
         return self.run(["cat", "--", path], check=True).stdout

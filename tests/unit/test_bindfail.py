@@ -86,6 +86,7 @@ TEMPLATES = (
     "[ALERT]    (142) : Binding [/etc/haproxy/haproxy.cfg:9] for frontend web: "
     "cannot bind socket ({err}) for [{ep}]",
     "2026-12-02 17:30:02: (network.c.537) can't bind to socket: {ep}: {err}",
+    "2026-12-08 02:41:19: (network.c.640) bind() {ep}: {err}",  # lighttpd in Debian 13
     "err=\"listen tcp {ep}: bind: {err_lower}\"",
     "web.socket: Failed to create listening socket ({ep}): {err}",
 )
