@@ -81,8 +81,9 @@ DAEMONS: dict[str, Daemon] = {
     # (docs/identity.md, "Profiles"): apachectl (sh) starts apache2, root with www-data
     # workers; named -u bind drops to bind (no User=); the dnsmasq helper (sh) execs
     # dnsmasq, which drops to dnsmasq; unbound drops to unbound
+    # apachectl makes its lock dir under /var/lock (/run/lock: systemd's legacy.conf)
     "apache2": Daemon("apache2", ("apache2.service",), "/usr/sbin/apachectl",
-                      made_dirs=("/var/log/apache2",)),
+                      made_dirs=("/var/log/apache2",), tmpfiles=("legacy.conf",)),
     "named": Daemon("bind9", ("named.service",), "/usr/sbin/named",
                     tmpfiles=("named.conf",), made_dirs=("/var/cache/bind",),
                     dev_log=True),  # named logs through syslog(3)
