@@ -59,7 +59,9 @@ def propose(app: App, notes: list[str]) -> str:
             sock.family == socket.AF_INET6, master.pid if master else 0,
             _program(master) if master else "",
             f"{container}: `{container.stop_command}`" if container and container.stop_command
-            else str(container or "")))
+            else str(container or ""),
+            master.exe if master and master.program_id and not master.program_id.interpreted
+            else "", master.user if master else ""))
     if unknown and os.geteuid() != 0:
         notes.append(f"{unknown} listener(s) of other users could not be read: run as root "
                      "to see every service")

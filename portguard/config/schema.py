@@ -310,9 +310,9 @@ class _Schema(sy.NodeReader):
             ports = self.ports(found["ports"]) if "ports" in found else ()
             duplicates = self.duplicates(found["duplicates"]) if "duplicates" in found \
                 else Duplicates()
-            program = self.parsed(found["program"], "program", _program, "an absolute path",
+            program = self.parsed(found["program"], "program", program_path, "an absolute path",
                                   numbers=False) if "program" in found else None
-            user = self.parsed(found["user"], "user", _user, "a user name or uid") \
+            user = self.parsed(found["user"], "user", user_name, "a user name or uid") \
                 if "user" in found else None
             out.append(Service(name, ports, s.policy, s.on_foreign, s.timeout, s.kill_after,
                                s.signal, s.reuse_address, duplicates, line,
@@ -405,14 +405,14 @@ def _command_glob(text: str) -> str:
     return text
 
 
-def _program(text: str) -> str:
+def program_path(text: str) -> str:
     if not text.startswith("/") or text.endswith("/") or any(c in text for c in "*?["):
         raise ValueError(f"'{text}' must be the absolute path of the program file, "
                          "e.g. /usr/lib/postgresql/15/bin/postgres")
     return text
 
 
-def _user(text: str) -> str:
+def user_name(text: str) -> str:
     if not text.isdigit() and (text.startswith("-") or not all(
             c.isalnum() or c in "._-$" for c in text)):
         raise ValueError(f"'{text}' is not a user name or uid")

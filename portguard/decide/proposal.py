@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from portguard.config.schema import ALWAYS_PROTECTED
+from portguard.config.schema import ALWAYS_PROTECTED, program_path, user_name
 from portguard.config.unitnames import instance_template
 from portguard.model import Proto
 from portguard.text import is_unit_name, shown
@@ -36,12 +36,16 @@ class Seen(NamedTuple):
     pid: int  # the oldest holder (the master), 0 when unknown
     program: str  # its executable, or "" when unknown
     container: str = ""  # the container it is or serves, with its runtime's stop command
+    exe: str = ""  # the master's executable when it is no interpreter ("" otherwise)
+    user: str = ""  # the master's user
 
 
 class Entry(NamedTuple):
     key: str  # the services: key (a unit, or a template)
     ports: tuple[str, ...]  # as the config writes them: "0.0.0.0:80/tcp", "[::]:80/tcp"
     comment: str
+    program: str = ""  # what its listeners really run (docs/identity.md, "Profiles") ...
+    user: str = ""  # ... and as whom: written when every listener agrees
 
 
 def port_text(s: Seen) -> str:
@@ -127,7 +131,8 @@ def entries(seen: Iterable[Seen], protected: Sequence[str],
         port_sets = {tuple(dict.fromkeys(port_text(s) for s in plain[u])) for u in units}
         if len(port_sets) == 1:
             seen_text = "; ".join(f"{u}: {_seen_text(plain[u])}" for u in units)
-            out.append(Entry(template, next(iter(port_sets)), seen_text))
+            out.append(Entry(template, next(iter(port_sets)), seen_text,
+                             *_runs([s for u in units for s in plain[u]])))
             done.update(units)
     for unit, items in plain.items():
         if unit in done:
@@ -135,9 +140,22 @@ def entries(seen: Iterable[Seen], protected: Sequence[str],
         t = group_of(unit)
         note = f" (an instance of {t}; its instances bind different ports)" if t else ""
         out.append(Entry(unit, tuple(dict.fromkeys(port_text(s) for s in items)),
-                         f"{unit}: {_seen_text(items)}{note}"))
+                         f"{unit}: {_seen_text(items)}{note}", *_runs(items)))
     out.sort(key=lambda e: e.key)
     return out, skipped
+
+
+def _runs(items: Sequence[Seen]) -> tuple[str, str]:
+    """(program, user) when all of a unit's listeners' masters agree on both and the
+    config would take them; else ("", "")."""
+    found = {(s.exe, s.user) for s in items}
+    if len(found) != 1:
+        return "", ""
+    exe, user = found.pop()
+    try:
+        return program_path(exe), user_name(user)
+    except ValueError:
+        return "", ""
 
 
 def render(found: Sequence[Entry], skipped: Sequence[str], protected: Sequence[str],
@@ -156,6 +174,9 @@ def render(found: Sequence[Entry], skipped: Sequence[str], protected: Sequence[s
             lines.append(f"  # {shown(e.comment)}")
             lines.append(f"  {e.key}:")
             lines.append(f"    ports: {json.dumps(list(e.ports))}")
+            if e.program:  # what it really runs, for wrapped and self-dropping daemons
+                lines.append(f"    program: {json.dumps(e.program)}")
+                lines.append(f"    user: {json.dumps(e.user)}")
     if skipped:
         lines.append("")
         lines.append("# Listening, not guarded:")

@@ -222,3 +222,23 @@ def test_with_no_config_entry_at_all_install_guards_the_learned_ports(field: Fie
     finally:
         field.stop(c.unit)
         guard.uninstall()
+
+
+def test_discover_writes_what_the_wrapped_daemons_really_run(field: Field) -> None:
+    """`discover` while apache2 (behind apachectl) and unbound (dropping to unbound) run:
+    each entry says the program and user its listeners really are."""
+    from portguard.config.schema import loads
+    running = [c for c in CASES if c.daemon in ("apache2", "unbound")]
+    for c in running:
+        field.install(c.daemon)
+        field.start(c.unit)
+        field.wait_holders(c.port)
+    try:
+        done = field.sb.portguard("discover")
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs = {s.name: (s.program, s.user) for s in loads(done.stdout).services}
+        for c in running:
+            assert runs[c.unit] == (c.program, c.user), done.stdout
+    finally:
+        for c in running:
+            field.stop(c.unit)

@@ -198,3 +198,18 @@ def test_the_profile_then_the_command_line_when_nothing_else_names_a_port() -> N
     got = postmortem.wanted_ports(failures, None, {}, [], named=[(8000, "--port 8000")])
     assert [(w.port, w.source, w.detail) for w in got] == [(8000, "command line",
                                                             "--port 8000")]
+
+
+def test_discover_writes_what_a_unit_really_runs_when_its_listeners_agree() -> None:
+    pg = [proposal.Seen("postgresql@15-main.service", a, 5432, TCP, ":" in a, 900,
+                        "/usr/lib/postgresql/15/bin/postgres", exe="/usr/lib/postgresql/15/"
+                        "bin/postgres", user="postgres") for a in ("127.0.0.1", "::1")]
+    mixed = [proposal.Seen("odd.service", "0.0.0.0", 7000 + i, TCP, False, 900 + i, "/x",
+                           exe="/usr/bin/x", user=u) for i, u in enumerate(("root", "nobody"))]
+    odd = [proposal.Seen("glob.service", "0.0.0.0", 7100, TCP, False, 950, "/x",
+                         exe="/opt/x*/bin", user="root")]
+    found, skipped = proposal.entries([*pg, *mixed, *odd], proposal.DEFAULT_PROTECTED)
+    cfg = loads(proposal.render(found, skipped, proposal.DEFAULT_PROTECTED, "x"))
+    runs = {s.name: (s.program, s.user) for s in cfg.services}
+    assert runs == {"postgresql@.service": ("/usr/lib/postgresql/15/bin/postgres", "postgres"),
+                    "odd.service": ("", ""), "glob.service": ("", "")}
