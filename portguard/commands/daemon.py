@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from portguard.report.output import Output
 from portguard.commands.daemon_heal import Interrupted, Outcome, PassResult, Reconciler
+from portguard.commands.daemon_learn import Learner
 from portguard.decide.flap import FlapGuard
 from portguard.observe.systemd.dbus_errors import SystemdUnavailable
 from portguard.observe.systemd.units import Systemd
@@ -147,6 +148,7 @@ class Daemon:
         self.last: tuple[float, float, PassResult] | None = None  # wall time, seconds, result
         self._in_pass = False
         self._changed: set[str] = set()
+        self.learner = Learner(self.journal)  # profiles, on each start of a unit
         self._selector = selectors.DefaultSelector()
         self._wake: tuple[int, int] | None = None
         self._old_handlers: dict[int, object] = {}
@@ -165,6 +167,7 @@ class Daemon:
                               result="bad-config", echo=False)  # stderr gets the error
             raise
         self.filter = UnitFilter(config)
+        self.learner.note(s.name for s in config.services if not s.is_template)
         self.schedule = Schedule(config.daemon.interval, time.monotonic())
         self.reconciler = Reconciler(
             self.journal, FlapGuard(config.daemon.flap_limit, config.daemon.flap_window),
@@ -235,6 +238,8 @@ class Daemon:
         took = time.monotonic() - start
         if result.dbus_error and self.systemd is not None:
             self._drop_bus(result.dbus_error)
+        if self.systemd is not None:
+            self.learner.run(self.systemd)
         self.passes += 1
         self.last = (wall + took, took, result)
         self.schedule.passed(time.monotonic())
@@ -352,6 +357,8 @@ class Daemon:
         self._changed.clear()
         if any(self.filter(unit) for unit in changed):
             self.schedule.poke(time.monotonic())
+        if self.config is not None:
+            self.learner.note(u for u in changed if self.config.service_for(u) is not None)
 
     # -- metrics --------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ class Event(enum.Enum):
     DAEMON_FLAPPING = ("b64a90c88375492ab53c0219c80d5e57", Priority.ERR)
     DAEMON_DEGRADED = ("71685a1b3c8a4f5b9a6f5056c192bbed", Priority.WARNING)
     DAEMON_STOPPING = ("c05b8fff3fa74d0195d2b6f875af14eb", Priority.INFO)
+    PROFILE_LEARNED = ("e365afea2d0944758b37f68c75546c27", Priority.INFO)
 
     @property
     def message_id(self) -> str:

@@ -188,3 +188,31 @@ def test_without_dbus_it_runs_reports_and_says_so(case: Case) -> None:
     assert sb.pid_alive(stray)
     assert len(case.of(DEGRADED, result="no-dbus")) == 1  # said once, not every pass
 
+
+
+PROFILE_LEARNED = "e365afea2d0944758b37f68c75546c27"
+
+
+def test_the_daemon_learns_a_units_profile_each_time_it_starts(case: Case) -> None:
+    """docs/identity.md, "Profiles": on the D-Bus signal of a configured unit's start,
+    the daemon reads the unit's own cgroup and stores what listens there, root's alone."""
+    sb, port = case.sb, case.port()
+    web = f"learn-{case.uid}.service"
+    case.config(config(port, web) + "daemon:\n  interval: 1s\n")
+    case.unit(web, "--port", str(port), guarded=False)
+    daemon = case.daemon_unit()
+    assert case.start(daemon).returncode == 0
+    pid = case.start_listening(web, port)
+    learned = case.daemon_record(PROFILE_LEARNED, unit=web, timeout=20)
+    assert f"{web}: profile learned: " in learned["MESSAGE"], learned["MESSAGE"]
+    assert f"listening on {port}/tcp" in learned["MESSAGE"], learned["MESSAGE"]
+    path = f"/var/lib/portguard/profiles/{web}.json"
+    mode = sb.run(["stat", "-c", "%U %a", path, "/var/lib/portguard/profiles"]).stdout
+    assert mode.split() == ["root", "600", "root", "700"], mode
+    assert '"uid": 0' in sb.read_file(path)
+    # the next start is learned again (a new invocation), the same run only once
+    sb.systemctl("restart", web, check=True)
+    case.wait_listening(port, case.main_pid(web))
+    sb.wait_for(lambda: len(case.of(PROFILE_LEARNED, unit=web)) == 2, 20,
+                "the restart's profile")
+    assert case.main_pid(web) != pid
