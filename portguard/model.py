@@ -298,5 +298,5 @@ class Profile(NamedTuple):
         return self.paths[-1].rsplit("/", 1)[-1] if self.paths else "?"
 
     def __str__(self) -> str:
-        return f"{' '.join(self.paths)} as {self.user or self.uid}"
+        return f"{' '.join(self.paths) or 'its ExecStart= program'} as {self.user or self.uid}"
 
