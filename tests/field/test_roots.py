@@ -53,6 +53,25 @@ def test_who_names_the_unit_on_the_roots_python(root_sb: RootSandbox) -> None:
         root_sb.systemctl("stop", unit)
 
 
+def test_a_pid_resolves_to_its_unit_by_pidfd_on_257_by_pid_on_252(root_sb: RootSandbox
+                                                                   ) -> None:
+    """systemd 257 (13) has GetUnitByPIDFD, 252 (12) does not: both name the unit."""
+    unit = "roots-pidfd.service"
+    root_sb.write_unit(unit, f"[Service]\nExecStart={listener_exec('--port', '8081')}\n")
+    root_sb.systemctl("start", unit, check=True)
+    try:
+        [pid] = root_sb.wait_listening(8081)
+        out = root_sb.python(
+            "import sys; from portguard.observe.systemd.units import Systemd\n"
+            "sd = Systemd.connect(); u = sd.unit_for_pid(int(sys.argv[1]))\n"
+            "print(u.id if u else None, sd.pid_lookup)", str(pid), check=True)
+        assert out.stdout.split() == [unit, {"12": "pid", "13": "pidfd"}[root_sb.version]]
+        assert pid in {int(p) for p in root_sb.read_file(
+            f"/sys/fs/cgroup/system.slice/{unit}/cgroup.procs").split()}
+    finally:
+        root_sb.systemctl("stop", unit)
+
+
 def test_unit_tests_pass_on_debian_13s_python() -> None:
     """(Debian 12's Python is the host's: tests/unit runs there already.)"""
     require_root("trixie")

@@ -12,6 +12,7 @@ passes it, exactly as `call_method` raises them.
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
 import pytest
@@ -204,7 +205,8 @@ class FakeBus:
     def call_method(self, destination: bytes, path: bytes, interface: bytes,
                     method: bytes, args: Any) -> Any:
         self.calls.append((path, interface, method))
-        answer = self.replies[method]
+        # what a bus says of a method its systemd lacks (252: GetUnitByPIDFD)
+        answer = self.replies.get(method, error_reply("org.freedesktop.DBus.Error.UnknownMethod"))
         if callable(answer):
             answer = answer(path, interface, args)
         if isinstance(answer, BaseException):
@@ -240,6 +242,39 @@ def test_unit_path_for_a_pid_outside_any_unit_is_none() -> None:
                                                         -errno.ESRCH)}))
     assert sd.unit_path_for_pid(4242) is None
     assert sd.unit_for_pid(4242) is None
+
+
+def test_a_pid_resolves_by_pidfd_where_systemd_can() -> None:
+    """systemd 253+ (Debian 13's 257): GetUnitByPIDFD, handed a pidfd of the process."""
+    got: list[Any] = []
+    path = b"/org/freedesktop/systemd1/unit/web_2eservice"
+
+    def by_pidfd(_path: bytes, _iface: bytes, args: Any) -> Any:
+        got.append(args)
+        return [path, b"web.service", b"\x01" * 16]
+    bus = FakeBus({b"GetUnitByPIDFD": by_pidfd})
+    sd = Systemd(bus)
+    assert sd.unit_path_for_pid(os.getpid()) == path
+    assert sd.pid_lookup == "pidfd"
+    assert [c[2] for c in bus.calls] == [b"GetUnitByPIDFD"] and len(got) == 1
+
+
+def test_without_getunitbypidfd_the_pid_answers_and_that_is_remembered() -> None:
+    """systemd 252 (Debian 12) answers UnknownMethod: GetUnitByPID from then on."""
+    path = b"/org/freedesktop/systemd1/unit/web_2eservice"
+    bus = FakeBus({b"GetUnitByPID": [path]})
+    sd = Systemd(bus)
+    assert sd.unit_path_for_pid(os.getpid()) == path
+    assert sd.pid_lookup == "pid"
+    assert sd.unit_path_for_pid(os.getpid()) == path
+    assert [c[2] for c in bus.calls] == [b"GetUnitByPIDFD", b"GetUnitByPID", b"GetUnitByPID"]
+
+
+def test_a_gone_pid_has_no_unit_without_asking() -> None:
+    bus = FakeBus({})
+    pid = 2**22 + 7  # above pid_max's default: no such process
+    assert Systemd(bus).unit_path_for_pid(pid) is None
+    assert bus.calls == []
 
 
 def test_access_denied_means_not_permitted() -> None:

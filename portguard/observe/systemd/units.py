@@ -80,6 +80,13 @@ def single_value(body: Any) -> Any:
     return body[0] if isinstance(body, (list, tuple)) and len(body) == 1 else body
 
 
+_NO_UNIT = ("org.freedesktop.systemd1.NoUnitForPID", "org.freedesktop.systemd1.NoSuchProcess")
+
+
+class _NoPidfdLookup(Exception):
+    """This systemd (or kernel) cannot resolve a pidfd to its unit."""
+
+
 class Systemd:
     """systemd's manager API over one bus connection."""
 
@@ -88,6 +95,7 @@ class Systemd:
         self._apply_signature: Any = None
         self._hub = SignalHub()
         self.keep_open = False  # True: close() leaves the connection to its owner
+        self.pid_lookup = ""  # how pids resolve to units: "pidfd", "pid" ("" untried)
 
     @classmethod
     def connect(cls) -> Systemd:
@@ -133,14 +141,44 @@ class Systemd:
         return self.call(path, PROPERTIES, b"Get", b"ss", [iface, prop.encode()])
 
     def unit_path_for_pid(self, pid: int) -> bytes | None:
-        """GetUnitByPID: None when the pid belongs to no unit (or is gone)."""
+        """The unit a process belongs to; None when it belongs to none (or is gone).
+
+        By pidfd where systemd has GetUnitByPIDFD (253 and later, e.g. Debian 13's 257):
+        the answer is about that very process, never about a pid reused since it was
+        read. Else (Debian 12's 252 answers UnknownMethod, remembered) GetUnitByPID.
+        `pid_lookup` says which one answered last ("pidfd", "pid")."""
+        if self.pid_lookup != "pid":
+            try:
+                return self._unit_path_for_pidfd(pid)
+            except _NoPidfdLookup:
+                self.pid_lookup = "pid"
         try:
             return bytes(single_value(self.call(PATH, MANAGER, b"GetUnitByPID", b"u", [pid])))
         except SystemdError as exc:
-            if exc.dbus_name in ("org.freedesktop.systemd1.NoUnitForPID",
-                                 "org.freedesktop.systemd1.NoSuchProcess"):
+            if exc.dbus_name in _NO_UNIT:
                 return None
             raise
+
+    def _unit_path_for_pidfd(self, pid: int) -> bytes | None:
+        import os
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        except OSError as exc:  # no pidfd_open (kernel < 5.3): the pid path it is
+            raise _NoPidfdLookup from exc
+        try:
+            body = self.call(PATH, MANAGER, b"GetUnitByPIDFD", b"h", [fd])
+        except SystemdError as exc:
+            if exc.dbus_name == "org.freedesktop.DBus.Error.UnknownMethod":
+                raise _NoPidfdLookup from exc
+            if exc.dbus_name in _NO_UNIT:
+                return None
+            raise
+        finally:
+            os.close(fd)
+        self.pid_lookup = "pidfd"
+        return bytes(body[0])  # (unit path, unit id, invocation id)
 
     def unit_for_pid(self, pid: int) -> Unit | None:
         path = self.unit_path_for_pid(pid)
