@@ -37,8 +37,10 @@ bench: setup
 	PYTHONPATH=tests $(PY) bench/daemon_cost.py
 	PYTHONPATH=tests $(PY) bench/dropin_bench.py
 
+SOAK_SCENARIOS ?= 1000
+SOAK_LANES ?= 2
 soak: setup
-	PYTHONPATH=tests $(PY) bench/soak.py --scenarios 1000 && PYTHONPATH=tests $(PY) -m support.bind_oracle
+	PYTHONPATH=tests $(PY) bench/soak.py --scenarios $(SOAK_SCENARIOS) --lanes $(SOAK_LANES) && PYTHONPATH=tests $(PY) -m support.bind_oracle
 
 docs: setup
 	$(PY) scripts/gen-docs
