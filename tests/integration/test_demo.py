@@ -137,7 +137,7 @@ def test_each_scene_shows_who_held_the_port_and_why(
     # why, after a real bind failure: the program's words, the holder, the fix, then free
     assert "$ portguard why metrics-gateway.service" in why
     assert "bind: Address already in use" in why
-    assert re.search(r"9091/tcp +0\.0\.0\.0 +config +held +\d+ +root "
+    assert re.search(r"9091/tcp +0\.0\.0\.0 +message +held +\d+ +root "
                      r"+prometheus-pushgateway\.service +foreign", why)
     assert "$ systemctl stop prometheus-pushgateway.service" in why
     assert "the port is free now: `systemctl restart metrics-gateway.service`" in why

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
+from support.availability import skip_or_fail
 from support.cases import FLAPPING, REFUSED, Case
+from support.roots import RootUnavailable, root
 from support.sandbox import LISTENER, PYTHON, REPO, listener_exec
 
 RULES = REPO / "packaging" / "prometheus" / "portguard.rules.yml"
@@ -41,7 +43,13 @@ TIME_VALUED = ("portguard_last_pass_timestamp_seconds", "portguard_process_start
 
 
 def promtool(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", *args], input=input, capture_output=True, text=True,
+    # Debian 12's promtool (package prometheus) from the test root, never installed on the
+    # host: a Go program that needs only libc, run from the root's tree.
+    try:
+        tool = root("bookworm") / "usr/bin/promtool"
+    except RootUnavailable as exc:
+        skip_or_fail(f"no Debian 12 root for promtool: {exc}")
+    return subprocess.run([str(tool), *args], input=input, capture_output=True, text=True,
                           timeout=60, check=False)
 
 

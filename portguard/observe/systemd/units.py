@@ -25,6 +25,7 @@ import errno
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+from portguard.errors import NotPermittedError
 from portguard.model import Unit
 from portguard.observe.systemd.bus_signals import (
     DEST,
@@ -169,6 +170,11 @@ class Systemd:
             raise _NoPidfdLookup from exc
         try:
             body = self.call(PATH, MANAGER, b"GetUnitByPIDFD", b"h", [fd])
+        except NotPermittedError as exc:
+            # systemd 252's bus policy lets an unprivileged caller send only the methods
+            # it knows: a method it lacks is "Rejected send message" (AccessDenied) for
+            # them, where root hears UnknownMethod
+            raise _NoPidfdLookup from exc
         except SystemdError as exc:
             if exc.dbus_name == "org.freedesktop.DBus.Error.UnknownMethod":
                 raise _NoPidfdLookup from exc
