@@ -17,10 +17,10 @@ TEMPLATE = "redis-server@.service"
 PORT = 6379
 
 
-def instance_conf(name: str, *, daemonize: bool = False) -> str:
-    """The packaged /etc/redis/redis.conf as redis-server@.service's comments say to make
-    an instance's: its own pid file and database; logging to the journal (stdout)."""
-    base = Path("/etc/redis/redis.conf").read_text()
+def instance_conf(field: Field, name: str, *, daemonize: bool = False) -> str:
+    """The packaged /etc/redis/redis.conf (the root's) as redis-server@.service's comments
+    say to make an instance's: its own pid file and database; logging to the journal."""
+    base = Path(field.sb.image_path("/etc/redis/redis.conf")).read_text()
     return base + (f"\ndaemonize {'yes' if daemonize else 'no'}\nlogfile \"\"\n"
                    f"pidfile /run/redis-{name}/redis-server.pid\ndbfilename dump-{name}.rdb\n")
 
@@ -35,8 +35,8 @@ def guard(field: Field) -> Iterator[Guard]:
 def test_twin_instances_on_one_port_the_second_stops_the_first(field: Field, guard: Guard,
                                                                uid: str) -> None:
     a, b = f"redis-server@a{uid}.service", f"redis-server@b{uid}.service"
-    field.config("/etc/redis", {f"redis-a{uid}.conf": instance_conf(f"a{uid}"),
-                                f"redis-b{uid}.conf": instance_conf(f"b{uid}")})
+    field.config("/etc/redis", {f"redis-a{uid}.conf": instance_conf(field, f"a{uid}"),
+                                f"redis-b{uid}.conf": instance_conf(field, f"b{uid}")})
     field.start(a)
     first = field.wait_holders(PORT)
     assert set(first) <= field.unit_pids(a)
@@ -57,9 +57,10 @@ def test_twin_instances_on_one_port_the_second_stops_the_first(field: Field, gua
 def test_hand_started_redis_is_a_stray_named_redis_server(field: Field, guard: Guard,
                                                           uid: str) -> None:
     unit = f"redis-server@h{uid}.service"
-    field.config("/etc/redis", {f"redis-h{uid}.conf": instance_conf(f"h{uid}"),
-                                f"hand{uid}.conf": instance_conf(f"hand{uid}", daemonize=True)
-                                .replace(f"/run/redis-hand{uid}/", "/run/")})
+    by_hand = instance_conf(field, f"hand{uid}", daemonize=True)
+    field.config("/etc/redis", {f"redis-h{uid}.conf": instance_conf(field, f"h{uid}"),
+                                f"hand{uid}.conf": by_hand.replace(f"/run/redis-hand{uid}/",
+                                                                   "/run/")})
     # as an admin would: the unit's user, the same binary, another config and arguments
     field.spawn_by_hand(f"/usr/bin/redis-server /etc/redis/hand{uid}.conf", user="redis")
     held = field.wait_holders(PORT)
@@ -90,7 +91,7 @@ def test_twins_started_together_one_runs_the_other_ends_inactive(field: Field, g
     sb = field.sb
     for round_ in range(3):
         a, b = (f"redis-server@{round_}a{uid}.service", f"redis-server@{round_}b{uid}.service")
-        field.config("/etc/redis", {f"redis-{n}.conf": instance_conf(n)
+        field.config("/etc/redis", {f"redis-{n}.conf": instance_conf(field, n)
                                     for n in (f"{round_}a{uid}", f"{round_}b{uid}")})
         queued = sb.systemctl("start", "--no-block", a, b)
         assert queued.returncode == 0, queued.stderr

@@ -88,7 +88,7 @@ def test_why_reads_redis_words_when_redis_logs_to_the_journal(daemons: Field) ->
         field.sb.wait_unit_state(REDIS, "failed", "activating", timeout=30)
         field.stop(REDIS)
         assert field.sb.portguard("why", REDIS).returncode == 3
-        conf = Path("/etc/redis/redis.conf").read_text()
+        conf = Path(field.sb.image_path("/etc/redis/redis.conf")).read_text()
         field.config("/etc/redis", {"redis.conf": conf.replace(
             "logfile /var/log/redis/redis-server.log", 'logfile ""')})
         field.sb.systemctl("reset-failed", REDIS)
