@@ -13,7 +13,7 @@ Nothing may be signalled that portguard cannot prove is the process it inspected
   no fight, bounded.
 
 Strays are started with `sb.spawn` (outside any unit, parent PID 1); `Paused` (from
-test_faults_stop) holds preflight just before `signal_process` so the test can act.
+support/unprivileged) holds preflight just before `signal_process` so the test can act.
 test_faults_limits.py has the faults of portguard's own means (fds, /proc).
 """
 
@@ -25,16 +25,17 @@ import time
 
 import pytest
 from support.cases import PORTS_CLEAR, REFUSED, SIGNAL, Case, config
-from support.sandbox import BASE_ENV, PYTHON, REPO, Sandbox, listener_argv
-from test_faults_stop import NOBODY, SYSTEM_PYTHON, Paused
+from support.sandbox import BASE_ENV, PYTHON, Sandbox, listener_argv
+from support.unprivileged import (
+    NOBODY,
+    Paused,
+    gone,
+    shared_copy,
+    signals_sent,
+)
 
 IDENTITY_CHANGED = "8ad43760f38648719a0731aee8185aca"
 SIGNAL_PROCESS = "portguard.commands.preflight_execute:signal_process"
-
-
-def gone(sb: Sandbox, pid: int) -> bool:
-    """Not even a zombie: the pid is free for the taking."""
-    return sb.run(["test", "-e", f"/proc/{pid}"]).returncode != 0
 
 
 def running(sb: Sandbox, pid: int) -> bool:
@@ -42,11 +43,6 @@ def running(sb: Sandbox, pid: int) -> bool:
     process whose innermost pid namespace is a nested one)."""
     stat = sb.run(["cat", f"/proc/{pid}/stat"]).stdout
     return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def signals_sent(case: Case, unit: str) -> list[dict[str, str]]:
-    return [r for r in case.records(unit=unit)
-            if r["MESSAGE_ID"] == SIGNAL and r["PORTGUARD_ACTION"] == "signal"]
 
 
 # -- between the scan and the signal ---------------------------------------------------------
@@ -156,15 +152,6 @@ def test_a_pid_reused_by_a_new_process_of_the_same_name_is_not_signalled(case: C
 
 
 # -- who holds it -----------------------------------------------------------------------------
-
-
-def shared_copy(sb: Sandbox, uid: str) -> list[str]:
-    """listener.py where nobody can read it, run by Debian's python3: the argv both the
-    unit and a copy started by another user run."""
-    path = f"/tmp/pg-{uid}/listener.py"
-    sb.run(["mkdir", "-p", f"/tmp/pg-{uid}"], check=True)
-    sb.run(["cp", f"{REPO}/tests/support/listener.py", path], check=True)
-    return [SYSTEM_PYTHON, path]
 
 
 def test_another_users_process_named_like_the_service_is_foreign(case: Case) -> None:

@@ -19,8 +19,15 @@ import re
 
 from support.cases import CONFLICT, REFUSED, Case, config
 from support.sandbox import PYTHON, REPO, Sandbox
-from test_faults_identity import gone, shared_copy, signals_sent
-from test_faults_stop import NOBODY, SITE, SYSTEM_PYTHON
+from support.unprivileged import (
+    CAPLESS,
+    NOBODY,
+    SITE,
+    SYSTEM_PYTHON,
+    gone,
+    shared_copy,
+    signals_sent,
+)
 
 PIDFD_FAILED = re.compile(r"os\.pidfd_open\(|cannot open a pidfd")  # today's trace, or a message
 
@@ -75,10 +82,6 @@ def test_without_a_pidfd_preflight_says_so_instead_of_crashing(case: Case) -> No
     assert "Traceback" not in stderr, f"nofile={limit}:\n{stderr}"
     assert status == 1
     assert "cannot open a pidfd" in stderr
-
-
-CAPLESS = ["setpriv", "--inh-caps=-all",
-           "--bounding-set=-sys_ptrace,-dac_read_search,-dac_override", "--"]
 
 
 def test_a_holder_portguard_cannot_read_is_unknown_and_refused(case: Case) -> None:

