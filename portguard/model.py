@@ -300,3 +300,25 @@ class Profile(NamedTuple):
     def __str__(self) -> str:
         return f"{' '.join(self.paths) or 'its ExecStart= program'} as {self.user or self.uid}"
 
+
+# TCP states a closed connection leaves behind: no live listener (the contract's
+# `lingering` holders)
+LINGERING_STATES = frozenset(
+    {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING"})
+
+JOURNAL_SYSTEMD = "systemd"  # JournalRecord.transport of PID 1's records about a unit
+
+
+class JournalRecord(NamedTuple):
+    """One journal record of a unit, as `why` reads it (observe/systemd/journal)."""
+
+    time: str  # as `journalctl -o short` shows it: "Dec 02 17:30:01"
+    usec: int  # __REALTIME_TIMESTAMP, for ordering
+    unit: str  # the unit the record belongs to (its process's or, for systemd, its subject)
+    identifier: str  # SYSLOG_IDENTIFIER: nginx, systemd, portguard, ...
+    pid: str
+    message: str
+    invocation: str  # the unit's invocation id, "" when the record carries none
+    # how it reached the journal: "stdout" (the process's own stdout/stderr), "syslog",
+    # "journal"; "systemd" for root's records about the unit (PID 1's UNIT=)
+    transport: str = ""

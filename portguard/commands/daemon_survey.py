@@ -34,9 +34,8 @@ from typing import NamedTuple
 from portguard.config.schema import Config, Service
 from portguard.decide import conflicts
 from portguard.decide.classify import is_outside_service
-from portguard.model import Holder, Process, Proto, Socket, Unit
+from portguard.model import LINGERING_STATES, Holder, Process, Proto, Socket, Unit
 from portguard.observe.kernel import probe, sockets
-from portguard.observe.observer import LINGERING_STATES
 from portguard.observe.procs import cgroups, processes
 from portguard.observe.systemd.dbus_errors import SystemdError, SystemdUnavailable
 from portguard.observe.systemd.units import Systemd

@@ -17,9 +17,9 @@ from portguard.config.unitnames import instance_template, mangle_unit
 from portguard.decide import bindfail, postmortem
 from portguard.decide.postmortem import ACTIVATION, Step, Wanted
 from portguard.errors import ConfigError, ExitStatus, PortguardError, UsageError
-from portguard.model import BindIntent, Proto
+from portguard.model import BindIntent, JournalRecord, Proto
 from portguard.observe.systemd import journal
-from portguard.observe.systemd.journal import Invocation, Record
+from portguard.observe.systemd.journal import Invocation
 from portguard.report.layout import columns
 from portguard.text import shown
 
@@ -256,7 +256,7 @@ def _holder_text(holder: Holder, sock_unit: str | None) -> tuple[str, str, str, 
     return f"{p.pid}{more}", p.user or str(p.uid), unit, f"{p.program} on {where}{container}"
 
 
-def _quoted(r: Record) -> str:
+def _quoted(r: JournalRecord) -> str:
     """One journal line as the journal has it: its text is the process's, so `shown`."""
     return f"  {r.time} {shown(r.identifier)}[{r.pid}]: {shown(r.message)}"
 

@@ -15,8 +15,16 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from portguard.config.schema import Service
-from portguard.model import Container, Holder, Process, Profile, ProgramId, Proto, Unit
-from portguard.observe.observer import LINGERING_STATES
+from portguard.model import (
+    LINGERING_STATES,
+    Container,
+    Holder,
+    Process,
+    Profile,
+    ProgramId,
+    Proto,
+    Unit,
+)
 from portguard.observe.systemd.activation import activated_by_note, held_for
 
 

@@ -17,9 +17,8 @@ from portguard.config.unitnames import instance_template
 from portguard.decide.bindfail import BindFailure
 from portguard.decide.classify import Conflict, Kind
 from portguard.errors import ExitStatus
-from portguard.model import Holder, Proto
+from portguard.model import JOURNAL_SYSTEMD, Holder, JournalRecord, Proto
 from portguard.observe.systemd import activation
-from portguard.observe.systemd.journal import SYSTEMD, Record
 from portguard.text import command, is_unit_name, offered, shown, systemctl
 
 # the unit's own .socket unit holds it, for it (docs/commands.md: socket activation)
@@ -211,7 +210,7 @@ def command_and(first: str, then: str) -> str:
 FAILED = "Failed with result"  # PID 1's words when a run of a unit ends in failure
 
 
-def run_output(records: Sequence[Record], main: tuple[str, int] = ("", 0)) -> list[str]:
+def run_output(records: Sequence[JournalRecord], main: tuple[str, int] = ("", 0)) -> list[str]:
     """The lines a failed run's own processes wrote, where a bind failure may be read;
     [] when the run did not fail (PID 1 recorded no failure for it).
 
@@ -222,11 +221,11 @@ def run_output(records: Sequence[Record], main: tuple[str, int] = ("", 0)) -> li
     systemd gave its processes, or from its main process (`main`: the newest run's
     invocation id and ExecMainPID); never from the per-connection processes a daemon
     forks, which is where a login is logged."""
-    if not any(r.transport == SYSTEMD and FAILED in r.message for r in records):
+    if not any(r.transport == JOURNAL_SYSTEMD and FAILED in r.message for r in records):
         return []
     invocation, pid = main
     return [r.message for r in records
-            if r.transport in (SYSTEMD, "stdout")
+            if r.transport in (JOURNAL_SYSTEMD, "stdout")
             or (pid and r.pid == str(pid) and r.invocation == invocation)]
 
 

@@ -10,7 +10,7 @@ import _socket
 import os
 from collections.abc import Callable, Iterable, Sequence
 
-from portguard.model import Holder, Process, Proto, Socket, Unit
+from portguard.model import LINGERING_STATES, Holder, Process, Proto, Socket, Unit
 from portguard.observe.containers.hints import may_publish
 from portguard.observe.kernel import sockets
 from portguard.observe.procs import cgroups, processes
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 # States of a socket that is on its way out: no process holds it any more, or the
 # process is only draining it. They block a bind() only without SO_REUSEADDR.
-LINGERING_STATES = frozenset(
-    {"TIME_WAIT", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING"})
 # No socket: a container's published port, forwarded by the kernel (DNAT) after the
 # runtime's helper that held it is gone (observe/containers/lookup.py, source 4).
 PUBLISHED = "PUBLISHED"

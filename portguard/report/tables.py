@@ -8,8 +8,8 @@ from __future__ import annotations
 import _socket
 from collections.abc import Mapping, Sequence
 
-from portguard.model import Container, Holder, Process, Unit
-from portguard.observe.observer import LINGERING_STATES, PUBLISHED, PortReport
+from portguard.model import LINGERING_STATES, Container, Holder, Process, Unit
+from portguard.observe.observer import PUBLISHED, PortReport
 from portguard.observe.systemd.activation import activated_by_note
 from portguard.report.layout import WHO_HEADER, columns, free_row
 from portguard.text import offered, shell_join, shown, systemctl

@@ -25,10 +25,19 @@ from hypothesis import strategies as st
 from portguard.config.schema import Service, loads
 from portguard.decide import bindfail, postmortem, proposal
 from portguard.decide.classify import Conflict, Kind
-from portguard.model import Container, Holder, PortSpec, Process, Proto, Socket, Unit
+from portguard.model import (
+    JOURNAL_SYSTEMD,
+    Container,
+    Holder,
+    JournalRecord,
+    PortSpec,
+    Process,
+    Proto,
+    Socket,
+    Unit,
+)
 from portguard.observe.containers import files
 from portguard.observe.procs.cgroups import container_from_cgroup, container_scope
-from portguard.observe.systemd.journal import SYSTEMD, Record
 from portguard.report import tables
 from portguard.report.journal import Event, Journal
 from portguard.report.output import Output
@@ -258,8 +267,8 @@ def test_a_store_that_stalls_is_given_up_on_within_the_bound() -> None:
     assert files.bounded("test:fine", lambda: {"now": "y"}, {}) == {"now": "y"}
 
 
-def _rec(message: str, pid: str, transport: str, invocation: str = "inv") -> Record:
-    return Record("Dec 08 02:00:00", 1, "ssh.service", "sshd", pid, message, invocation,
+def _rec(message: str, pid: str, transport: str, invocation: str = "inv") -> JournalRecord:
+    return JournalRecord("Dec 08 02:00:00", 1, "ssh.service", "sshd", pid, message, invocation,
                   transport)
 
 
@@ -271,7 +280,7 @@ LOGIN = ("Invalid user Bind to port 2222 on 0.0.0.0 failed: Address already in u
 def test_a_bind_failure_counts_only_from_a_failed_runs_own_output() -> None:
     """A login as a user named like sshd's bind error puts that text in sshd's auth line
     (a per-connection process's); `why` must not take it for a bind failure."""
-    failed = _rec("ssh.service: Failed with result 'exit-code'.", "1", SYSTEMD)
+    failed = _rec("ssh.service: Failed with result 'exit-code'.", "1", JOURNAL_SYSTEMD)
     running = [_rec("Server listening on 0.0.0.0 port 22.", "100", "syslog"),
                _rec(LOGIN, "200", "syslog")]
     assert postmortem.run_output(running, ("inv", 100)) == []  # no failure: no run to read

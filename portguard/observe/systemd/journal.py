@@ -17,30 +17,17 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from portguard.errors import NotPermittedError, PortguardError
+from portguard.model import JOURNAL_SYSTEMD, JournalRecord
 
 JOURNALCTL = "journalctl"
-SYSTEMD = "systemd"  # Record.transport of root's records about a unit (PID 1's)
 MAX_RECORDS = 4000  # newest records read per query: ample for a few invocations
 TIMEOUT = 20.0  # seconds
-
-
-class Record(NamedTuple):
-    time: str  # as `journalctl -o short` shows it: "Dec 02 17:30:01"
-    usec: int  # __REALTIME_TIMESTAMP, for ordering
-    unit: str  # the unit the record belongs to (its process's or, for systemd, its subject)
-    identifier: str  # SYSLOG_IDENTIFIER: nginx, systemd, portguard, ...
-    pid: str
-    message: str
-    invocation: str  # the unit's invocation id, "" when the record carries none
-    # how it reached the journal: "stdout" (the process's own stdout/stderr), "syslog",
-    # "journal"; "systemd" for root's records about the unit (PID 1's UNIT=)
-    transport: str = ""
 
 
 class Invocation(NamedTuple):
     id: str  # "" for records of no invocation
     unit: str
-    records: tuple[Record, ...]  # oldest first
+    records: tuple[JournalRecord, ...]  # oldest first
 
     @property
     def started(self) -> str:
@@ -76,7 +63,7 @@ def shown_time(usec: int) -> str:
     return time.strftime("%b %d %H:%M:%S", time.localtime(usec / 1_000_000))
 
 
-def parse(stdout: str, units: Sequence[str]) -> list[Record]:
+def parse(stdout: str, units: Sequence[str]) -> list[JournalRecord]:
     """Records of journalctl -o json output, in the order given; unparseable lines
     (a truncated last line) are skipped."""
     records = []
@@ -96,18 +83,18 @@ def parse(stdout: str, units: Sequence[str]) -> list[Record]:
             continue
         invocation = _text(raw.get("_SYSTEMD_INVOCATION_ID" if own else "INVOCATION_ID"))
         usec = int(_text(raw.get("__REALTIME_TIMESTAMP")) or 0)
-        records.append(Record(shown_time(usec), usec, unit,
+        records.append(JournalRecord(shown_time(usec), usec, unit,
                               _text(raw.get("SYSLOG_IDENTIFIER")) or _text(raw.get("_COMM")),
                               _text(raw.get("_PID")), _text(raw.get("MESSAGE")), invocation,
-                              SYSTEMD if about else _text(raw.get("_TRANSPORT"))))
+                              JOURNAL_SYSTEMD if about else _text(raw.get("_TRANSPORT"))))
     return records
 
 
-def group(records: Sequence[Record], limit: int) -> list[Invocation]:
+def group(records: Sequence[JournalRecord], limit: int) -> list[Invocation]:
     """Records (newest first) into at most `limit` invocations per unit, newest first;
     a record without an invocation id joins the invocation logged around it."""
     order: list[tuple[str, str]] = []
-    by_key: dict[tuple[str, str], list[Record]] = {}
+    by_key: dict[tuple[str, str], list[JournalRecord]] = {}
     last: dict[str, str] = {}
     for rec in records:
         inv = rec.invocation or last.get(rec.unit, "")
