@@ -21,11 +21,11 @@ from portguard.config import trust
 from portguard.config.schema import Defaults, Service
 from portguard.model import FileId, Learned, PortSpec, Process, Profile, ProgramId, Proto
 from portguard.observe.kernel import sockets, sockopts
+from portguard.observe.kernel.listeners import LISTEN_STATES
 from portguard.observe.procs import cgroupfs, processes, programs
 
 STORE = "/var/lib/portguard/profiles"
 FORMAT = 1
-_LISTENING = ("LISTEN", "UNCONN")
 _MAX_BYTES = 256 * 1024
 
 
@@ -54,7 +54,7 @@ def learn(unit: str, control_group: str, *, now: float,
     members = cgroupfs.pids_under(root + control_group)
     if not members:
         return None
-    listening = {s.inode: s for s in sockets.query(range(1, 65536), states=_LISTENING)
+    listening = {s.inode: s for s in sockets.query(range(1, 65536), states=LISTEN_STATES)
                  if s.inode}
     own_ns = processes.pid_namespace()
     held: list[tuple[Process, dict[int, list[int]]]] = []
