@@ -213,10 +213,8 @@ def learned_service(defaults: Defaults, unit: str,
         return None
     if profile is None or not profile.sockets:
         return None
-    specs = tuple(dict.fromkeys(
-        PortSpec(s.port, s.port, s.proto, s.address,
-                 f"{f'[{s.address}]' if ':' in s.address else s.address}:{s.port}/{s.proto}")
-        for s in profile.sockets))
+    specs = tuple(dict.fromkeys(PortSpec(s.port, s.port, s.proto, s.address)
+                                for s in profile.sockets))  # str(): `[::1]:8080/tcp`
     reuse = all(s.reuse_address is not False for s in profile.sockets)
     return Service(unit, specs, defaults.policy, defaults.on_foreign, defaults.timeout,
                    defaults.kill_after, defaults.signal, reuse), profile
