@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 import pytest
+from support.availability import skip_or_fail
 from support.sandbox import REPO, Sandbox, listener_exec
 
 from portguard.errors import ExitStatus
@@ -284,7 +285,7 @@ def nobody_python(sb: Sandbox) -> tuple[list[str], dict[str, str]]:
     probe = sb.run([*NOBODY, DEBIAN_PYTHON, "-c",
                     "import pystemd.dbuslib, portguard.observe.systemd.units"], env=env)
     if probe.returncode != 0:
-        pytest.skip(f"nobody cannot import pystemd with {DEBIAN_PYTHON}: {probe.stderr}")
+        skip_or_fail(f"nobody cannot import pystemd with {DEBIAN_PYTHON}: {probe.stderr}")
     return [*NOBODY, DEBIAN_PYTHON], env
 
 
